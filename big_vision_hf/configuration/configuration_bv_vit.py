@@ -1,0 +1,154 @@
+"""Configuration of big_vision's ViT (``big_vision/models/vit.py``)."""
+
+from __future__ import annotations
+
+from huggingface_hub.dataclasses import strict
+from transformers import PreTrainedConfig
+
+# Reference: Table 2 of https://arxiv.org/abs/2106.04560, as transcribed in big_vision
+# `models/vit.py:decode_variant` (commit 0127fb6). (width, depth, mlp_dim, num_heads)
+VIT_SIZES: dict[str, tuple[int, int, int, int]] = {
+    "mu": (32, 1, 128, 2),
+    "Ti": (192, 12, 768, 3),
+    "S": (384, 12, 1536, 6),
+    "M": (512, 12, 2048, 8),
+    "B": (768, 12, 3072, 12),
+    "L": (1024, 24, 4096, 16),
+    "So400m": (1152, 27, 4304, 16),
+    "H": (1280, 32, 5120, 16),
+    "g": (1408, 40, 6144, 16),
+    "g-opt": (1536, 40, 6144, 16),
+    "G": (1664, 48, 8192, 16),
+    "G-opt": (1536, 48, 8192, 16),
+    "e": (1792, 56, 15360, 16),
+}
+
+POSEMB_TYPES = ("learn", "sincos2d")
+POOL_TYPES = ("gap", "map", "tok", "0", "none")
+
+
+def decode_variant(variant: str | None) -> dict:
+    """``"So400m/14"`` -> big_vision model kwargs, as big_vision ``vit.decode_variant``."""
+    if variant is None:
+        return {}
+    size, patch = variant, {}
+    if "/" in variant:
+        size, p = variant.split("/")
+        patch = {"patch_size": (int(p), int(p))}
+    if size not in VIT_SIZES:
+        raise ValueError(f"unknown ViT size {size!r} in variant {variant!r}; known: {', '.join(VIT_SIZES)}")
+    width, depth, mlp_dim, num_heads = VIT_SIZES[size]
+    return {"width": width, "depth": depth, "mlp_dim": mlp_dim, "num_heads": num_heads, **patch}
+
+
+def pair(x) -> list[int]:
+    return [int(x), int(x)] if isinstance(x, int) else [int(v) for v in x]
+
+
+@strict
+class BvViTConfig(PreTrainedConfig):
+    r"""Configuration of a big_vision ViT (``big_vision.models.vit._Model``).
+
+    Field names follow transformers; each names the big_vision field it holds.
+
+    Args:
+        hidden_size: big_vision ``width``.
+        num_hidden_layers: big_vision ``depth``.
+        intermediate_size: big_vision ``mlp_dim`` (``None`` there means ``4 * width``).
+        num_attention_heads: big_vision ``num_heads``.
+        patch_size: big_vision ``patch_size`` as ``[height, width]``.
+        image_size: the input resolution ``[height, width]`` the posemb grid was made for (big_vision
+            derives it from the input at init; we store it).
+        posemb: ``"learn"`` or ``"sincos2d"`` (big_vision ``posemb``).
+        pool_type: ``"gap"``, ``"map"``, ``"tok"``, ``"0"`` or ``"none"`` (big_vision ``pool_type``).
+        representation_size: big_vision ``rep_size``: ``None`` (False), or the width of the ``pre_logits``
+            Dense + tanh layer (``True`` in big_vision means ``width``).
+        layer_norm_eps: flax ``nn.LayerNorm`` default, 1e-6.
+        hidden_act: ``"gelu_pytorch_tanh"``: flax ``nn.gelu`` defaults to the tanh approximation.
+        dropout: big_vision ``dropout`` (after posemb, attention output and MLP).
+        head_zeroinit: big_vision ``head_zeroinit``; only affects fresh initialisation.
+
+    Example:
+        >>> from big_vision_hf import BvViTConfig
+        >>> config = BvViTConfig.from_variant("S/16", pool_type="gap", posemb="sincos2d", representation_size=384)
+        >>> config.hidden_size, config.patch_size
+        (384, [16, 16])
+    """
+
+    model_type = "bv_vit"
+
+    hidden_size: int = 768
+    num_hidden_layers: int = 12
+    intermediate_size: int = 3072
+    num_attention_heads: int = 12
+    patch_size: list[int] | tuple[int, ...] | int = (16, 16)
+    image_size: list[int] | tuple[int, ...] | int = (224, 224)
+    num_channels: int = 3
+    posemb: str = "learn"
+    pool_type: str = "gap"
+    representation_size: int | None = None
+    layer_norm_eps: float = 1e-6
+    hidden_act: str = "gelu_pytorch_tanh"
+    dropout: float = 0.0
+    attention_dropout: float = 0.0
+    head_zeroinit: bool = True
+
+    def __post_init__(self, **kwargs):
+        self.patch_size = pair(self.patch_size)
+        self.image_size = pair(self.image_size)
+        if self.posemb not in POSEMB_TYPES:
+            raise ValueError(f"Unknown posemb type: {self.posemb!r}; expected one of {POSEMB_TYPES}")
+        if self.pool_type not in POOL_TYPES:
+            raise ValueError(f"Unknown pool type: {self.pool_type!r}; expected one of {POOL_TYPES}")
+        if self.hidden_size % self.num_attention_heads:
+            raise ValueError(f"hidden_size {self.hidden_size} is not divisible by {self.num_attention_heads} heads")
+        if self.posemb == "sincos2d" and self.hidden_size % 4:
+            raise ValueError("sincos2d posemb needs hidden_size divisible by 4 (big_vision posemb_sincos_2d)")
+        super().__post_init__(**kwargs)
+
+    @property
+    def grid_size(self) -> tuple[int, int]:
+        """The patch grid ``(h, w)`` of ``image_size``: the native posemb grid."""
+        return (self.image_size[0] // self.patch_size[0], self.image_size[1] // self.patch_size[1])
+
+    @classmethod
+    def from_variant(cls, variant: str, **overrides) -> "BvViTConfig":
+        """Builds a config from a big_vision variant string (``"B/16"``), overridable by keyword."""
+        return cls(**{**bv_kwargs_to_config(decode_variant(variant)), **overrides})
+
+
+# big_vision `vit.Model` kwargs -> BvViTConfig fields.
+BV_VIT_KWARGS = {
+    "width": "hidden_size",
+    "depth": "num_hidden_layers",
+    "mlp_dim": "intermediate_size",
+    "num_heads": "num_attention_heads",
+    "patch_size": "patch_size",
+    "posemb": "posemb",
+    "pool_type": "pool_type",
+    "rep_size": "representation_size",
+    "dropout": "dropout",
+    "head_zeroinit": "head_zeroinit",
+}
+# big_vision kwargs that change nothing in a PyTorch model (layout, remat, matmul dtype).
+BV_VIT_NO_EFFECT = ("scan", "remat_policy", "dtype_mm")
+
+
+def bv_kwargs_to_config(kwargs: dict) -> dict:
+    """Translates big_vision ``vit.Model`` kwargs (a ``config.model`` dict) into ``BvViTConfig`` fields."""
+    kwargs = dict(kwargs)
+    out = decode_variant(kwargs.pop("variant", None))
+    out = {BV_VIT_KWARGS[k]: v for k, v in out.items()}
+    for key, value in kwargs.items():
+        if key in BV_VIT_NO_EFFECT:
+            continue
+        if key == "num_classes":
+            continue  # handled by the converter (it decides base model vs classifier)
+        if key not in BV_VIT_KWARGS:
+            raise ValueError(f"unknown big_vision ViT option {key!r}; known: {', '.join(BV_VIT_KWARGS)}")
+        out[BV_VIT_KWARGS[key]] = value
+    if out.get("representation_size") is False or out.get("representation_size") == 0:
+        out["representation_size"] = None  # big_vision rep_size=False: no pre_logits layer
+    if "intermediate_size" in out and out["intermediate_size"] is None:
+        out["intermediate_size"] = 4 * out["hidden_size"]
+    return out

@@ -1,0 +1,120 @@
+"""Converting a big_vision checkpoint: read -> layout passes -> rule table -> strict load.
+
+Every family registers a *builder* in :data:`FAMILIES` under its big_vision ``config.model_name``. A builder
+takes the lazily-read checkpoint and the big_vision model kwargs (``config.model``) and returns
+``(model class, config, {our name: LazyArray})`` without reading any data; :func:`convert_checkpoint`
+then checks that every array and every parameter is accounted for, reads the arrays one at a time and
+loads them strictly.
+
+Example:
+    >>> from big_vision_hf.conversion import convert_checkpoint  # doctest: +SKIP
+    >>> model = convert_checkpoint("vit_s16_i1k_300ep.npz", "vit", {"variant": "S/16"})  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+
+import torch
+from transformers import PreTrainedModel
+from transformers.initialization import no_init_weights
+
+from .checkpoint import CheckpointError, LazyArray, read_checkpoint
+from .mapping import check_fits, materialize
+
+Builder = Callable[..., tuple[type, object, dict[str, LazyArray]]]
+FAMILIES: dict[str, Builder] = {}
+
+
+def register_family(*names: str):
+    """Decorator: registers a builder under big_vision ``config.model_name`` values (``"vit"``, ...)."""
+
+    def wrap(builder: Builder) -> Builder:
+        for name in names:
+            FAMILIES[name] = builder
+        return builder
+
+    return wrap
+
+
+def _load_builders() -> None:
+    # Importing the family modules registers them.
+    from . import families  # noqa: F401
+
+
+# Structural signatures, most specific first: (family, names that must all be present).
+_SIGNATURES = [
+    ("mlp_mixer", ("stem/kernel", "pre_head_layer_norm/scale")),
+    ("bit_paper", ("root_block/conv_root/kernel",)),
+    ("bit_paper", ("resnet/root_block/standardized_conv2d/kernel",)),
+    ("bit", ("conv_root/kernel", "gn_root/scale")),
+    ("vit", ("embedding/kernel",)),
+]
+
+
+def detect_family(params: dict[str, LazyArray], source: str = "checkpoint") -> str:
+    """Guesses big_vision ``model_name`` from the parameter tree's structure (never from file names)."""
+    for family, required in _SIGNATURES:
+        if all(name in params for name in required):
+            return family
+    if any(k.startswith("Mixer/") or k.startswith("MixerBlock_") for k in params):
+        return "mlp_mixer"
+    tops = sorted({k.split("/")[0] for k in params})[:8]
+    raise CheckpointError(
+        f"{source}: cannot tell the big_vision model family from its arrays (top-level names: {', '.join(tops)}); "
+        f"pass --model-name (one of: {', '.join(sorted(FAMILIES))})"
+    )
+
+
+def parse_model_config(model_config: str | dict | None) -> dict:
+    """``--model-config`` JSON (big_vision ``config.model``) -> dict, with a one-line error."""
+    if model_config is None or isinstance(model_config, dict):
+        return dict(model_config or {})
+    try:
+        value = json.loads(model_config)
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"--model-config is not valid JSON ({e.msg} at char {e.pos}): {model_config!r}") from None
+    if not isinstance(value, dict):
+        raise CheckpointError(f"--model-config must be a JSON object, got {type(value).__name__}")
+    return value
+
+
+def build(checkpoint: str, model_name: str | None = None, model_config: str | dict | None = None, **options):
+    """Reads the checkpoint's names and shapes and returns ``(model class, config, mapped arrays, family)``."""
+    _load_builders()
+    params = read_checkpoint(checkpoint)
+    family = model_name or detect_family(params, checkpoint)
+    if family not in FAMILIES:
+        raise CheckpointError(f"unknown --model-name {family!r}; supported: {', '.join(sorted(FAMILIES))}")
+    cls, config, mapped = FAMILIES[family](params, parse_model_config(model_config), **options)
+    return cls, config, mapped, family
+
+
+def convert_checkpoint(
+    checkpoint: str,
+    model_name: str | None = None,
+    model_config: str | dict | None = None,
+    dtype: torch.dtype = torch.float32,
+    progress: bool = False,
+    **options,
+) -> PreTrainedModel:
+    """Converts a big_vision ``.npz`` (``path`` or ``path:subtree``) into one of our models, strictly.
+
+    Args:
+        checkpoint: path to the ``.npz``, optionally with a sub-tree (``"siglip.npz:img"``).
+        model_name: big_vision ``config.model_name`` (``"vit"``, ``"proj.flexi.vit"``, ``"mlp_mixer"``,
+            ``"bit_paper"``, ``"bit"``); detected from the arrays when omitted.
+        model_config: big_vision ``config.model`` kwargs, as a dict or JSON string.
+        dtype: dtype of the returned model's floating-point weights.
+        options: family options, e.g. ``image_size=(384, 384)`` to resample a learned posemb.
+    """
+    cls, config, mapped, family = build(checkpoint, model_name, model_config, **options)
+    with no_init_weights():
+        model = cls(config)
+    check_fits(mapped, model)
+    tensors = materialize(mapped, dtype=dtype, progress=progress)
+    model.load_state_dict(tensors, strict=True)
+    model.to(dtype)
+    model.config.bv_model_name = family
+    return model.eval()

@@ -1,0 +1,3 @@
+"""Imports every family converter so that each registers its builder in `api.FAMILIES`."""
+
+from . import convert_bv_vit  # noqa: F401  vit

@@ -1,0 +1,217 @@
+"""One parameter-mapping mechanism for every family: a table of big_vision name -> our name.
+
+Each converter declares ``RULES = [Rule(bv_regex, hf_template, transform), ...]``. :func:`map_params`
+matches every checkpoint name against exactly one rule (or an explicitly ignored pattern) and
+returns lazy tensors under our names; :func:`check_fits` then compares them with the model's
+``state_dict`` (missing, unexpected, wrong shape) before anything is read. Either step raises a
+one-line :class:`~big_vision_hf.conversion.checkpoint.CheckpointError` naming the keys, as
+big_vision's ``common.merge_params`` does.
+
+Transforms are named functions with the flax -> torch layout in their docstring; each knows how it
+changes a shape, so mismatches are found from the npz headers alone.
+
+Layout passes shared by several families (``convert_pre_linen``, ``unstack_scan``) also live here:
+they rewrite names before the table sees them, like big_vision's ``fix_old_checkpoints`` and
+``scan_to_pyloop``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .checkpoint import CheckpointError, LazyArray
+
+
+@dataclass(frozen=True)
+class Transform:
+    name: str
+    array: Callable[[np.ndarray], np.ndarray]
+    shape: Callable[[tuple[int, ...]], tuple[int, ...]]
+
+
+def _prod(shape: Iterable[int]) -> int:
+    return int(np.prod(tuple(shape), dtype=np.int64))
+
+
+identity = Transform("identity", lambda x: x, lambda s: tuple(s))
+#: flax ``nn.Dense`` kernel ``[in, out]`` -> torch ``Linear.weight`` ``[out, in]``.
+dense = Transform("dense", lambda x: x.T, lambda s: tuple(s[::-1]))
+#: flax ``nn.Conv`` kernel HWIO ``[kh, kw, in, out]`` -> torch ``Conv2d.weight`` OIHW.
+conv = Transform("conv", lambda x: x.transpose(3, 2, 0, 1), lambda s: (s[3], s[2], s[0], s[1]))
+#: MHA ``query|key|value/kernel`` ``[D, heads, head_dim]`` -> ``Linear.weight`` ``[heads*head_dim, D]``.
+heads_in = Transform("heads_in", lambda x: x.reshape(x.shape[0], -1).T, lambda s: (_prod(s[1:]), s[0]))
+#: MHA ``out/kernel`` ``[heads, head_dim, D]`` -> ``Linear.weight`` ``[D, heads*head_dim]``.
+heads_out = Transform("heads_out", lambda x: x.reshape(-1, x.shape[-1]).T, lambda s: (s[-1], _prod(s[:-1])))
+#: Any array -> 1-D (MHA biases ``[heads, head_dim]``, old GroupNorm scales ``[1, 1, 1, C]``).
+flat = Transform("flat", lambda x: x.reshape(-1), lambda s: (_prod(s),))
+
+
+@dataclass(frozen=True)
+class Rule:
+    """``bv`` is a regex matched against the whole big_vision name; ``hf`` is formatted with its groups."""
+
+    bv: str
+    hf: str
+    transform: Transform = identity
+
+
+def map_params(
+    params: dict[str, LazyArray], rules: list[Rule], ignore: dict[str, str] | None = None
+) -> dict[str, LazyArray]:
+    """Applies a rule table. Every name must match exactly one rule, or an ``ignore`` regex (with its reason).
+
+    Returns ``{hf_name: LazyArray}`` (nothing read yet). Raises ``CheckpointError`` listing unmatched names.
+    """
+    compiled = [(re.compile(rule.bv), rule) for rule in rules]
+    ignored = [re.compile(pattern) for pattern in (ignore or {})]
+    mapped: dict[str, LazyArray] = {}
+    unmatched, ambiguous = [], []
+    for name, array in params.items():
+        hits = [(m, rule) for regex, rule in compiled if (m := regex.fullmatch(name))]
+        if not hits:
+            if not any(regex.fullmatch(name) for regex in ignored):
+                unmatched.append(name)
+            continue
+        if len(hits) > 1:
+            ambiguous.append(name)
+            continue
+        match, rule = hits[0]
+        target = rule.hf.format(*match.groups())
+        if target in mapped:
+            raise CheckpointError(f"two checkpoint arrays map to {target!r} (second: {name!r})")
+        mapped[target] = array.derive(rule.transform.array, rule.transform.shape(array.shape))
+        mapped[target].name = name
+    if ambiguous:
+        raise CheckpointError(f"converter bug: names matched by several rules: {_listing(ambiguous)}")
+    if unmatched:
+        raise CheckpointError(f"{len(unmatched)} checkpoint array(s) not used by this model: {_listing(unmatched)}")
+    return mapped
+
+
+def check_fits(mapped: dict[str, LazyArray], model: torch.nn.Module) -> None:
+    """Checks names and shapes against ``model.state_dict()`` without reading any data.
+
+    Raises one ``CheckpointError`` naming the missing parameters, the unused checkpoint arrays (by their
+    big_vision names) and every shape mismatch.
+    """
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    missing = sorted(set(expected) - set(mapped))
+    unexpected = sorted(mapped[k].name for k in set(mapped) - set(expected))
+    mismatched = [
+        f"{mapped[k].name} -> {k}: checkpoint {mapped[k].shape} vs model {expected[k]}"
+        for k in sorted(set(expected) & set(mapped))
+        if tuple(mapped[k].shape) != expected[k]
+    ]
+    problems = []
+    if missing:
+        problems.append(f"model parameters missing from the checkpoint: {_listing(missing)}")
+    if unexpected:
+        problems.append(f"checkpoint arrays the model has no place for: {_listing(unexpected)}")
+    if mismatched:
+        problems.append(f"shape mismatch: {_listing(mismatched)}")
+    if problems:
+        raise CheckpointError(f"checkpoint does not fit {type(model).__name__}: " + "; ".join(problems))
+
+
+def materialize(mapped: dict[str, LazyArray], dtype: torch.dtype | None = None, progress: bool = False):
+    """Reads every lazy array (grouped by source so stacked arrays are read once) into torch tensors."""
+    from tqdm.auto import tqdm
+
+    order = sorted(mapped, key=lambda k: mapped[k].source)
+    tensors = {}
+    for name in tqdm(order, desc="reading arrays", unit="array", disable=not progress):
+        tensor = torch.from_numpy(np.ascontiguousarray(mapped[name].load()))
+        tensors[name] = tensor.to(dtype) if dtype is not None and tensor.is_floating_point() else tensor
+    return tensors
+
+
+def _listing(names: list[str], limit: int = 12) -> str:
+    shown = ", ".join(names[:limit])
+    return shown + (f", ... ({len(names) - limit} more)" if len(names) > limit else "")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Name-level layout passes (run before the rule table)
+# ---------------------------------------------------------------------------------------------------------
+
+_MODULE_NUM = re.compile(r"(.*)_(\d+)$")
+
+
+def _natural_key(name: str):
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
+
+
+def convert_pre_linen(params: dict[str, LazyArray]) -> dict[str, LazyArray]:
+    """Renumbers pre-Linen module names per module class, as ``flax.training.checkpoints.convert_pre_linen``.
+
+    Pre-Linen flax numbered sub-modules across classes (``LayerNorm_0, MultiHeadDotProductAttention_1,
+    LayerNorm_2, MlpBlock_3``, the layout of the AugReg ViT files); Linen counts per class
+    (``LayerNorm_0, MultiHeadDotProductAttention_0, LayerNorm_1, MlpBlock_0``). A Linen tree is unchanged.
+    """
+    children: dict[tuple[str, ...], set[str]] = defaultdict(set)
+    for name in params:
+        parts = tuple(name.split("/"))
+        for depth in range(len(parts)):
+            children[parts[:depth]].add(parts[depth])
+    renames: dict[tuple[str, ...], dict[str, str]] = {}
+    for parent, names in children.items():
+        counts: dict[str, int] = {}
+        renames[parent] = {}
+        for child in sorted(names, key=_natural_key):
+            match = _MODULE_NUM.match(child)
+            if match:
+                module = match.group(1)
+                renames[parent][child] = f"{module}_{counts.get(module, 0)}"
+                counts[module] = counts.get(module, 0) + 1
+            else:
+                renames[parent][child] = child
+    out = {}
+    for name, array in params.items():
+        parts = name.split("/")
+        new = [renames[tuple(parts[:d])][parts[d]] for d in range(len(parts))]
+        out["/".join(new)] = array
+    return out
+
+
+class _StackedSource:
+    """Holds the last stacked array read, so that slicing N layers out of it reads the file once."""
+
+    def __init__(self, array: LazyArray, axis: int):
+        self.array, self.axis = array, axis
+        self._value: np.ndarray | None = None
+        self._taken: set[int] = set()
+
+    def slice(self, index: int) -> np.ndarray:
+        if self._value is None:
+            self._value = self.array.load()
+        out = np.take(self._value, index, axis=self.axis)
+        self._taken.add(index)
+        if len(self._taken) == self.array.shape[self.axis]:
+            self._value, self._taken = None, set()  # every layer was taken: free the stacked copy
+        return out
+
+
+def unstack_scan(params: dict[str, LazyArray], stacked: str, looped: str, axis: int = 0) -> dict[str, LazyArray]:
+    """``nn.scan`` layout -> python-loop layout, as big_vision ``vit.scan_to_pyloop``.
+
+    Names under ``stacked`` (e.g. ``"Transformer/encoderblock/"``) carry the depth on ``axis``; they become
+    ``looped.format(i)`` + rest (e.g. ``"Transformer/encoderblock_{}/"``), sliced lazily.
+    """
+    out = {}
+    for name, array in params.items():
+        if not name.startswith(stacked):
+            out[name] = array
+            continue
+        rest = name[len(stacked):]
+        source = _StackedSource(array, axis)
+        shape = tuple(s for i, s in enumerate(array.shape) if i != axis)
+        for i in range(array.shape[axis]):
+            name_i = looped.format(i) + rest
+            out[name_i] = LazyArray(shape, array.dtype, lambda i=i, src=source: src.slice(i), array.source, name_i)
+    return out

@@ -1,0 +1,464 @@
+"""PyTorch port of big_vision's ViT (``big_vision/models/vit.py``) and the shared transformer layers.
+
+This file owns the attention, MLP, encoder layer, encoder, MAP head and posemb helpers that every
+big_vision tower reuses (FlexiViT, SigLIP towers, NaFlex, ...), as big_vision reuses ``vit.Encoder``.
+
+Why our own ``PreTrainedModel``: transformers' ``ViTModel`` always prepends a cls token with an N+1
+posemb and classifies the raw cls token; ``SiglipVisionModel`` has neither cls tokens, sincos posembs,
+``gap``/``0`` pooling nor ``rep_size``. No transformers class represents every big_vision ViT exactly.
+
+big_vision ``out`` dict -> outputs here (hidden-state index ``i`` is the input of encoder layer ``i``;
+index ``depth`` is the output of the last layer before ``encoder_norm``):
+    ``out["with_posemb"]`` (+ ``[cls]`` for ``tok``) -> ``hidden_states[0]``
+    ``out["encoder"]["blockNN"]["+mlp"]``           -> ``hidden_states[NN + 1]``
+    ``out["encoded"]``                              -> ``last_hidden_state``
+    ``out["pre_logits"]``                           -> ``pooler_output``
+    ``out["pre_logits_2d"]`` / ``out["logits_2d"]`` -> ``pre_logits_2d`` / ``logits_2d`` (with ``output_2d=True``,
+                                                       channels last, like big_vision)
+    ``out["logits"]``                               -> ``logits``
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+from transformers import PreTrainedModel
+from transformers import initialization as init
+from transformers.activations import ACT2FN
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_outputs import BaseModelOutputWithPooling, ImageClassifierOutput
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+from transformers.utils import can_return_tuple
+from transformers.utils.output_capturing import OutputRecorder, capture_outputs
+
+from ..configuration.configuration_bv_vit import BvViTConfig
+
+# ---------------------------------------------------------------------------------------------------------
+# Position embeddings
+# ---------------------------------------------------------------------------------------------------------
+
+
+def posemb_sincos_2d(h: int, w: int, width: int, temperature: float = 10_000.0) -> torch.Tensor:
+    """MoCo-v3 2-D sincos posemb ``[1, h*w, width]``, as big_vision ``vit.posemb_sincos_2d``.
+
+    ``omega = 1 / temperature**(arange(width/4) / (width/4 - 1))`` (note the ``-1``); the features are
+    ``[sin(x*omega), cos(x*omega), sin(y*omega), cos(y*omega)]`` with ``x`` the column, ``y`` the row index.
+    Computed in float64 and rounded once, so it is the same on every device.
+    """
+    y, x = torch.meshgrid(torch.arange(h, dtype=torch.float64), torch.arange(w, dtype=torch.float64), indexing="ij")
+    omega = torch.arange(width // 4, dtype=torch.float64) / (width // 4 - 1)
+    omega = 1.0 / temperature**omega
+    y = y.flatten()[:, None] * omega[None, :]
+    x = x.flatten()[:, None] * omega[None, :]
+    pe = torch.cat([torch.sin(x), torch.cos(x), torch.sin(y), torch.cos(y)], dim=1)
+    return pe.to(torch.float32)[None]
+
+
+def resample_posemb(posemb: torch.Tensor, old_grid: tuple[int, int], new_grid: tuple[int, int]) -> torch.Tensor:
+    """Resizes a learned posemb ``[1, h*w, D]`` to another grid, as big_vision ``vit.resample_posemb``.
+
+    big_vision uses ``scipy.ndimage.zoom(grid, zoom, order=1)``: linear interpolation whose corner samples
+    coincide (``grid_mode=False``), i.e. ``align_corners=True`` bilinear. big_vision only handles square
+    grids; the same interpolation is applied per axis here, so non-square grids work too.
+    """
+    if tuple(old_grid) == tuple(new_grid):
+        return posemb
+    d = posemb.shape[-1]
+    grid = posemb.reshape(1, old_grid[0], old_grid[1], d).permute(0, 3, 1, 2)
+    grid = F.interpolate(grid.float(), size=tuple(new_grid), mode="bilinear", align_corners=True)
+    return grid.permute(0, 2, 3, 1).reshape(1, new_grid[0] * new_grid[1], d).to(posemb.dtype)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Shared transformer layers (big_vision vit.MlpBlock / Encoder1DBlock / Encoder / MAPHead)
+# ---------------------------------------------------------------------------------------------------------
+
+
+def eager_attention_forward(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float,
+    dropout: float = 0.0,
+    **kwargs,
+):
+    attn_weights = torch.matmul(query, key.transpose(-1, -2)) * scaling
+    if attention_mask is not None:
+        attn_weights = attn_weights + attention_mask
+    attn_weights = F.softmax(attn_weights, dim=-1, dtype=torch.float32).to(query.dtype)
+    attn_weights = F.dropout(attn_weights, p=dropout, training=module.training)
+    attn_output = torch.matmul(attn_weights, value).transpose(1, 2).contiguous()
+    return attn_output, attn_weights
+
+
+class BvViTAttention(nn.Module):
+    """flax ``nn.MultiHeadDotProductAttention``: biased q/k/v/out projections, no mask by default.
+
+    Used for self-attention (``key_value_states=None``) and for the MAP head's probe (cross-attention).
+    """
+
+    def __init__(self, config: BvViTConfig):
+        super().__init__()
+        self.config = config
+        self.num_heads = config.num_attention_heads
+        self.head_dim = config.hidden_size // config.num_attention_heads
+        self.scale = self.head_dim**-0.5  # flax divides the query by sqrt(head_dim) before q.k
+        self.dropout = config.attention_dropout
+        self.is_causal = False  # else SDPA turns causal when no mask is given
+        self.q_proj = nn.Linear(config.hidden_size, config.hidden_size)
+        self.k_proj = nn.Linear(config.hidden_size, config.hidden_size)
+        self.v_proj = nn.Linear(config.hidden_size, config.hidden_size)
+        self.out_proj = nn.Linear(config.hidden_size, config.hidden_size)
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        key_value_states: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        **kwargs,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        kv = hidden_states if key_value_states is None else key_value_states
+        q_shape = (*hidden_states.shape[:-1], -1, self.head_dim)
+        kv_shape = (*kv.shape[:-1], -1, self.head_dim)
+        query = self.q_proj(hidden_states).view(q_shape).transpose(1, 2)  # (B, H, Lq, Dh)
+        key = self.k_proj(kv).view(kv_shape).transpose(1, 2)  # (B, H, Lk, Dh)
+        value = self.v_proj(kv).view(kv_shape).transpose(1, 2)
+
+        attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
+            self.config._attn_implementation, eager_attention_forward
+        )
+        attn_output, attn_weights = attention_interface(
+            self,
+            query,
+            key,
+            value,
+            attention_mask,
+            is_causal=False,
+            scaling=self.scale,
+            dropout=0.0 if not self.training else self.dropout,
+        )
+        attn_output = attn_output.reshape(*hidden_states.shape[:-1], -1).contiguous()
+        return self.out_proj(attn_output), attn_weights
+
+
+class BvViTMLP(nn.Module):
+    """big_vision ``vit.MlpBlock``: Dense -> GELU (tanh) -> Dropout -> Dense."""
+
+    def __init__(self, config: BvViTConfig):
+        super().__init__()
+        self.fc1 = nn.Linear(config.hidden_size, config.intermediate_size)
+        self.activation_fn = ACT2FN[config.hidden_act]
+        self.dropout = nn.Dropout(config.dropout)
+        self.fc2 = nn.Linear(config.intermediate_size, config.hidden_size)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.dropout(self.activation_fn(self.fc1(hidden_states))))
+
+
+class BvViTEncoderLayer(GradientCheckpointingLayer):
+    """big_vision ``vit.Encoder1DBlock``: pre-LN self-attention and MLP, each with a residual."""
+
+    def __init__(self, config: BvViTConfig):
+        super().__init__()
+        self.layer_norm1 = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.self_attn = BvViTAttention(config)
+        self.layer_norm2 = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.mlp = BvViTMLP(config)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs):
+        residual = hidden_states
+        hidden_states, _ = self.self_attn(self.layer_norm1(hidden_states), attention_mask=attention_mask, **kwargs)
+        hidden_states = residual + self.dropout(hidden_states)  # out["+sa"]
+        residual = hidden_states
+        hidden_states = self.mlp(self.layer_norm2(hidden_states))
+        return residual + self.dropout(hidden_states)  # out["+mlp"]
+
+
+class BvViTEncoder(nn.Module):
+    """big_vision ``vit.Encoder``: ``depth`` blocks then ``encoder_norm`` (here ``post_layernorm``)."""
+
+    def __init__(self, config: BvViTConfig):
+        super().__init__()
+        self.layers = nn.ModuleList([BvViTEncoderLayer(config) for _ in range(config.num_hidden_layers)])
+        self.post_layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+
+    def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs):
+        for layer in self.layers:
+            hidden_states = layer(hidden_states, attention_mask, **kwargs)
+        return self.post_layernorm(hidden_states)
+
+
+class BvMAPHead(nn.Module):
+    """big_vision ``vit.MAPHead``: a learned probe attends to the tokens, then ``x + MLP(LN(x))``, token 0.
+
+    There is no LayerNorm on the keys and none after the MLP. ``attention_mask`` (optional, additive, for
+    padded sequences) masks keys.
+    """
+
+    def __init__(self, config: BvViTConfig):
+        super().__init__()
+        self.probe = nn.Parameter(torch.zeros(1, 1, config.hidden_size))
+        self.attention = BvViTAttention(config)
+        self.layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.mlp = BvViTMLP(config)
+
+    def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        probe = self.probe.expand(hidden_states.shape[0], -1, -1)
+        x, _ = self.attention(probe, key_value_states=hidden_states, attention_mask=attention_mask)
+        x = x + self.mlp(self.layernorm(x))
+        return x[:, 0]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# ViT
+# ---------------------------------------------------------------------------------------------------------
+
+
+class BvViTEmbeddings(nn.Module):
+    """Conv patchify, + posemb, then (for ``pool_type="tok"``) prepend ``[cls]``, as big_vision ``vit._Model``.
+
+    The posemb is added BEFORE the cls token is prepended, so ``cls`` gets no posemb.
+    """
+
+    def __init__(self, config: BvViTConfig):
+        super().__init__()
+        self.config = config
+        self.grid_size = config.grid_size
+        self.patch_embedding = nn.Conv2d(
+            config.num_channels, config.hidden_size, kernel_size=config.patch_size, stride=config.patch_size
+        )
+        num_patches = self.grid_size[0] * self.grid_size[1]
+        if config.posemb == "learn":
+            self.position_embedding = nn.Parameter(torch.zeros(1, num_patches, config.hidden_size))
+        else:  # sincos2d is not a parameter; recomputed by _init_weights after meta-device loading.
+            self.register_buffer(
+                "position_embedding", posemb_sincos_2d(*self.grid_size, config.hidden_size), persistent=False
+            )
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, config.hidden_size)) if config.pool_type == "tok" else None
+        self.dropout = nn.Dropout(config.dropout)
+
+    def position_embedding_for(self, grid: tuple[int, int], interpolate: bool) -> torch.Tensor:
+        if tuple(grid) == tuple(self.grid_size):
+            return self.position_embedding
+        if self.config.posemb == "sincos2d":
+            pe = posemb_sincos_2d(*grid, self.config.hidden_size)
+            return pe.to(device=self.position_embedding.device, dtype=self.position_embedding.dtype)
+        if not interpolate:
+            raise ValueError(
+                f"input gives a {grid[0]}x{grid[1]} patch grid but the learned posemb is "
+                f"{self.grid_size[0]}x{self.grid_size[1]}; pass interpolate_pos_encoding=True to resample it "
+                "(big_vision resample_posemb)"
+            )
+        return resample_posemb(self.position_embedding, self.grid_size, grid)
+
+    def forward(self, pixel_values: torch.Tensor, interpolate_pos_encoding: bool = False):
+        x = self.patch_embedding(pixel_values.to(self.patch_embedding.weight.dtype))  # (B, D, h, w) = out["stem"]
+        grid = (x.shape[-2], x.shape[-1])
+        x = x.flatten(2).transpose(1, 2)  # (B, h*w, D), row-major tokens
+        x = x + self.position_embedding_for(grid, interpolate_pos_encoding)  # out["with_posemb"]
+        if self.cls_token is not None:
+            x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1).to(x.dtype), x], dim=1)
+        return self.dropout(x), grid
+
+
+@dataclass
+class BvViTModelOutput(BaseModelOutputWithPooling):
+    r"""
+    pre_logits_2d (`torch.FloatTensor` of shape `(batch_size, h, w, dim)`, with `output_2d=True`):
+        big_vision ``out["pre_logits_2d"]``: the per-patch tokens (cls dropped) after ``pre_logits``.
+    """
+
+    pre_logits_2d: torch.FloatTensor | None = None
+
+
+@dataclass
+class BvImageClassifierOutput(ImageClassifierOutput):
+    r"""
+    logits_2d (`torch.FloatTensor` of shape `(batch_size, h, w, num_labels)`, with `output_2d=True`):
+        big_vision ``out["logits_2d"]``: the classification head applied to every patch token.
+    pooler_output (`torch.FloatTensor`): big_vision ``out["pre_logits"]``, the input of the head.
+    """
+
+    logits_2d: torch.FloatTensor | None = None
+    pooler_output: torch.FloatTensor | None = None
+
+
+class BvViTPreTrainedModel(PreTrainedModel):
+    config: BvViTConfig
+    config_class = BvViTConfig
+    base_model_prefix = "vit"
+    main_input_name = "pixel_values"
+    input_modalities = ("image",)
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["BvViTEmbeddings", "BvViTEncoderLayer", "BvMAPHead"]
+    _supports_sdpa = True
+    _supports_flash_attn = True
+    _supports_flex_attn = True
+    _supports_attention_backend = True
+    _can_record_outputs = {
+        "hidden_states": BvViTEncoderLayer,
+        "attentions": OutputRecorder(BvViTAttention, index=1, layer_name="encoder.layers"),
+    }
+
+    @torch.no_grad()
+    def _init_weights(self, module):
+        """big_vision's flax initialisers (``models/vit.py``); loaded tensors are left alone."""
+        super()._init_weights(module)
+        if isinstance(module, BvViTEmbeddings):
+            # nn.Conv default: lecun_normal kernel, zero bias.
+            init.lecun_normal_(module.patch_embedding.weight)
+            init.zeros_(module.patch_embedding.bias)
+            if module.config.posemb == "learn":
+                init.normal_(module.position_embedding, std=1 / np.sqrt(module.config.hidden_size))
+            else:
+                init.copy_(module.position_embedding, posemb_sincos_2d(*module.grid_size, module.config.hidden_size))
+            if module.cls_token is not None:
+                init.zeros_(module.cls_token)
+        elif isinstance(module, BvViTAttention):  # MHA kernel_init=xavier_uniform, zero biases
+            for proj in (module.q_proj, module.k_proj, module.v_proj, module.out_proj):
+                init.xavier_uniform_(proj.weight)
+                init.zeros_(proj.bias)
+        elif isinstance(module, BvViTMLP):  # vit.MlpBlock: xavier_uniform kernels, normal(1e-6) biases
+            for fc in (module.fc1, module.fc2):
+                init.xavier_uniform_(fc.weight)
+                init.normal_(fc.bias, std=1e-6)
+        elif isinstance(module, BvMAPHead):  # MAPHead probe: xavier_uniform over (1, d)
+            bound = float(np.sqrt(6.0 / (1 + module.probe.shape[-1])))
+            init.uniform_(module.probe, -bound, bound)
+        elif isinstance(module, BvViTModel) and module.pre_logits is not None:
+            init.lecun_normal_(module.pre_logits.weight)  # nn.Dense default
+            init.zeros_(module.pre_logits.bias)
+        elif isinstance(module, BvViTForImageClassification):
+            if module.config.head_zeroinit:
+                init.zeros_(module.classifier.weight)
+            else:
+                init.lecun_normal_(module.classifier.weight)
+            init.zeros_(module.classifier.bias)
+
+
+class BvViTModel(BvViTPreTrainedModel):
+    r"""big_vision ViT without the classification head: returns ``pre_logits`` as ``pooler_output``.
+
+    Example:
+        >>> import torch
+        >>> from big_vision_hf import BvViTConfig, BvViTModel
+        >>> config = BvViTConfig.from_variant("mu/16", image_size=64, pool_type="map")
+        >>> model = BvViTModel(config).eval()
+        >>> out = model(torch.zeros(1, 3, 64, 64))
+        >>> tuple(out.pooler_output.shape)
+        (1, 32)
+
+    Parity: ``big_vision.models.vit._Model`` at commit 0127fb6, pools gap/map/tok, posemb learn/sincos2d,
+    rep_size, loop and scan checkpoints; fp32 max abs error on ``logits`` against the original JAX code is
+    reported by ``tests/test_parity_bv_vit.py`` (below 1e-5 on every fixture).
+    """
+
+    def __init__(self, config: BvViTConfig):
+        super().__init__(config)
+        self.embeddings = BvViTEmbeddings(config)
+        self.encoder = BvViTEncoder(config)
+        self.map_head = BvMAPHead(config) if config.pool_type == "map" else None
+        rep = config.representation_size
+        self.pre_logits = nn.Linear(config.hidden_size, rep) if rep else None
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.embeddings.patch_embedding
+
+    @capture_outputs(tie_last_hidden_states=False)
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        interpolate_pos_encoding: bool = False,
+        output_2d: bool = False,
+        **kwargs,
+    ) -> BvViTModelOutput:
+        r"""
+        pixel_values (`torch.FloatTensor` of shape `(batch_size, channels, height, width)`):
+            Images in [-1, 1] (big_vision ``value_range(-1, 1)``), e.g. from `BvImageProcessor`.
+        interpolate_pos_encoding (`bool`): resample a learned posemb to the input's patch grid, as big_vision
+            ``resample_posemb`` does (sincos2d posembs are recomputed for any grid regardless).
+        output_2d (`bool`): also return ``pre_logits_2d`` (big_vision ``out["pre_logits_2d"]``).
+        """
+        embeddings, grid = self.embeddings(pixel_values, interpolate_pos_encoding)
+        encoded = self.encoder(embeddings, **kwargs)  # out["encoded"]
+        pool = self.config.pool_type
+        if pool == "map":
+            pooled = self.map_head(encoded)
+        elif pool == "gap":
+            pooled = encoded.mean(dim=1)
+        elif pool in ("0", "tok"):
+            pooled = encoded[:, 0]
+        else:  # "none": big_vision keeps every token
+            pooled = encoded
+        patch_tokens = encoded[:, 1:] if pool == "tok" else encoded  # vit._Model drops [cls] for the 2-D map
+        if self.pre_logits is not None:  # rep_size: tanh(Dense(x)), shared by the pooled and 2-D outputs
+            pooled = torch.tanh(self.pre_logits(pooled))
+        pre_logits_2d = None
+        if output_2d:
+            pre_logits_2d = patch_tokens.reshape(patch_tokens.shape[0], grid[0], grid[1], -1)
+            if self.pre_logits is not None:
+                pre_logits_2d = torch.tanh(self.pre_logits(pre_logits_2d))
+        return BvViTModelOutput(last_hidden_state=encoded, pooler_output=pooled, pre_logits_2d=pre_logits_2d)
+
+
+class BvViTForImageClassification(BvViTPreTrainedModel):
+    r"""big_vision ViT with its ``head`` Dense: ``logits = head(pre_logits)``.
+
+    ``labels`` give a loss as in transformers (cross-entropy, or BCE for ``problem_type=
+    "multi_label_classification"``), so the model trains with ``Trainer``. LoRA target modules:
+    ``q_proj, k_proj, v_proj, out_proj, fc1, fc2`` (``modules_to_save=["classifier"]``).
+
+    Example:
+        >>> import torch
+        >>> from big_vision_hf import BvViTConfig, BvViTForImageClassification
+        >>> config = BvViTConfig.from_variant("mu/16", image_size=64, num_labels=10)
+        >>> model = BvViTForImageClassification(config).eval()
+        >>> model(torch.zeros(2, 3, 64, 64)).logits.shape
+        torch.Size([2, 10])
+
+    Parity: as `BvViTModel`; ``logits`` and ``logits_2d`` match big_vision ``out["logits"]``/``out["logits_2d"]``.
+    """
+
+    def __init__(self, config: BvViTConfig):
+        super().__init__(config)
+        self.vit = BvViTModel(config)
+        self.classifier = nn.Linear(config.representation_size or config.hidden_size, config.num_labels)
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.vit.embeddings.patch_embedding
+
+    @can_return_tuple
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        interpolate_pos_encoding: bool = False,
+        output_2d: bool = False,
+        **kwargs,
+    ) -> BvImageClassifierOutput:
+        r"""
+        labels (`torch.LongTensor` of shape `(batch_size,)`, *optional*): class indices for the loss.
+        interpolate_pos_encoding, output_2d: see `BvViTModel.forward`.
+        """
+        outputs = self.vit(pixel_values, interpolate_pos_encoding=interpolate_pos_encoding, output_2d=output_2d, **kwargs)
+        logits = self.classifier(outputs.pooler_output)
+        logits_2d = self.classifier(outputs.pre_logits_2d) if output_2d else None
+        loss = self.loss_function(labels, logits, self.config) if labels is not None else None
+        return BvImageClassifierOutput(
+            loss=loss,
+            logits=logits,
+            logits_2d=logits_2d,
+            pooler_output=outputs.pooler_output,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+        )

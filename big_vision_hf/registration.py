@@ -1,0 +1,12 @@
+"""Registration of our configs, models and processors with the transformers Auto classes."""
+
+from transformers import AutoConfig, AutoModel, AutoModelForImageClassification
+
+
+def register_auto_classes() -> None:
+    from .configuration.configuration_bv_vit import BvViTConfig
+    from .modeling.modeling_bv_vit import BvViTForImageClassification, BvViTModel
+
+    AutoConfig.register(BvViTConfig.model_type, BvViTConfig, exist_ok=True)
+    AutoModel.register(BvViTConfig, BvViTModel, exist_ok=True)
+    AutoModelForImageClassification.register(BvViTConfig, BvViTForImageClassification, exist_ok=True)
