@@ -118,3 +118,49 @@ def convert_checkpoint(
     model.to(dtype)
     model.config.bv_model_name = family
     return model.eval()
+
+
+def convert_to_folder(
+    checkpoint: str,
+    out_dir: str,
+    model_name: str | None = None,
+    model_config: str | dict | None = None,
+    registry_name: str | None = None,
+    image_size: int | tuple[int, int] | None = None,
+    dtype: torch.dtype = torch.float32,
+    max_shard_size: str = "5GB",
+    remote_code: bool = True,
+    progress: bool = True,
+    labels: list[str] | None = None,
+) -> str:
+    """Converts a checkpoint and writes a Hub-ready folder (what ``big-vision-hf convert`` runs).
+
+    A registry entry (by ``registry_name``, or recognised from the file's exact basename) supplies the big_vision
+    model name and kwargs, resolution and preprocessing; explicit arguments override it.
+    """
+    from ..processing.image_processing_bv import image_processor_for
+    from .export import save_folder
+    from .model_card import render_model_card
+    from .registry import find_entry
+
+    entry = find_entry(registry_name or checkpoint)
+    if registry_name and entry is None:
+        raise CheckpointError(f"unknown checkpoint name {registry_name!r}; see `big-vision-hf list`")
+    if entry and entry.subtree and ":" not in checkpoint.split("/")[-1]:
+        checkpoint = f"{checkpoint}:{entry.subtree}"
+    family = model_name or (entry.model_name if entry else None)
+    kwargs = {**(entry.model_config if entry else {}), **parse_model_config(model_config)}
+    if image_size is None and entry is not None:
+        image_size = entry.image_size
+    options = {"image_size": image_size} if image_size is not None else {}
+    model = convert_checkpoint(checkpoint, family, kwargs, dtype=dtype, progress=progress, **options)
+    model.config.bv_model_config = kwargs
+    if labels is not None:
+        num_labels = getattr(model, "classifier", None) and model.classifier.out_features
+        if len(labels) != num_labels:
+            raise CheckpointError(f"{len(labels)} labels given but the checkpoint's head has {num_labels} classes")
+        model.config.id2label = dict(enumerate(labels))
+        model.config.label2id = {label: i for i, label in enumerate(labels)}
+    processor, pp = image_processor_for(model.config, entry.preprocessing if entry else "resize")
+    card = render_model_card(model, model.config.bv_model_name, checkpoint, entry, preprocessing=pp)
+    return save_folder(model, out_dir, processor, card, max_shard_size=max_shard_size, remote_code=remote_code)
