@@ -4,11 +4,18 @@ Importing this package registers every config, model and image processor with th
 classes, so converted folders load with ``AutoModel*.from_pretrained(folder)``.
 """
 
+from .configuration.configuration_bv_mixer import BvMixerConfig
 from .configuration.configuration_bv_vit import BvViTConfig, decode_variant
+from .modeling.modeling_bv_mixer import BvMixerForImageClassification, BvMixerModel
 from .modeling.modeling_bv_vit import BvViTForImageClassification, BvViTModel
+from .processing.image_processing_bv import BvImageProcessor
 from .registration import register_auto_classes
 
 register_auto_classes()
 
 __version__ = "0.1.0"
-__all__ = ["BvViTConfig", "BvViTModel", "BvViTForImageClassification", "decode_variant"]
+__all__ = [
+    "BvImageProcessor",
+    "BvViTConfig", "BvViTModel", "BvViTForImageClassification", "decode_variant",
+    "BvMixerConfig", "BvMixerModel", "BvMixerForImageClassification",
+]

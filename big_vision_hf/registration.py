@@ -10,3 +10,16 @@ def register_auto_classes() -> None:
     AutoConfig.register(BvViTConfig.model_type, BvViTConfig, exist_ok=True)
     AutoModel.register(BvViTConfig, BvViTModel, exist_ok=True)
     AutoModelForImageClassification.register(BvViTConfig, BvViTForImageClassification, exist_ok=True)
+
+    from transformers import AutoImageProcessor
+
+    from .processing.image_processing_bv import BvImageProcessor
+
+    AutoImageProcessor.register(BvViTConfig, image_processor_classes={"pil": BvImageProcessor}, exist_ok=True)
+
+    from .configuration.configuration_bv_mixer import BvMixerConfig
+    from .modeling.modeling_bv_mixer import BvMixerForImageClassification, BvMixerModel
+
+    AutoConfig.register(BvMixerConfig.model_type, BvMixerConfig, exist_ok=True)
+    AutoModel.register(BvMixerConfig, BvMixerModel, exist_ok=True)
+    AutoModelForImageClassification.register(BvMixerConfig, BvMixerForImageClassification, exist_ok=True)

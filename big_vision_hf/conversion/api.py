@@ -46,6 +46,7 @@ def _load_builders() -> None:
 # Structural signatures, most specific first: (family, names that must all be present).
 _SIGNATURES = [
     ("mlp_mixer", ("stem/kernel", "pre_head_layer_norm/scale")),
+    ("mlp_mixer", ("Mixer/encoder_norm/scale",)),  # legacy vision_transformer layout (also has embedding/kernel)
     ("bit_paper", ("root_block/conv_root/kernel",)),
     ("bit_paper", ("resnet/root_block/standardized_conv2d/kernel",)),
     ("bit", ("conv_root/kernel", "gn_root/scale")),

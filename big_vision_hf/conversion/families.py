@@ -1,3 +1,4 @@
 """Imports every family converter so that each registers its builder in `api.FAMILIES`."""
 
 from . import convert_bv_vit  # noqa: F401  vit
+from . import convert_bv_mixer  # noqa: F401  mlp_mixer
