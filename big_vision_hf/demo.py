@@ -72,10 +72,12 @@ def draw_image(size: int = 96):
 
 def run_demo(out_dir: str = "outputs/demo") -> None:
     from transformers import AutoImageProcessor, AutoModelForImageClassification, pipeline
+    from transformers.utils import logging as hf_logging
 
     import big_vision_hf  # noqa: F401  registers the Auto classes
     from big_vision_hf.conversion.api import convert_to_folder
 
+    hf_logging.disable_progress_bar()  # the demo prints its own steps
     os.makedirs(out_dir, exist_ok=True)
     ckpt = make_vit_checkpoint(os.path.join(out_dir, "tiny_vit_map.npz"))
     print(f"1. wrote a big_vision checkpoint: {ckpt} ({os.path.getsize(ckpt) / 1e6:.1f} MB, scan layout, params/ prefix)")

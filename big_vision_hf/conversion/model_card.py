@@ -85,8 +85,8 @@ features = model(**processor(Image.open("cat.jpg"), return_tensors="pt")).pooler
         "",
         f"# {title} ({arch})",
         "",
-        f"A big_vision `{family}` checkpoint converted to PyTorch with "
-        "[big_vision_hf](https://github.com/google-research/big_vision) (`big-vision-hf convert`). "
+        f"A [big_vision](https://github.com/google-research/big_vision) `{family}` checkpoint converted to PyTorch "
+        "with `big_vision_hf` (`big-vision-hf convert`). "
         "The conversion is strict: every array of the checkpoint was used and every parameter filled.",
         "",
         "## Usage",
