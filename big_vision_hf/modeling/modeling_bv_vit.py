@@ -149,14 +149,17 @@ class BvViTAttention(nn.Module):
 
 
 class BvViTMLP(nn.Module):
-    """big_vision ``vit.MlpBlock``: Dense -> GELU (tanh) -> Dropout -> Dense."""
+    """big_vision ``vit.MlpBlock`` (also ``mlp_mixer.MlpBlock``): Dense -> GELU (tanh) -> Dropout -> Dense.
 
-    def __init__(self, config: BvViTConfig):
+    Widths are arguments because the MLP-Mixer applies the same block over tokens and over channels.
+    """
+
+    def __init__(self, width: int, mlp_dim: int, hidden_act: str, dropout: float = 0.0):
         super().__init__()
-        self.fc1 = nn.Linear(config.hidden_size, config.intermediate_size)
-        self.activation_fn = ACT2FN[config.hidden_act]
-        self.dropout = nn.Dropout(config.dropout)
-        self.fc2 = nn.Linear(config.intermediate_size, config.hidden_size)
+        self.fc1 = nn.Linear(width, mlp_dim)
+        self.activation_fn = ACT2FN[hidden_act]
+        self.dropout = nn.Dropout(dropout)
+        self.fc2 = nn.Linear(mlp_dim, width)
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         return self.fc2(self.dropout(self.activation_fn(self.fc1(hidden_states))))
@@ -170,7 +173,7 @@ class BvViTEncoderLayer(GradientCheckpointingLayer):
         self.layer_norm1 = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.self_attn = BvViTAttention(config)
         self.layer_norm2 = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.mlp = BvViTMLP(config)
+        self.mlp = BvViTMLP(config.hidden_size, config.intermediate_size, config.hidden_act, config.dropout)
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs):
@@ -208,7 +211,7 @@ class BvMAPHead(nn.Module):
         self.probe = nn.Parameter(torch.zeros(1, 1, config.hidden_size))
         self.attention = BvViTAttention(config)
         self.layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.mlp = BvViTMLP(config)
+        self.mlp = BvViTMLP(config.hidden_size, config.intermediate_size, config.hidden_act, config.dropout)
 
     def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         probe = self.probe.expand(hidden_states.shape[0], -1, -1)
@@ -308,6 +311,13 @@ class BvViTPreTrainedModel(PreTrainedModel):
         "attentions": OutputRecorder(BvViTAttention, index=1, layer_name="encoder.layers"),
     }
 
+    def _initialize_weights(self, module, is_custom_code: bool = False):
+        # transformers treats models outside its package as custom code and then skips modules without parameters of
+        # their own (attention, MLP, the model itself), so their branches below would never run. `_init_weights` uses
+        # only the guarded `transformers.initialization` functions, which leave loaded tensors alone, so the
+        # built-in behaviour is safe here.
+        super()._initialize_weights(module, is_custom_code=False)
+
     @torch.no_grad()
     def _init_weights(self, module):
         """big_vision's flax initialisers (``models/vit.py``); loaded tensors are left alone."""
@@ -361,9 +371,11 @@ class BvViTModel(BvViTPreTrainedModel):
     reported by ``tests/test_parity_bv_vit.py`` (below 1e-5 on every fixture).
     """
 
+    embeddings_class: type[nn.Module] = BvViTEmbeddings  # FlexiViT swaps in its resizing embeddings
+
     def __init__(self, config: BvViTConfig):
         super().__init__(config)
-        self.embeddings = BvViTEmbeddings(config)
+        self.embeddings = self.embeddings_class(config)
         self.encoder = BvViTEncoder(config)
         self.map_head = BvMAPHead(config) if config.pool_type == "map" else None
         rep = config.representation_size
@@ -389,6 +401,13 @@ class BvViTModel(BvViTPreTrainedModel):
         output_2d (`bool`): also return ``pre_logits_2d`` (big_vision ``out["pre_logits_2d"]``).
         """
         embeddings, grid = self.embeddings(pixel_values, interpolate_pos_encoding)
+        return self.encode(embeddings, grid, output_2d=output_2d, **kwargs)
+
+    def encode(
+        self, embeddings: torch.Tensor, grid: tuple[int, int], output_2d: bool = False, **kwargs
+    ) -> BvViTModelOutput:
+        """Encoder -> pooling -> ``rep_size``: everything after the embeddings, shared with towers that embed
+        differently (FlexiViT). ``grid`` is the patch grid ``(h, w)`` of ``embeddings``."""
         encoded = self.encoder(embeddings, **kwargs)  # out["encoded"]
         pool = self.config.pool_type
         if pool == "map":
@@ -428,9 +447,11 @@ class BvViTForImageClassification(BvViTPreTrainedModel):
     Parity: as `BvViTModel`; ``logits`` and ``logits_2d`` match big_vision ``out["logits"]``/``out["logits_2d"]``.
     """
 
+    base_model_class: type[BvViTModel] = BvViTModel  # FlexiViT swaps in its model
+
     def __init__(self, config: BvViTConfig):
         super().__init__(config)
-        self.vit = BvViTModel(config)
+        self.vit = self.base_model_class(config)
         self.classifier = nn.Linear(config.representation_size or config.hidden_size, config.num_labels)
         self.post_init()
 
