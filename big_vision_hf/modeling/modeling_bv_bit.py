@@ -29,7 +29,6 @@ output of stage ``i``; big_vision's arrays are channels last):
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -37,11 +36,12 @@ from torch.nn import functional as F
 from transformers import PreTrainedModel
 from transformers import initialization as init
 from transformers.modeling_layers import GradientCheckpointingLayer
-from transformers.modeling_outputs import BaseModelOutputWithPooling, ImageClassifierOutput
+
 from transformers.utils import can_return_tuple
 from transformers.utils.output_capturing import OutputRecorder, capture_outputs
 
 from ..configuration.configuration_bv_bit import BvBiTConfig
+from .modeling_bv_vit import BvImageClassifierOutput, BvViTModelOutput  # same outputs as the ViT (pre_logits_2d, logits_2d)
 
 
 def pad_same(x: torch.Tensor, kernel_size: tuple[int, int], stride: tuple[int, int], value: float = 0.0):
@@ -187,31 +187,6 @@ class BvBiTStage(nn.Module):
         return hidden_states
 
 
-@dataclass
-class BvBiTModelOutput(BaseModelOutputWithPooling):
-    r"""
-    last_hidden_state (`torch.FloatTensor` of shape `(batch_size, channels, height, width)`):
-        big_vision ``out["pre_logits_2d"]``, channels first: the last stage (bit.py), after ``norm`` + ReLU (bit_paper).
-    pooler_output (`torch.FloatTensor` of shape `(batch_size, channels)`): big_vision ``out["pre_logits"]``.
-    pre_logits_2d (`torch.FloatTensor` of shape `(batch_size, height, width, channels)`, with `output_2d=True`):
-        big_vision ``out["pre_logits_2d"]``, channels last like big_vision.
-    """
-
-    pre_logits_2d: torch.FloatTensor | None = None
-
-
-@dataclass
-class BvBiTImageClassifierOutput(ImageClassifierOutput):
-    r"""
-    logits_2d (`torch.FloatTensor` of shape `(batch_size, height, width, num_labels)`, with `output_2d=True`):
-        big_vision ``out["logits_2d"]``: the head applied at every position of ``pre_logits_2d``.
-    pooler_output (`torch.FloatTensor`): big_vision ``out["pre_logits"]``, the input of the head.
-    """
-
-    logits_2d: torch.FloatTensor | None = None
-    pooler_output: torch.FloatTensor | None = None
-
-
 class BvBiTPreTrainedModel(PreTrainedModel):
     config: BvBiTConfig
     config_class = BvBiTConfig
@@ -287,7 +262,7 @@ class BvBiTModel(BvBiTPreTrainedModel):
         return self.embeddings.convolution
 
     @capture_outputs(tie_last_hidden_states=False)
-    def forward(self, pixel_values: torch.Tensor, output_2d: bool = False, **kwargs) -> BvBiTModelOutput:
+    def forward(self, pixel_values: torch.Tensor, output_2d: bool = False, **kwargs) -> BvViTModelOutput:
         r"""
         pixel_values (`torch.FloatTensor` of shape `(batch_size, channels, height, width)`):
             Images in [-1, 1] (big_vision ``value_range(-1, 1)``), any size, e.g. from `BvImageProcessor`.
@@ -299,7 +274,7 @@ class BvBiTModel(BvBiTPreTrainedModel):
         if self.norm is not None:
             hidden_states = F.relu(self.norm(hidden_states))  # out["norm_pre_head"] before the ReLU
         pre_logits_2d = hidden_states.permute(0, 2, 3, 1) if output_2d else None  # (B, h, w, C)
-        return BvBiTModelOutput(
+        return BvViTModelOutput(
             last_hidden_state=hidden_states, pooler_output=hidden_states.mean(dim=(2, 3)), pre_logits_2d=pre_logits_2d
         )
 
@@ -334,7 +309,7 @@ class BvBiTForImageClassification(BvBiTPreTrainedModel):
     @can_return_tuple
     def forward(
         self, pixel_values: torch.Tensor, labels: torch.Tensor | None = None, output_2d: bool = False, **kwargs
-    ) -> BvBiTImageClassifierOutput:
+    ) -> BvImageClassifierOutput:
         r"""
         labels (`torch.LongTensor` of shape `(batch_size,)`, *optional*): class indices for the loss.
         output_2d (`bool`): also return ``logits_2d`` (big_vision ``out["logits_2d"]``, channels last).
@@ -343,7 +318,7 @@ class BvBiTForImageClassification(BvBiTPreTrainedModel):
         logits = self.classifier(outputs.pooler_output)
         logits_2d = self.classifier(outputs.pre_logits_2d) if output_2d else None
         loss = self.loss_function(labels, logits, self.config) if labels is not None else None
-        return BvBiTImageClassifierOutput(
+        return BvImageClassifierOutput(
             loss=loss,
             logits=logits,
             logits_2d=logits_2d,
