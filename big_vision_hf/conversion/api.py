@@ -25,6 +25,9 @@ from .mapping import check_fits, materialize
 
 Builder = Callable[..., tuple[type, object, dict[str, LazyArray]]]
 FAMILIES: dict[str, Builder] = {}
+# Families whose folder needs another processor than `image_processor_for`: family -> fn(config, preprocessing)
+# returning (processor, pp string). Filled by the family modules (e.g. NaFlex's patch processor).
+PROCESSORS: dict[str, Callable] = {}
 
 
 def register_family(*names: str):
@@ -45,12 +48,15 @@ def _load_builders() -> None:
 
 # Structural signatures, most specific first: (family, names that must all be present).
 _SIGNATURES = [
+    ("proj.paligemma.vqvae", ("_vq_vae._embedding",)),  # PaliGemma seg VQ-VAE (PyTorch keys)
     ("mlp_mixer", ("stem/kernel", "pre_head_layer_norm/scale")),
     ("mlp_mixer", ("Mixer/encoder_norm/scale",)),  # legacy vision_transformer layout (also has embedding/kernel)
     ("bit_paper", ("root_block/conv_root/kernel",)),
     ("bit_paper", ("resnet/root_block/standardized_conv2d/kernel",)),
     ("bit", ("conv_root/kernel", "gn_root/scale")),
     ("vit", ("embedding/kernel",)),
+    # One ViT under img/ with its head and `t`, and no txt/ tower: two-tower signatures must come before this.
+    ("proj.clippo.one_tower", ("img/embedding/kernel", "img/head/kernel", "t")),
 ]
 
 
@@ -162,6 +168,7 @@ def convert_to_folder(
             raise CheckpointError(f"{len(labels)} labels given but the checkpoint's head has {num_labels} classes")
         model.config.id2label = dict(enumerate(labels))
         model.config.label2id = {label: i for i, label in enumerate(labels)}
-    processor, pp = image_processor_for(model.config, entry.preprocessing if entry else "resize")
+    make_processor = PROCESSORS.get(model.config.bv_model_name, image_processor_for)
+    processor, pp = make_processor(model.config, entry.preprocessing if entry else "resize")
     card = render_model_card(model, model.config.bv_model_name, checkpoint, entry, preprocessing=pp)
     return save_folder(model, out_dir, processor, card, max_shard_size=max_shard_size, remote_code=remote_code)

@@ -1,0 +1,135 @@
+"""Configuration of big_vision's NaFlex ViT (``big_vision/models/proj/image_text/naflex_vit.py``), SigLIP 2 NaFlex."""
+
+from __future__ import annotations
+
+import re
+
+from huggingface_hub.dataclasses import strict
+from transformers import PreTrainedConfig
+
+from .configuration_bv_vit import decode_variant, pair
+
+# big_vision naflex `_Model.__call__`: "map" | "gap" | "max" | "none" (no "tok"/"0": there is no [cls]).
+NAFLEX_POOL_TYPES = ("map", "gap", "max", "none")
+_POSEMB = re.compile(r"learn_2d(?:\((\d+)\))?")
+
+
+@strict
+class BvNaFlexViTConfig(PreTrainedConfig):
+    r"""Configuration of a big_vision NaFlex ViT (``big_vision.models.proj.image_text.naflex_vit._Model``).
+
+    Field names follow transformers (as `BvViTConfig`, whose shared encoder reads them); each names the big_vision
+    field it holds.
+
+    Args:
+        hidden_size: big_vision ``width``.
+        num_hidden_layers: big_vision ``depth``.
+        intermediate_size: big_vision ``mlp_dim`` (``None`` there means ``4 * width``).
+        num_attention_heads: big_vision ``num_heads``.
+        patch_size: the patch size ``[h, w]`` the patches were cut with. big_vision's model does not know it (its
+            ``embedding`` Dense takes flattened ``p*p*3`` patches); the converter reads it from the kernel shape.
+        num_channels: channels of a patch (3).
+        posemb: big_vision ``posemb``: ``"learn_2d(L)"`` or ``"learn_2d"`` (= ``"learn_2d(64)"``, big_vision's
+            default). ``L`` is the side of the canvas the posemb is resized onto: tokens at ``yidx`` or
+            ``xidx >= L`` get a NaN posemb, as in big_vision (see ``_pos_emb_resize``).
+        nposemb: big_vision ``nposemb``: the stored learned posemb is ``nposemb x nposemb`` (16 for SigLIP 2).
+        pool_type: ``"map"``, ``"gap"``, ``"max"`` or ``"none"`` (big_vision ``pool_type``; pads are masked out).
+        representation_size: big_vision ``rep_size``: ``None`` (False), or the width of the ``pre_logits``
+            Dense + tanh layer.
+        patchln_pre: big_vision ``patchln_pre``: LayerNorm on the flattened patches (Dual PatchNorm).
+        patchln_post: big_vision ``patchln_post``: LayerNorm after the patch embedding (Dual PatchNorm).
+        layer_norm_eps: flax ``nn.LayerNorm`` default, 1e-6.
+        hidden_act: ``"gelu_pytorch_tanh"``: flax ``nn.gelu`` defaults to the tanh approximation.
+        dropout: big_vision ``Encoder1DBlock`` dropout (naflex has no ``dropout`` field; always 0 there).
+        head_zeroinit: big_vision ``head_zeroinit``; only affects fresh initialisation.
+
+    Example:
+        >>> from big_vision_hf.configuration.configuration_bv_naflex import BvNaFlexViTConfig
+        >>> config = BvNaFlexViTConfig.from_variant("B/16", pool_type="map", nposemb=16)
+        >>> config.hidden_size, config.posemb_canvas_size
+        (768, 64)
+    """
+
+    model_type = "bv_naflex_vit"
+
+    hidden_size: int = 768
+    num_hidden_layers: int = 12
+    intermediate_size: int = 3072
+    num_attention_heads: int = 12
+    patch_size: list[int] | tuple[int, ...] | int = (16, 16)
+    num_channels: int = 3
+    posemb: str = "learn_2d(64)"  # big_vision naflex `_Model.posemb` default
+    nposemb: int = 16  # SigLIP 2 NaFlex checkpoints (big_vision's default None must be overwritten)
+    pool_type: str = "gap"  # big_vision naflex `_Model.pool_type` default
+    representation_size: int | None = None
+    patchln_pre: bool = False
+    patchln_post: bool = False
+    layer_norm_eps: float = 1e-6
+    hidden_act: str = "gelu_pytorch_tanh"
+    dropout: float = 0.0
+    attention_dropout: float = 0.0
+    head_zeroinit: bool = True
+
+    def __post_init__(self, **kwargs):
+        self.patch_size = pair(self.patch_size)
+        if not _POSEMB.fullmatch(self.posemb):
+            raise ValueError(f"Unknown posemb: {self.posemb!r}; NaFlex supports 'learn_2d' and 'learn_2d(L)'")
+        if self.pool_type not in NAFLEX_POOL_TYPES:
+            raise ValueError(f"Unknown pool type: {self.pool_type!r}; NaFlex supports {NAFLEX_POOL_TYPES}")
+        if self.hidden_size % self.num_attention_heads:
+            raise ValueError(f"hidden_size {self.hidden_size} is not divisible by {self.num_attention_heads} heads")
+        super().__post_init__(**kwargs)
+
+    @property
+    def posemb_canvas_size(self) -> int:
+        """``L`` of ``posemb="learn_2d(L)"`` (64 for plain ``"learn_2d"``, as big_vision ``posemb_grid_size or 64``)."""
+        m = _POSEMB.fullmatch(self.posemb)
+        return int(m.group(1)) if m.group(1) else 64
+
+    @property
+    def patch_dim(self) -> int:
+        """Length of a flattened patch, ``p*p*C`` (the ``embedding`` Dense's input)."""
+        return self.patch_size[0] * self.patch_size[1] * self.num_channels
+
+    @classmethod
+    def from_variant(cls, variant: str, **overrides) -> "BvNaFlexViTConfig":
+        """Builds a config from a big_vision variant string (``"So400m/16"``), overridable by keyword."""
+        return cls(**{**bv_kwargs_to_naflex_config({"variant": variant}), **overrides})
+
+
+# big_vision naflex `_Model` kwargs -> BvNaFlexViTConfig fields (`patch_size` comes from `decode_variant`).
+BV_NAFLEX_KWARGS = {
+    "width": "hidden_size",
+    "depth": "num_hidden_layers",
+    "mlp_dim": "intermediate_size",
+    "num_heads": "num_attention_heads",
+    "patch_size": "patch_size",
+    "rep_size": "representation_size",
+    "pool_type": "pool_type",
+    "head_zeroinit": "head_zeroinit",
+    "posemb": "posemb",
+    "nposemb": "nposemb",
+    "patchln_pre": "patchln_pre",
+    "patchln_post": "patchln_post",
+}
+# big_vision kwargs that change nothing in a PyTorch model (layout, remat, matmul dtype).
+BV_NAFLEX_NO_EFFECT = ("scan", "remat_policy", "dtype_mm")
+
+
+def bv_kwargs_to_naflex_config(kwargs: dict) -> dict:
+    """Translates big_vision naflex ``Model`` kwargs (a ``config.model`` / ``config.model.image`` dict)."""
+    kwargs = dict(kwargs)
+    out = {BV_NAFLEX_KWARGS[k]: v for k, v in decode_variant(kwargs.pop("variant", None)).items()}
+    for key, value in kwargs.items():
+        if key in BV_NAFLEX_NO_EFFECT or key == "num_classes":  # num_classes: the converter decides the head
+            continue
+        if key not in BV_NAFLEX_KWARGS:
+            raise ValueError(f"unknown big_vision NaFlex option {key!r}; known: {', '.join(BV_NAFLEX_KWARGS)}")
+        out[BV_NAFLEX_KWARGS[key]] = value
+    if out.get("representation_size") is False or out.get("representation_size") == 0:
+        out["representation_size"] = None
+    if out.get("representation_size") is True:
+        out["representation_size"] = out.get("hidden_size", 768)
+    if "intermediate_size" in out and out["intermediate_size"] is None:
+        out["intermediate_size"] = 4 * out["hidden_size"]
+    return out

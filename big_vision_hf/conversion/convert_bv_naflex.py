@@ -1,0 +1,303 @@
+"""big_vision NaFlex ViT (``proj.image_text.naflex_vit``) -> `BvNaFlexViTModel` / `...ForImageClassification`,
+and the export of a converted model into transformers' ``Siglip2VisionModel`` (:func:`export_to_siglip2`).
+
+The tree is the ViT's, except ``embedding/kernel`` (a Dense ``[p*p*3, D]`` on flattened patches, not a conv),
+``pos_embedding`` (``[nposemb, nposemb, D]``, not ``[1, N, D]``) and the optional ``patchln_pre``/``patchln_post``.
+The ViT's layout passes (``fix_old_checkpoints``, scan -> loop) and rule helpers are reused; the posemb is kept
+out of them: big_vision ``naflex_vit.load = vit.load``, whose ``fix_old_checkpoints`` reads ``pos_embedding``
+as ``[1, N, D]`` and would cut the first row off a posemb with ``nposemb == k**2 + 1`` (5, 10, 17, ...).
+
+A NaFlex tree has the ViT's names, so the family must be named: ``--model-name proj.image_text.naflex_vit``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import numpy as np
+import torch
+
+from ..configuration.configuration_bv_naflex import BvNaFlexViTConfig, bv_kwargs_to_naflex_config
+from ..configuration.configuration_bv_vit import BV_VIT_KWARGS
+from ..modeling.modeling_bv_naflex import BvNaFlexViTForImageClassification, BvNaFlexViTModel
+from .api import PROCESSORS, register_family
+from .checkpoint import CheckpointError, LazyArray
+from .convert_bv_vit import (
+    HEAD_RULES,
+    encoder_rules,
+    infer_vit_config,
+    layer_norm,
+    linear,
+    map_head_rules,
+    prefixed,
+    prepare_vit_params,
+)
+from .mapping import Rule, dense, identity, map_params
+
+FAMILY = "proj.image_text.naflex_vit"
+
+# big_vision name -> BvNaFlexViTModel name.
+NAFLEX_RULES = [
+    *layer_norm("patchln_pre", "embeddings.patchln_pre"),
+    Rule("embedding/kernel", "embeddings.patch_embedding.weight", dense),
+    Rule("embedding/bias", "embeddings.patch_embedding.bias"),
+    *layer_norm("patchln_post", "embeddings.patchln_post"),
+    Rule("pos_embedding", "embeddings.position_embedding", identity),
+    *encoder_rules("Transformer", "encoder"),
+    *map_head_rules("MAPHead_0", "map_head"),
+    *linear("pre_logits", "pre_logits"),
+]
+
+
+def prepare_naflex_params(params: dict[str, LazyArray], prefix: str = "") -> dict[str, LazyArray]:
+    """The ViT layout passes on a NaFlex (sub-)tree, with the 3-D ``pos_embedding`` kept out of them."""
+    params = dict(params)
+    posemb = params.pop(prefix + "pos_embedding", None)
+    params = prepare_vit_params(params, prefix)
+    if posemb is not None:
+        params[prefix + "pos_embedding"] = posemb
+    return params
+
+
+def infer_naflex_config(
+    params: dict[str, LazyArray], model_kwargs: dict | None = None, prefix: str = ""
+) -> tuple[dict, int | None]:
+    """What the arrays tell, checked against big_vision's ``config.model`` (``num_classes`` or None).
+
+    Width, depth, heads, MLP, pool and ``rep_size`` come from `infer_vit_config` run on the shapes a ViT with the
+    same patch size would have; ``patch_size`` from ``embedding/kernel [p*p*3, D]``; ``nposemb`` from
+    ``pos_embedding``.
+    """
+    p = prefix
+    try:
+        kwargs = bv_kwargs_to_naflex_config(dict(model_kwargs or {}))
+    except ValueError as e:
+        raise CheckpointError(str(e)) from None
+    num_classes_kw = (model_kwargs or {}).get("num_classes")
+    if p + "embedding/kernel" not in params:
+        raise CheckpointError(f"not a big_vision NaFlex ViT checkpoint: no {p}embedding/kernel array")
+    kernel = params[p + "embedding/kernel"]
+    if len(kernel.shape) != 2:
+        raise CheckpointError(
+            f"{p}embedding/kernel has shape {kernel.shape}; NaFlex's is a Dense [p*p*3, width] (a 4-D conv kernel "
+            "means a plain ViT: --model-name vit)"
+        )
+    if p + "pos_embedding" not in params:
+        raise CheckpointError(f"not a big_vision NaFlex ViT checkpoint: no {p}pos_embedding array (learn_2d posemb)")
+    patch_dim, width = kernel.shape
+    patch = math.isqrt(patch_dim // 3)
+    if patch * patch * 3 != patch_dim:
+        raise CheckpointError(f"{p}embedding/kernel takes {patch_dim} inputs, not p*p*3 for a square patch")
+    posemb = params[p + "pos_embedding"].shape
+    if len(posemb) != 3 or posemb[0] != posemb[1]:
+        raise CheckpointError(f"{p}pos_embedding has shape {posemb}; NaFlex's is [nposemb, nposemb, width]")
+
+    # The ViT inference on a view with a ViT-shaped kernel and no learned posemb (shapes only; nothing is read).
+    view = {k: v for k, v in params.items() if k != p + "pos_embedding"}
+    view[p + "embedding/kernel"] = LazyArray((patch, patch, 3, width), kernel.dtype, kernel.loader, kernel.source)
+    vit_keys = {v: k for k, v in BV_VIT_KWARGS.items()}
+    vit_kwargs = {vit_keys[k]: v for k, v in kwargs.items() if k in vit_keys and k not in ("posemb", "patch_size")}
+    if num_classes_kw is not None:
+        vit_kwargs["num_classes"] = num_classes_kw
+    vit_config, num_classes = infer_vit_config(view, vit_kwargs, prefix=p)
+
+    config = {k: v for k, v in vit_config.items() if k not in ("posemb", "image_size")}
+    given_patch = kwargs.get("patch_size")
+    if given_patch is not None and list(given_patch) != [patch, patch]:
+        raise CheckpointError(f"model config says patch_size={list(given_patch)} but embedding/kernel is for {patch}")
+    config["patch_size"] = [patch, patch]
+    given_n = kwargs.get("nposemb")
+    if given_n is not None and given_n != posemb[0]:
+        raise CheckpointError(f"model config says nposemb={given_n} but pos_embedding is {posemb[0]}x{posemb[1]}")
+    config["nposemb"] = posemb[0]
+    if kwargs.get("posemb") is not None:
+        config["posemb"] = kwargs["posemb"]
+    for flag in ("patchln_pre", "patchln_post"):
+        present = p + f"{flag}/scale" in params
+        if kwargs.get(flag) is not None and bool(kwargs[flag]) != present:
+            has = "has" if present else "lacks"
+            raise CheckpointError(f"model config says {flag}={kwargs[flag]} but the checkpoint {has} it")
+        config[flag] = present
+    return config, num_classes
+
+
+@register_family(FAMILY)
+def build_naflex(params: dict[str, LazyArray], model_kwargs: dict | None = None, image_size=None, **_):
+    """Returns ``(model class, config, {hf_name: LazyArray})`` for a NaFlex ViT checkpoint (not read yet).
+
+    ``image_size`` is meaningless for NaFlex (any aspect ratio and size up to ``max_num_patches``) and ignored.
+    """
+    params = prepare_naflex_params(params)
+    config_kwargs, num_classes = infer_naflex_config(params, model_kwargs)
+    try:
+        if num_classes:
+            config = BvNaFlexViTConfig(**config_kwargs, num_labels=num_classes)
+            rules = prefixed(NAFLEX_RULES, hf_prefix="vit.") + HEAD_RULES
+            return BvNaFlexViTForImageClassification, config, map_params(params, rules)
+        config = BvNaFlexViTConfig(**config_kwargs)
+    except ValueError as e:
+        raise CheckpointError(str(e)) from None
+    return BvNaFlexViTModel, config, map_params(params, NAFLEX_RULES)
+
+
+def naflex_image_processor_for(config, preprocessing: str = "resize", max_num_patches: int = 256):
+    """The folder's processor: big_vision's NaFlex eval pp at ``max_num_patches`` (256 in the SigLIP 2 README)."""
+    from ..processing.image_processing_bv_naflex import BvNaFlexImageProcessor
+
+    processor = BvNaFlexImageProcessor(patch_size=config.patch_size[0], max_num_patches=max_num_patches)
+    return processor, processor.pp_string()
+
+
+PROCESSORS[FAMILY] = naflex_image_processor_for
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Export into transformers' Siglip2VisionModel (numerically close, not exact)
+# ---------------------------------------------------------------------------------------------------------
+
+
+def siglip2_vision_state_dict(model: BvNaFlexViTModel) -> dict[str, torch.Tensor]:
+    """Our NaFlex state dict under ``Siglip2VisionModel`` names (the posemb flattened ``[n*n, D]``; the MAP head's
+    q/k/v packed into ``nn.MultiheadAttention.in_proj``)."""
+    sd = model.state_dict()
+    out = {}
+    for name, value in sd.items():
+        if name.startswith("encoder.post_layernorm."):
+            out[name[len("encoder."):]] = value
+        elif name == "embeddings.position_embedding":
+            out["embeddings.position_embedding.weight"] = value.reshape(-1, value.shape[-1])
+        elif name.startswith("map_head."):
+            rest = name[len("map_head."):]
+            if rest.startswith("attention.") and rest.split(".")[1] in ("q_proj", "k_proj", "v_proj"):
+                continue
+            out["head." + rest] = value
+        else:
+            out[name] = value
+    if model.map_head is not None:
+        att = "map_head.attention."
+        for kind in ("weight", "bias"):
+            out[f"head.attention.in_proj_{kind}"] = torch.cat([sd[f"{att}{p}_proj.{kind}"] for p in "qkv"], dim=0)
+    return out
+
+
+def _siglip2_unsupported(config: BvNaFlexViTConfig) -> list[str]:
+    problems = []
+    if config.patchln_pre or config.patchln_post:
+        problems.append("patchln_pre/patchln_post (Dual PatchNorm)")
+    if config.pool_type not in ("map", "none"):
+        problems.append(f"pool_type={config.pool_type!r} (Siglip2VisionModel pools with MAP or not at all)")
+    if config.representation_size:
+        problems.append("rep_size (pre_logits layer)")
+    if config.patch_size[0] != config.patch_size[1]:
+        problems.append(f"non-square patch {config.patch_size}")
+    return problems
+
+
+def to_siglip2_vision_model(model: BvNaFlexViTModel):
+    """A ``transformers.Siglip2VisionModel`` with our weights (fp32). Raises for what it cannot represent."""
+    from transformers import Siglip2VisionConfig, Siglip2VisionModel
+
+    if isinstance(model, BvNaFlexViTForImageClassification):
+        raise ValueError(
+            "Siglip2VisionModel has no classification head (and Siglip2ForImageClassification mean-pools instead of "
+            "using the MAP head): export `model.vit` (the features) instead"
+        )
+    config = model.config
+    problems = _siglip2_unsupported(config)
+    if problems:
+        raise ValueError("Siglip2VisionModel cannot represent: " + "; ".join(problems))
+    s2_config = Siglip2VisionConfig(
+        hidden_size=config.hidden_size,
+        intermediate_size=config.intermediate_size,
+        num_hidden_layers=config.num_hidden_layers,
+        num_attention_heads=config.num_attention_heads,
+        num_channels=config.num_channels,
+        patch_size=config.patch_size[0],
+        num_patches=config.nposemb**2,
+        hidden_act=config.hidden_act,
+        layer_norm_eps=config.layer_norm_eps,
+        attention_dropout=config.attention_dropout,
+        vision_use_head=config.pool_type == "map",
+    )
+    s2 = Siglip2VisionModel(s2_config).eval()
+    s2.load_state_dict(siglip2_vision_state_dict(model), strict=True)
+    return s2.to(model.dtype)
+
+
+def synthetic_naflex_inputs(config: BvNaFlexViTConfig, num_tokens: int = 64, seed: int = 0) -> dict[str, torch.Tensor]:
+    """A deterministic batch: random patches in [-1, 1] on a wide, a square, a tall and a 1x1 grid, padded to
+    ``num_tokens``; no side exceeds the posemb canvas ``L`` (big_vision gives NaN beyond it)."""
+    rng = np.random.default_rng(seed)
+    cap = config.posemb_canvas_size
+    side = min(cap, max(1, math.isqrt(num_tokens)))
+    wide_h = max(1, side // 2)
+    shapes = [(wide_h, min(cap, num_tokens // wide_h)), (side, side), (min(cap, num_tokens), 1), (1, 1)]
+    pixel_values = rng.uniform(-1, 1, (len(shapes), num_tokens, config.patch_dim)).astype(np.float32)
+    mask = np.zeros((len(shapes), num_tokens), np.int64)
+    for i, (h, w) in enumerate(shapes):
+        mask[i, : h * w] = 1
+        pixel_values[i, h * w :] = 0
+    return {
+        "pixel_values": torch.from_numpy(pixel_values),
+        "pixel_attention_mask": torch.from_numpy(mask),
+        "spatial_shapes": torch.tensor(shapes, dtype=torch.long),
+    }
+
+
+@torch.no_grad()
+def siglip2_deviation(model: BvNaFlexViTModel, siglip2_model, inputs: dict[str, torch.Tensor]) -> dict[str, float]:
+    """Max abs differences Siglip2VisionModel vs our exact model: ``pooler_output`` and patch tokens of
+    ``last_hidden_state`` (pads excluded)."""
+    ours = model(**inputs)
+    theirs = siglip2_model(**inputs)
+    valid = inputs["pixel_attention_mask"].bool()
+    out = {"last_hidden_state": float((ours.last_hidden_state - theirs.last_hidden_state)[valid].abs().max())}
+    if ours.pooler_output is not None and theirs.pooler_output is not None and model.config.pool_type == "map":
+        out["pooler_output"] = float((ours.pooler_output - theirs.pooler_output).abs().max())
+    return out
+
+
+def export_to_siglip2(
+    model: BvNaFlexViTModel,
+    out_dir: str,
+    max_num_patches: int = 256,
+    inputs: dict[str, torch.Tensor] | None = None,
+    source: str = "",
+) -> tuple[str, dict[str, float]]:
+    """Writes a ``Siglip2VisionModel`` folder (no remote code) from a converted NaFlex model; returns
+    ``(out_dir, measured deviation)``.
+
+    The deviation from our exact class (max abs error, fp32, patch tokens only) is measured on ``inputs`` (a
+    processor output), or on a synthetic batch (:func:`synthetic_naflex_inputs`), and written into the model card.
+    Known differences: transformers resizes the posemb with ``F.interpolate`` per image and has no ``L``-canvas
+    cap (big_vision gives NaN beyond ``L`` patches per side); its pad *queries* attend to patches (only keys are
+    masked), so pad positions differ; its image processor resizes uint8 images with PIL instead of big_vision's
+    float TF antialiased bilinear (the folder holds transformers' ``Siglip2ImageProcessorPil``). Not
+    representable (raises): Dual PatchNorm, ``gap``/``max`` pooling, ``rep_size``, a classification head.
+
+    Exporting a two-tower SigLIP 2 NaFlex model into ``Siglip2Model`` is not implemented here.
+    """
+    from transformers import Siglip2ImageProcessorPil
+
+    from .export import save_folder
+    from .model_card import render_model_card
+
+    model = model.float().eval()
+    s2 = to_siglip2_vision_model(model)
+    if inputs is None:
+        inputs = synthetic_naflex_inputs(model.config, num_tokens=min(max_num_patches, 4 * model.config.nposemb**2))
+    deviation = siglip2_deviation(model, s2, inputs)
+    figures = ", ".join(f"{k} {v:.1e}" for k, v in deviation.items())
+    note = (
+        f"exported to transformers `Siglip2VisionModel`; max abs difference from the exact big_vision_hf "
+        f"`BvNaFlexViTModel` (fp32, patch tokens only, {inputs['pixel_values'].shape[0]} images): {figures}. "
+        "Differences: posemb resize (F.interpolate, no L-canvas cap), pad queries unmasked, and the image processor "
+        "(PIL uint8 bilinear, not big_vision's float antialiased resize_to_sequence)."
+    )
+    s2.config.bv_model_name = FAMILY
+    s2.config.bv_model_config = getattr(model.config, "bv_model_config", {})
+    processor = Siglip2ImageProcessorPil(patch_size=model.config.patch_size[0], max_num_patches=max_num_patches)
+    card = render_model_card(s2, FAMILY, source or os.path.basename(out_dir.rstrip("/")), parity_note=note)
+    save_folder(s2, out_dir, processor, card, remote_code=False)
+    return out_dir, deviation

@@ -1,0 +1,297 @@
+"""PyTorch port of big_vision's NaFlex ViT (``big_vision/models/proj/image_text/naflex_vit.py``), SigLIP 2 NaFlex.
+
+NaFlex = NaViT + FlexiViT: the image is resized to at most ``max_num_patches`` patches keeping its aspect ratio,
+cut into patches, padded, and encoded with masks; the learned ``nposemb x nposemb`` posemb is resized to each
+image's patch grid. Everything after the embeddings is big_vision's ViT encoder and MAP head (shared with
+`BvViTModel`, as big_vision naflex reuses ``vit.MlpBlock``; its ``Encoder1DBlock``/``MAPHead`` only add masks).
+
+Inputs (the names of transformers' ``Siglip2VisionModel``, so one processor output feeds both):
+
+- ``pixel_values`` ``[B, N, p*p*3]``: flattened patches in ``tf.image.extract_patches`` order (row-major inside
+  the patch, channels last), values in [-1, 1]; big_vision ``patches``.
+- ``pixel_attention_mask`` ``[B, N]``: 1 for a patch, 0 for padding; big_vision ``ptype`` (``ptype == 1``).
+- ``spatial_shapes`` ``[B, 2]``: each image's patch grid ``(h, w)``; its ``h*w`` patches come first, row-major.
+- ``patch_coords`` ``[B, N, 2]`` (optional, instead of ``spatial_shapes``): big_vision's ``(yidx, xidx)`` of every
+  token, for inputs not laid out row-major. Pads conventionally have ``(0, 0)``.
+
+big_vision ``out`` dict -> outputs (hidden-state index ``i`` is the input of encoder layer ``i``):
+    ``out["with_posemb"]`` -> ``hidden_states[0]``;  ``out["encoder"]["blockNN"]["+mlp"]`` -> ``hidden_states[NN + 1]``
+    ``out["encoded"]`` -> ``last_hidden_state``;  ``out["pre_logits"]`` -> ``pooler_output``;
+    ``out["logits"]`` -> ``logits``
+Only positions with ``pixel_attention_mask == 1`` carry meaning in the per-token outputs.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+from transformers import initialization as init
+from transformers.modeling_outputs import BaseModelOutputWithPooling
+from transformers.utils import can_return_tuple, logging
+from transformers.utils.output_capturing import capture_outputs
+
+from ..configuration.configuration_bv_naflex import BvNaFlexViTConfig
+from .modeling_bv_vit import BvImageClassifierOutput, BvMAPHead, BvViTEncoder, BvViTPreTrainedModel
+
+logger = logging.get_logger(__name__)
+
+
+def patch_coords_from_spatial_shapes(spatial_shapes: torch.Tensor, num_tokens: int) -> torch.Tensor:
+    """``[B, 2]`` grids -> ``[B, N, 2]`` ``(yidx, xidx)``: row-major for the first ``h*w`` tokens, ``(0, 0)`` after.
+
+    This is what big_vision's ``patchify`` + ``pad_to_shape`` produce.
+    """
+    spatial_shapes = spatial_shapes.to(torch.long)
+    h, w = spatial_shapes[:, :1], spatial_shapes[:, 1:]
+    if bool(((h < 1) | (w < 1)).any()) or bool((h * w > num_tokens).any()):
+        raise ValueError(f"spatial_shapes {spatial_shapes.tolist()} do not fit sequences of {num_tokens} tokens")
+    n = torch.arange(num_tokens, device=spatial_shapes.device)[None, :]
+    valid = n < h * w
+    return torch.stack([torch.where(valid, n // w, 0), torch.where(valid, n % w, 0)], dim=-1)
+
+
+def naflex_position_embeddings(posemb: torch.Tensor, patch_coords: torch.Tensor, canvas_size: int) -> torch.Tensor:
+    """big_vision ``naflex_vit._pos_emb_resize``: the posemb of every token ``[B, N, D]``.
+
+    Per example, the ``[n, n, D]`` posemb is resized to ``shape = patch_coords.max(1) + 1`` with
+    ``jax.image.scale_and_translate(bilinear, antialias=True)`` (half-pixel centres; a triangle kernel widened by
+    the scale when downsampling), which is ``F.interpolate(bilinear, align_corners=False, antialias=True)``, then
+    gathered at ``(yidx, xidx)``. big_vision resizes onto an ``L x L`` canvas (``L = canvas_size``) and gathers
+    with ``mode="fill"``: tokens at ``yidx >= L`` or ``xidx >= L`` get NaN, reproduced here.
+    """
+    n_y, n_x, dim = posemb.shape
+    batch, num_tokens, _ = patch_coords.shape
+    coords = patch_coords.to(torch.long)
+    shapes = coords.amax(dim=1) + 1  # (B, 2), big_vision `coords.max(axis=1) + 1`
+    grid = posemb.permute(2, 0, 1)[None]  # (1, D, n, n)
+    compute = torch.promote_types(posemb.dtype, torch.float32)  # antialias is float32-only on CPU
+    out = posemb.new_empty(batch, num_tokens, dim)
+    for shape in torch.unique(shapes, dim=0).tolist():
+        rows = (shapes == torch.tensor(shape, device=shapes.device)).all(dim=-1).nonzero()[:, 0]
+        h, w = shape
+        if (h, w) == (n_y, n_x):  # scale 1: the identity, as jax's weights at integer offsets
+            resized = posemb.reshape(n_y * n_x, dim)
+        else:
+            resized = F.interpolate(grid.to(compute), size=(h, w), mode="bilinear", align_corners=False, antialias=True)
+            resized = resized[0].permute(1, 2, 0).reshape(h * w, dim).to(posemb.dtype)
+        flat = coords[rows, :, 0] * w + coords[rows, :, 1]  # (b, N)
+        out[rows] = resized[flat]
+    outside = (coords >= canvas_size).any(dim=-1, keepdim=True)
+    return out.masked_fill(outside, float("nan"))
+
+
+def additive_masks(valid: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """``[B, N]`` bool -> (self-attention ``[B, 1, N, N]``, pooling ``[B, 1, 1, N]``) additive masks.
+
+    flax ``MultiHeadDotProductAttention`` masks logits with ``finfo.min`` (not ``-inf``): a pad query, whose row
+    (``valid_q & valid_k``) is fully masked, gets a uniform softmax instead of NaN, as in big_vision.
+    """
+    neg = torch.finfo(dtype).min
+    pair = valid[:, None, :, None] & valid[:, None, None, :]
+    zero = torch.zeros((), dtype=dtype, device=valid.device)
+    sa_mask = torch.where(pair, zero, torch.tensor(neg, dtype=dtype, device=valid.device))
+    pool_mask = torch.where(valid[:, None, None, :], zero, torch.tensor(neg, dtype=dtype, device=valid.device))
+    return sa_mask, pool_mask
+
+
+class BvNaFlexViTEmbeddings(nn.Module):
+    """big_vision naflex: [``patchln_pre``] -> ``embedding`` Dense -> [``patchln_post``] -> + resized 2-D posemb.
+
+    ``patch_embedding`` is the ``embedding`` Dense ``[p*p*3, D]``: the ViT's conv kernel reshaped in
+    ``tf.image.extract_patches`` order. There is no dropout here (big_vision naflex has none after the posemb).
+    """
+
+    def __init__(self, config: BvNaFlexViTConfig):
+        super().__init__()
+        self.config = config
+        d = config.hidden_size
+        self.patchln_pre = nn.LayerNorm(config.patch_dim, eps=config.layer_norm_eps) if config.patchln_pre else None
+        self.patch_embedding = nn.Linear(config.patch_dim, d)
+        self.patchln_post = nn.LayerNorm(d, eps=config.layer_norm_eps) if config.patchln_post else None
+        self.position_embedding = nn.Parameter(torch.zeros(config.nposemb, config.nposemb, d))
+
+    def forward(self, pixel_values: torch.Tensor, patch_coords: torch.Tensor) -> torch.Tensor:
+        x = pixel_values.to(self.patch_embedding.weight.dtype)
+        if self.patchln_pre is not None:
+            x = self.patchln_pre(x)
+        x = self.patch_embedding(x)  # out["stem"]
+        if self.patchln_post is not None:
+            x = self.patchln_post(x)
+        pe = naflex_position_embeddings(self.position_embedding, patch_coords, self.config.posemb_canvas_size)
+        return x + pe  # out["with_posemb"]
+
+
+class BvNaFlexViTPreTrainedModel(BvViTPreTrainedModel):
+    config: BvNaFlexViTConfig
+    config_class = BvNaFlexViTConfig
+    _no_split_modules = ["BvNaFlexViTEmbeddings", "BvViTEncoderLayer", "BvMAPHead"]
+    # Additive float masks with fully masked (pad) rows: flash/flex kernels are not used.
+    _supports_flash_attn = False
+    _supports_flex_attn = False
+
+    @torch.no_grad()
+    def _init_weights(self, module):
+        """big_vision naflex's flax initialisers on top of the ViT's (attention, MLP, MAP head)."""
+        super()._init_weights(module)
+        if isinstance(module, BvNaFlexViTEmbeddings):
+            init.lecun_normal_(module.patch_embedding.weight)  # nn.Dense default
+            init.zeros_(module.patch_embedding.bias)
+            init.normal_(module.position_embedding, std=1 / np.sqrt(module.config.hidden_size))
+        elif isinstance(module, BvNaFlexViTModel) and module.pre_logits is not None:
+            init.lecun_normal_(module.pre_logits.weight)
+            init.zeros_(module.pre_logits.bias)
+        elif isinstance(module, BvNaFlexViTForImageClassification):
+            if module.config.head_zeroinit:
+                init.zeros_(module.classifier.weight)
+            else:
+                init.lecun_normal_(module.classifier.weight)
+            init.zeros_(module.classifier.bias)
+
+
+class BvNaFlexViTModel(BvNaFlexViTPreTrainedModel):
+    r"""big_vision NaFlex ViT without the classification head: returns ``pre_logits`` as ``pooler_output``.
+
+    Example:
+        >>> import torch
+        >>> from big_vision_hf.configuration.configuration_bv_naflex import BvNaFlexViTConfig
+        >>> from big_vision_hf.modeling.modeling_bv_naflex import BvNaFlexViTModel
+        >>> config = BvNaFlexViTConfig.from_variant("mu/8", pool_type="map", nposemb=4)
+        >>> model = BvNaFlexViTModel(config).eval()
+        >>> patches = torch.zeros(2, 16, 8 * 8 * 3)  # two images: a 3x5 and a 4x2 patch grid, padded to 16
+        >>> out = model(patches, spatial_shapes=torch.tensor([[3, 5], [4, 2]]))
+        >>> tuple(out.pooler_output.shape)
+        (2, 32)
+
+    Parity: ``big_vision.models.proj.image_text.naflex_vit._Model`` at commit 0127fb6, ``posemb="learn_2d(16)"``,
+    ``nposemb=4``, MAP pool, inputs made by big_vision's own NaFlex pp ops (two aspect ratios, 1 and 8 pad tokens):
+    fp32 max abs error on ``logits``, ``pre_logits`` and the patch tokens of ``encoded`` below 1e-5
+    (``tests/test_bv_naflex.py``). Deviations: none known; pad positions of per-token outputs are not compared
+    (meaningless in big_vision too).
+    """
+
+    def __init__(self, config: BvNaFlexViTConfig):
+        super().__init__(config)
+        self.embeddings = BvNaFlexViTEmbeddings(config)
+        self.encoder = BvViTEncoder(config)
+        self.map_head = BvMAPHead(config) if config.pool_type == "map" else None
+        rep = config.representation_size
+        self.pre_logits = nn.Linear(config.hidden_size, rep) if rep else None
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.embeddings.patch_embedding
+
+    @capture_outputs(tie_last_hidden_states=False)
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        pixel_attention_mask: torch.Tensor | None = None,
+        spatial_shapes: torch.Tensor | None = None,
+        patch_coords: torch.Tensor | None = None,
+        **kwargs,
+    ) -> BaseModelOutputWithPooling:
+        r"""
+        pixel_values (`torch.FloatTensor` of shape `(batch_size, num_patches, patch_size * patch_size * 3)`):
+            Flattened patches in [-1, 1] (big_vision ``patches``), e.g. from `BvNaFlexImageProcessor`.
+        pixel_attention_mask (`torch.Tensor` of shape `(batch_size, num_patches)`, *optional*):
+            1 for patches, 0 for padding (big_vision ``ptype``; only ``== 1`` counts as a patch). Default: the first
+            ``h*w`` tokens of ``spatial_shapes``, or every token when only ``patch_coords`` is given.
+        spatial_shapes (`torch.LongTensor` of shape `(batch_size, 2)`, *optional*):
+            Patch grid ``(h, w)`` of every image; its patches come first, row-major (what the processor makes).
+        patch_coords (`torch.LongTensor` of shape `(batch_size, num_patches, 2)`, *optional*):
+            big_vision ``(yidx, xidx)`` of every token; used instead of ``spatial_shapes`` when given.
+        """
+        num_tokens = pixel_values.shape[1]
+        if patch_coords is None:
+            if spatial_shapes is None:
+                raise ValueError("pass spatial_shapes (batch, 2) or patch_coords (batch, tokens, 2)")
+            patch_coords = patch_coords_from_spatial_shapes(spatial_shapes.to(pixel_values.device), num_tokens)
+        if pixel_attention_mask is None:
+            if spatial_shapes is not None:
+                hw = spatial_shapes.to(pixel_values.device).to(torch.long).prod(dim=-1, keepdim=True)
+                valid = torch.arange(num_tokens, device=pixel_values.device)[None] < hw
+            else:
+                valid = torch.ones(pixel_values.shape[:2], dtype=torch.bool, device=pixel_values.device)
+        else:
+            valid = pixel_attention_mask.to(pixel_values.device) == 1  # big_vision `ptype == 1`
+        patch_coords = patch_coords.to(pixel_values.device)
+        canvas = self.config.posemb_canvas_size
+        if not torch.compiler.is_compiling() and bool((patch_coords[valid] >= canvas).any()):
+            logger.warning_once(
+                f"patches at row/column >= {canvas} get a NaN posemb, as in big_vision (posemb='learn_2d({canvas})'); "
+                "use fewer patches per side, or a larger canvas (config.posemb='learn_2d(L)'; big_vision: it can be "
+                "adjusted post-hoc without retraining)"
+            )
+        embeddings = self.embeddings(pixel_values, patch_coords)
+        return self.encode(embeddings, valid, **kwargs)
+
+    def encode(self, embeddings: torch.Tensor, valid: torch.Tensor, **kwargs) -> BaseModelOutputWithPooling:
+        """Masked encoder -> masked pooling -> ``rep_size``; ``valid`` ``[B, N]`` marks the patch tokens."""
+        sa_mask, pool_mask = additive_masks(valid, embeddings.dtype)
+        encoded = self.encoder(embeddings, attention_mask=sa_mask, **kwargs)  # out["encoded"]
+        pool = self.config.pool_type
+        keep = valid[..., None].to(encoded.dtype)
+        if pool == "map":
+            pooled = self.map_head(encoded, attention_mask=pool_mask)
+        elif pool == "gap":
+            pooled = (encoded * keep).sum(dim=1) / keep.sum(dim=1)
+        elif pool == "max":  # big_vision: max(mask * x + where(mask, 0, finfo.min))
+            ignore = torch.where(valid[..., None], 0.0, torch.finfo(encoded.dtype).min).to(encoded.dtype)
+            pooled = (keep * encoded + ignore).amax(dim=1)
+        else:  # "none"
+            pooled = encoded
+        if self.pre_logits is not None:
+            pooled = torch.tanh(self.pre_logits(pooled))
+        return BaseModelOutputWithPooling(last_hidden_state=encoded, pooler_output=pooled)
+
+
+class BvNaFlexViTForImageClassification(BvNaFlexViTPreTrainedModel):
+    r"""big_vision NaFlex ViT with its ``head`` Dense: ``logits = head(pre_logits)``.
+
+    Example:
+        >>> import torch
+        >>> from big_vision_hf.configuration.configuration_bv_naflex import BvNaFlexViTConfig
+        >>> from big_vision_hf.modeling.modeling_bv_naflex import BvNaFlexViTForImageClassification
+        >>> config = BvNaFlexViTConfig.from_variant("mu/8", nposemb=4, num_labels=10)
+        >>> model = BvNaFlexViTForImageClassification(config).eval()
+        >>> model(torch.zeros(1, 16, 192), spatial_shapes=torch.tensor([[2, 8]])).logits.shape
+        torch.Size([1, 10])
+
+    Parity: as `BvNaFlexViTModel`; ``logits`` match big_vision ``out["logits"]``.
+    """
+
+    def __init__(self, config: BvNaFlexViTConfig):
+        super().__init__(config)
+        self.vit = BvNaFlexViTModel(config)
+        self.classifier = nn.Linear(config.representation_size or config.hidden_size, config.num_labels)
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.vit.embeddings.patch_embedding
+
+    @can_return_tuple
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        pixel_attention_mask: torch.Tensor | None = None,
+        spatial_shapes: torch.Tensor | None = None,
+        patch_coords: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        **kwargs,
+    ) -> BvImageClassifierOutput:
+        r"""
+        labels (`torch.LongTensor` of shape `(batch_size,)`, *optional*): class indices for the loss.
+        pixel_attention_mask, spatial_shapes, patch_coords: see `BvNaFlexViTModel.forward`.
+        """
+        outputs = self.vit(pixel_values, pixel_attention_mask, spatial_shapes, patch_coords, **kwargs)
+        logits = self.classifier(outputs.pooler_output)
+        loss = self.loss_function(labels, logits, self.config) if labels is not None else None
+        return BvImageClassifierOutput(
+            loss=loss,
+            logits=logits,
+            pooler_output=outputs.pooler_output,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+        )

@@ -1,0 +1,258 @@
+"""big_vision's NaFlex preprocessing (``big_vision/pp/proj/image_text/ops_naflex.py``) as an image processor.
+
+Reproduces the SigLIP 2 NaFlex pipeline (``configs/proj/image_text/SigLIP2_demo.ipynb``)::
+
+    value_range(-1, 1)|resize_to_sequence(P, N)|patchify(P)|pad_to_shape(N)   (patches, ptype, yidx, xidx)
+
+in numpy float32, checked against big_vision's TF ops in ``tests/test_bv_naflex.py``. The ops are pure functions
+named after the big_vision op: :func:`resize_to_sequence` (with :func:`get_image_size_for_seq`, the exact
+binary search, and :func:`resize_bilinear_antialias`, TF's ``ScaleAndTranslate`` triangle kernel),
+:func:`patchify` and :func:`pad_to_sequence`; ``decode`` and ``value_range`` are the shared ones of
+``image_processing_bv``.
+
+Outputs use the names of transformers' ``Siglip2VisionModel``: ``pixel_values`` ``[B, N, P*P*3]``,
+``pixel_attention_mask`` ``[B, N]`` (big_vision ``ptype``) and ``spatial_shapes`` ``[B, 2]`` (the patch grid;
+big_vision's ``yidx``/``xidx`` are its row-major coordinates, :func:`patchify` returns them).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+from transformers.image_processing_backends import PilBackend
+from transformers.image_processing_base import BatchFeature
+from transformers.image_utils import PILImageResampling
+from transformers.processing_utils import ImagesKwargs
+
+from .image_processing_bv import BvImageProcessor
+from .image_processing_bv import value_range as bv_value_range
+
+__all__ = [
+    "BvNaFlexImageProcessor",
+    "get_image_size_for_seq",
+    "pad_to_sequence",
+    "patchify",
+    "resize_bilinear_antialias",
+    "resize_to_sequence",
+]
+
+
+# ==========================================================================================================
+# The big_vision NaFlex pp ops, as pure functions on (H, W, C) numpy arrays.
+# ==========================================================================================================
+
+
+def get_image_size_for_seq(
+    image_hw: Sequence[int], patch_size: int, max_sequence_len: int, divisible_by_patch: bool = True, eps: float = 1e-5
+) -> tuple[float, tuple[int, int]]:
+    """big_vision ``_get_image_size_for_seq``: the binary search for the largest AR-preserving size, in TF's float32.
+
+    Returns ``(ratio, (target_h, target_w))``; the target has at most ``max_sequence_len`` patches, each side a
+    multiple of ``patch_size`` (if ``divisible_by_patch``) and at least one patch.
+    """
+    f32 = np.float32
+    hw = np.asarray(image_hw, np.int64).astype(f32)
+    p = f32(patch_size)
+
+    def prepare_target_hw(ratio: np.float32) -> np.ndarray:
+        target = hw * ratio
+        if divisible_by_patch:
+            target = p * np.ceil(target / p)
+        return np.maximum(target, p).astype(np.int32)  # tf.cast float -> int32 truncates
+
+    def is_feasible(ratio: np.float32) -> bool:
+        num_patches = prepare_target_hw(ratio).astype(np.float64) / patch_size  # int32 / int: TF truediv -> float64
+        return bool(np.prod(num_patches) <= max_sequence_len)
+
+    lb, rb = f32(eps / 10.0), f32(100.0)
+    while (rb - lb) >= f32(eps):
+        mid = (lb + rb) / f32(2)
+        lb, rb = (mid, rb) if is_feasible(mid) else (lb, mid)
+    if not eps < lb < 100.0:
+        raise ValueError(f"resize_to_sequence: binary search failed for a {tuple(image_hw)} image (ratio {lb})")
+    target = prepare_target_hw(lb)
+    return float(lb), (int(target[0]), int(target[1]))
+
+
+def _triangle_spans(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """TF ``ComputeSpansCore`` (``kernels/image/scale_and_translate_op.cc``) for the triangle kernel, antialiased,
+    scale ``out/in``, translation 0, in its float32 math. Returns ``(starts[out], weights[out, span])``."""
+    f32 = np.float32
+    scale = f32(out_size) / f32(in_size)  # tf.image.resize: cast(new) / cast(old) in float32
+    inv_scale = f32(1.0 / float(scale))  # `const float inv_scale = 1.0 / scale;` (double division)
+    inv_translate = -inv_scale * f32(0.0)
+    kernel_scale = max(inv_scale, f32(1.0))
+    radius = f32(1.0)
+    span_size = min(2 * math.ceil(radius * kernel_scale) + 1, in_size)
+    one_over_kernel_scale = f32(1.0) / kernel_scale
+    starts = np.zeros(out_size, np.int64)
+    weights = np.zeros((out_size, span_size), np.float32)
+    for x in range(out_size):
+        sample_f = (f32(x) + f32(0.5)) * inv_scale + inv_translate
+        if sample_f < 0 or sample_f > in_size:
+            continue
+        start = int(np.ceil(sample_f - radius * kernel_scale - f32(0.5)))
+        end = int(np.floor(sample_f + radius * kernel_scale - f32(0.5)))
+        start = min(max(start, 0), in_size - 1)
+        end = min(max(end, 0), in_size - 1) + 1
+        total, taps = f32(0.0), []
+        for source in range(start, end):
+            pos = abs((f32(source) + f32(0.5) - sample_f) * one_over_kernel_scale)
+            weight = f32(1.0) - pos if pos < f32(1.0) else f32(0.0)
+            total = f32(total + weight)
+            taps.append(weight)
+        if abs(total) >= f32(1000.0) * np.finfo(np.float32).tiny:
+            inv_total = f32(1.0) / total
+            weights[x, : len(taps)] = [f32(w * inv_total) for w in taps]
+        starts[x] = start
+    return starts, weights
+
+
+def _gather_axis(image: np.ndarray, starts: np.ndarray, weights: np.ndarray, axis: int) -> np.ndarray:
+    """TF ``GatherRows``/``GatherColumns``: ``out = 0; out += w_k * in[start + k]`` in float32, tap by tap."""
+    size = image.shape[axis]
+    out = None
+    for k in range(weights.shape[1]):
+        idx = np.minimum(starts + k, size - 1)  # taps past the edge have weight 0 (TF stops before them)
+        w = weights[:, k].reshape([-1 if a == axis else 1 for a in range(image.ndim)])
+        term = w * np.take(image, idx, axis=axis)
+        out = term if out is None else out + term
+    return out.astype(np.float32, copy=False)
+
+
+def resize_bilinear_antialias(image: np.ndarray, size: Sequence[int]) -> np.ndarray:
+    """``tf.image.resize(image, size, "bilinear", antialias=True)``: float32 ``(H, W, C)``.
+
+    TF's ``ScaleAndTranslate`` with the triangle kernel widened by the scale when downsampling (half-pixel
+    centres), rows first then columns, accumulated in float32 as TF's CPU kernel does. No clipping or casting.
+    """
+    image = np.asarray(image)
+    if image.ndim != 3:
+        raise ValueError(f"resize expects an (H, W, C) image, got shape {image.shape}")
+    out_h, out_w = int(size[0]), int(size[1])
+    x = image.astype(np.float32)
+    rows = _gather_axis(x, *_triangle_spans(x.shape[0], out_h), axis=0)
+    return _gather_axis(rows, *_triangle_spans(x.shape[1], out_w), axis=1)
+
+
+def resize_to_sequence(
+    image: np.ndarray, patch_size: int, max_sequence_len: int, divisible_by_patch: bool = True, eps: float = 1e-5
+) -> np.ndarray:
+    """big_vision ``resize_to_sequence(patch_size, max_sequence_len)``: AR-preserving antialiased bilinear resize
+    to the size of :func:`get_image_size_for_seq`; float32 out (as ``tf.image.resize``), not clipped."""
+    _, target = get_image_size_for_seq(image.shape[:2], patch_size, max_sequence_len, divisible_by_patch, eps)
+    return resize_bilinear_antialias(image, target)
+
+
+def patchify(image: np.ndarray, patch_size: int | Sequence[int]) -> dict[str, np.ndarray]:
+    """big_vision ``patchify(patch_size)``: ``tf.image.extract_patches`` (VALID) + patch coordinates.
+
+    Returns ``patches [nh*nw, ph*pw*C]`` (row-major patches, each flattened row-major with channels last),
+    ``yidx``/``xidx [nh*nw]`` and ``type [nh*nw]`` (all 1).
+    """
+    ph, pw = (patch_size, patch_size) if isinstance(patch_size, (int, np.integer)) else patch_size
+    h, w, c = image.shape
+    nh, nw = h // ph, w // pw
+    patches = image[: nh * ph, : nw * pw].reshape(nh, ph, nw, pw, c).transpose(0, 2, 1, 3, 4).reshape(nh * nw, -1)
+    gy, gx = np.meshgrid(np.arange(nh, dtype=np.int32), np.arange(nw, dtype=np.int32), indexing="ij")
+    return {"patches": patches, "yidx": gy.reshape(-1), "xidx": gx.reshape(-1), "type": np.ones(nh * nw, np.int32)}
+
+
+def pad_to_sequence(patchified: dict[str, np.ndarray], length: int) -> dict[str, np.ndarray]:
+    """big_vision ``pad_to_shape`` on every key of :func:`patchify`: zeros after the patches (``type`` 0 = pad)."""
+    n = len(patchified["type"])
+    if n > length:
+        raise ValueError(f"{n} patches do not fit a sequence of {length}")
+    return {k: np.pad(v, [(0, length - n)] + [(0, 0)] * (v.ndim - 1)) for k, v in patchified.items()}
+
+
+# ==========================================================================================================
+# The image processor
+# ==========================================================================================================
+
+
+class BvNaFlexImageProcessorKwargs(ImagesKwargs, total=False):
+    r"""
+    patch_size (`int`, *optional*, defaults to `self.patch_size`):
+        Patch size of `resize_to_sequence` and `patchify`.
+    max_num_patches (`int`, *optional*, defaults to `self.max_num_patches`):
+        Sequence length: the image is resized to at most this many patches, then padded to exactly this many.
+    value_range (`list[float]`, *optional*, defaults to `self.value_range`):
+        `(vmin, vmax)` of big_vision `value_range`, applied to the uint8 image before resizing.
+    """
+
+    patch_size: int
+    max_num_patches: int
+    value_range: list[float] | tuple[float, float]
+
+
+class BvNaFlexImageProcessor(PilBackend):
+    r"""Image processor reproducing big_vision's NaFlex input pipeline (numpy float32, no TF).
+
+    ``decode|value_range(-1, 1)|resize_to_sequence(P, N)|patchify(P)|pad_to_shape(N)``; :meth:`pp_string` gives
+    the string for the processor's settings. Differences from transformers' ``Siglip2ImageProcessor``: the resize
+    is big_vision's (TF antialiased bilinear on the float image, after ``value_range``) instead of PIL's on uint8,
+    and ``decode`` is big_vision's (alpha dropped, see ``image_processing_bv.decode``). The target size is
+    big_vision's float32 binary search. ``do_rescale``/``do_normalize``/``image_mean``/``image_std`` only
+    describe ``value_range(-1, 1)`` in transformers' terms; they are not applied.
+    """
+
+    valid_kwargs = BvNaFlexImageProcessorKwargs
+    model_input_names = ["pixel_values", "pixel_attention_mask", "spatial_shapes"]
+
+    resample = PILImageResampling.BILINEAR  # descriptive: the resize is resize_bilinear_antialias
+    do_resize = True
+    do_rescale = True
+    rescale_factor = 1 / 255
+    do_normalize = True
+    image_mean = [0.5, 0.5, 0.5]
+    image_std = [0.5, 0.5, 0.5]
+    do_convert_rgb = True
+    patch_size = 16  # SigLIP 2 NaFlex B/16, So400m/16
+    max_num_patches = 256  # the sequence length of the SigLIP 2 README results
+    value_range = [-1.0, 1.0]
+
+    # big_vision `decode`: the shared conversion of any input to uint8 (C, H, W).
+    process_image = BvImageProcessor.process_image
+
+    def pp_string(self) -> str:
+        """The big_vision pp string this processor reproduces."""
+        p, n = self.patch_size, self.max_num_patches
+        vmin, vmax = self.value_range
+        return f"decode|value_range({vmin:g}, {vmax:g})|resize_to_sequence({p}, {n})|patchify({p})|pad_to_shape({n})"
+
+    def _validate_preprocess_kwargs(self, **kwargs):
+        kwargs.pop("do_resize", None)  # the size is computed per image
+        return super()._validate_preprocess_kwargs(**kwargs)
+
+    def _preprocess(
+        self,
+        images: list[np.ndarray],
+        do_resize: bool,
+        patch_size: int,
+        max_num_patches: int,
+        value_range: Sequence[float],
+        return_tensors=None,
+        **kwargs,
+    ) -> BatchFeature:
+        pixel_values, masks, shapes = [], [], []
+        vmin, vmax = value_range
+        for image in images:
+            x = bv_value_range(np.moveaxis(image, 0, -1), vmin, vmax)  # big_vision works on (H, W, C)
+            if do_resize:
+                x = resize_to_sequence(x, patch_size, max_num_patches)
+            elif x.shape[0] % patch_size or x.shape[1] % patch_size:
+                raise ValueError(f"do_resize=False needs sides divisible by {patch_size}, got {x.shape[:2]}")
+            seq = patchify(x, patch_size)
+            shapes.append((int(seq["yidx"].max()) + 1, int(seq["xidx"].max()) + 1))
+            seq = pad_to_sequence(seq, max_num_patches)
+            pixel_values.append(seq["patches"].astype(np.float32))
+            masks.append(seq["type"])
+        data = {
+            "pixel_values": np.stack(pixel_values),
+            "pixel_attention_mask": np.stack(masks),
+            "spatial_shapes": np.asarray(shapes, np.int64).reshape(-1, 2),
+        }
+        return BatchFeature(data=data, tensor_type=return_tensors)
