@@ -3,4 +3,8 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 bash scripts/setup_venv.sh
+# CLIPPO's text rendering tests use Debian's Unifont (skipped with a reason where it cannot be installed).
+if [ ! -f /usr/share/unifont/unifont.hex ] && command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+  (apt-get update -qq && apt-get install -y -qq unifont) >/dev/null 2>&1 || echo "test.sh: unifont not installed; CLIPPO rendering tests will skip"
+fi
 exec .venv/bin/python -m pytest -q -p no:cacheprovider tests "$@"
