@@ -236,3 +236,21 @@ def test_image_classification_pipeline(tmp_path):
     assert type(AutoImageProcessor.from_pretrained(tmp_path)) is BvImageProcessor
     preds2 = pipeline("image-classification", model=str(tmp_path))(img, top_k=3)
     assert preds2[0]["label"] == preds[0]["label"] and abs(preds2[0]["score"] - preds[0]["score"]) < 1e-5
+
+
+def test_resize_antialias_from_pp_string():
+    """`resize(S, antialias=True)` (PaliGemma's training pp) uses TF's ScaleAndTranslate kernel, then uint8 truncation."""
+    from PIL import Image
+
+    from big_vision_hf.processing.image_processing_bv import BvImageProcessor, resize, resize_bilinear_antialias
+
+    rng = np.random.default_rng(3)
+    pixels = rng.integers(0, 256, (37, 53, 3), dtype=np.uint8)
+    proc = BvImageProcessor.from_pp("decode|resize(16, antialias=True)|value_range(-1, 1)")
+    assert proc.resize_antialias is True
+    out = proc(Image.fromarray(pixels), return_tensors="np")["pixel_values"][0]
+    expected = np.clip(resize_bilinear_antialias(pixels.astype(np.float32), (16, 16)), 0, 255).astype(np.uint8)
+    np.testing.assert_array_equal(resize(pixels, 16, antialias=True), expected)
+    np.testing.assert_allclose(out, np.moveaxis(expected, -1, 0) / 127.5 - 1, atol=1e-6)
+    plain = BvImageProcessor.from_pp("decode|resize(16)|value_range(-1, 1)")(Image.fromarray(pixels), return_tensors="np")
+    assert not np.allclose(plain["pixel_values"][0], out)  # antialiasing really changed the result

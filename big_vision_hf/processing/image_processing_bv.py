@@ -21,6 +21,7 @@ This file imports only numpy, PIL and transformers (torch tensors are accepted a
 
 from __future__ import annotations
 
+import math
 import ast
 import io
 from collections.abc import Sequence
@@ -203,10 +204,71 @@ def _resize_area_f32(image: np.ndarray, out_h: int, out_w: int) -> np.ndarray:
     return out * scale
 
 
+def _triangle_spans(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """TF ``ComputeSpansCore`` (``kernels/image/scale_and_translate_op.cc``) for the triangle kernel, antialiased,
+    scale ``out/in``, translation 0, in its float32 math. Returns ``(starts[out], weights[out, span])``."""
+    f32 = np.float32
+    scale = f32(out_size) / f32(in_size)  # tf.image.resize: cast(new) / cast(old) in float32
+    inv_scale = f32(1.0 / float(scale))  # `const float inv_scale = 1.0 / scale;` (double division)
+    inv_translate = -inv_scale * f32(0.0)
+    kernel_scale = max(inv_scale, f32(1.0))
+    radius = f32(1.0)
+    span_size = min(2 * math.ceil(radius * kernel_scale) + 1, in_size)
+    one_over_kernel_scale = f32(1.0) / kernel_scale
+    starts = np.zeros(out_size, np.int64)
+    weights = np.zeros((out_size, span_size), np.float32)
+    for x in range(out_size):
+        sample_f = (f32(x) + f32(0.5)) * inv_scale + inv_translate
+        if sample_f < 0 or sample_f > in_size:
+            continue
+        start = int(np.ceil(sample_f - radius * kernel_scale - f32(0.5)))
+        end = int(np.floor(sample_f + radius * kernel_scale - f32(0.5)))
+        start = min(max(start, 0), in_size - 1)
+        end = min(max(end, 0), in_size - 1) + 1
+        total, taps = f32(0.0), []
+        for source in range(start, end):
+            pos = abs((f32(source) + f32(0.5) - sample_f) * one_over_kernel_scale)
+            weight = f32(1.0) - pos if pos < f32(1.0) else f32(0.0)
+            total = f32(total + weight)
+            taps.append(weight)
+        if abs(total) >= f32(1000.0) * np.finfo(np.float32).tiny:
+            inv_total = f32(1.0) / total
+            weights[x, : len(taps)] = [f32(w * inv_total) for w in taps]
+        starts[x] = start
+    return starts, weights
+
+
+def _gather_axis(image: np.ndarray, starts: np.ndarray, weights: np.ndarray, axis: int) -> np.ndarray:
+    """TF ``GatherRows``/``GatherColumns``: ``out = 0; out += w_k * in[start + k]`` in float32, tap by tap."""
+    size = image.shape[axis]
+    out = None
+    for k in range(weights.shape[1]):
+        idx = np.minimum(starts + k, size - 1)  # taps past the edge have weight 0 (TF stops before them)
+        w = weights[:, k].reshape([-1 if a == axis else 1 for a in range(image.ndim)])
+        term = w * np.take(image, idx, axis=axis)
+        out = term if out is None else out + term
+    return out.astype(np.float32, copy=False)
+
+
+def resize_bilinear_antialias(image: np.ndarray, size: Sequence[int]) -> np.ndarray:
+    """``tf.image.resize(image, size, "bilinear", antialias=True)``: float32 ``(H, W, C)``.
+
+    TF's ``ScaleAndTranslate`` with the triangle kernel widened by the scale when downsampling (half-pixel
+    centres), rows first then columns, accumulated in float32 as TF's CPU kernel does. No clipping or casting.
+    """
+    image = np.asarray(image)
+    if image.ndim != 3:
+        raise ValueError(f"resize expects an (H, W, C) image, got shape {image.shape}")
+    out_h, out_w = int(size[0]), int(size[1])
+    x = image.astype(np.float32)
+    rows = _gather_axis(x, *_triangle_spans(x.shape[0], out_h), axis=0)
+    return _gather_axis(rows, *_triangle_spans(x.shape[1], out_w), axis=1)
+
+
 def _resize_f32(image: np.ndarray, size: tuple[int, int], method: str, antialias: bool) -> np.ndarray:
     if method == "bilinear":
         if antialias:
-            raise NotImplementedError("resize(method='bilinear', antialias=True) (TF scale_and_translate) is not ported")
+            return resize_bilinear_antialias(image, size)
         return _resize_bilinear_f32(image, *size)
     if method == "area":  # TF2 ignores `antialias` for area.
         return _resize_area_f32(image, *size)
@@ -223,8 +285,9 @@ def resize(
 ) -> np.ndarray:
     """big_vision ``resize(size)``: TF2 ``tf.image.resize`` (half-pixel centres) then clip + cast to uint8.
 
-    ``method`` is ``"bilinear"`` (default, without antialiasing) or ``"area"``. Other TF methods and
-    bilinear with ``antialias=True`` raise ``NotImplementedError``.
+    ``method`` is ``"bilinear"`` (default, without antialiasing; ``antialias=True`` is TF's
+    ``ScaleAndTranslate`` triangle kernel, as PaliGemma's training configs use) or ``"area"``. Other TF methods
+    raise ``NotImplementedError``.
     """
     image = _as_uint8(_check_hwc(image, "resize"))
     return _clip_cast_uint8(_resize_f32(image, _pair(size), method, antialias))
@@ -325,9 +388,7 @@ def _pp_to_kwargs(pp: str) -> dict[str, Any]:
             size, method, antialias = _op_args(name, args, kwargs, positional, {"method": None, "antialias": False})
             if size is None:
                 raise ValueError(f"{name} needs a size")
-            if antialias and method != "area":
-                raise NotImplementedError(f"{name}(antialias=True) is not ported")
-            kw.update(do_resize=True, resize_mode=name, resize_method=method)
+            kw.update(do_resize=True, resize_mode=name, resize_method=method, resize_antialias=bool(antialias))
             kw["size"] = {"height": _pair(size)[0], "width": _pair(size)[1]} if name == "resize" else {
                 "shortest_edge": int(size)
             }
@@ -377,12 +438,15 @@ class BvImageProcessorKwargs(ImagesKwargs, total=False):
     resize_method (`str`, *optional*, defaults to `self.resize_method`):
         TF resize method (`"bilinear"` or `"area"`); `None` means the big_vision default of the op
         (`bilinear` for `resize`, `area` for `resize_small`).
+    resize_antialias (`bool`, *optional*, defaults to `self.resize_antialias`):
+        big_vision's `antialias` argument of `resize`/`resize_small` (TF ignores it for `area`).
     value_range (`list[float]`, *optional*, defaults to `self.value_range`):
         `(vmin, vmax)` of big_vision `value_range`; `None` falls back to transformers' rescale/normalize.
     """
 
     resize_mode: str | None
     resize_method: str | None
+    resize_antialias: bool
     value_range: list[float] | tuple[float, float] | None
 
 
@@ -428,6 +492,7 @@ class BvImageProcessor(PilBackend):
     do_convert_rgb = True
     resize_mode = "resize"
     resize_method = None
+    resize_antialias = False
     # big_vision's `value_range(-1, 1)` is the default; the class attribute is None only so that an explicit
     # `value_range=None` survives `_set_attributes` (which replaces None with the class default).
     value_range = None
@@ -524,6 +589,7 @@ class BvImageProcessor(PilBackend):
         return_tensors=None,
         resize_mode: str | None = None,
         resize_method: str | None = None,
+        resize_antialias: bool = False,
         **kwargs,
     ) -> BatchFeature:
         vrange = kwargs.get("value_range")
@@ -534,9 +600,9 @@ class BvImageProcessor(PilBackend):
             if do_resize:
                 self._check_size(resize_mode, size)
                 if resize_mode == "resize":
-                    x = resize(x, (size.height, size.width), method=resize_method or "bilinear")
+                    x = resize(x, (size.height, size.width), method=resize_method or "bilinear", antialias=resize_antialias)
                 elif resize_mode == "resize_small":
-                    x = resize_small(x, size.shortest_edge, method=resize_method or "area")
+                    x = resize_small(x, size.shortest_edge, method=resize_method or "area", antialias=resize_antialias)
                 else:
                     raise ValueError(f"resize_mode must be 'resize' or 'resize_small', got {resize_mode!r}")
             if do_center_crop:

@@ -26,7 +26,7 @@ from transformers.image_processing_base import BatchFeature
 from transformers.image_utils import PILImageResampling
 from transformers.processing_utils import ImagesKwargs
 
-from .image_processing_bv import BvImageProcessor
+from .image_processing_bv import BvImageProcessor, resize_bilinear_antialias
 from .image_processing_bv import value_range as bv_value_range
 
 __all__ = [
@@ -74,67 +74,6 @@ def get_image_size_for_seq(
         raise ValueError(f"resize_to_sequence: binary search failed for a {tuple(image_hw)} image (ratio {lb})")
     target = prepare_target_hw(lb)
     return float(lb), (int(target[0]), int(target[1]))
-
-
-def _triangle_spans(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray]:
-    """TF ``ComputeSpansCore`` (``kernels/image/scale_and_translate_op.cc``) for the triangle kernel, antialiased,
-    scale ``out/in``, translation 0, in its float32 math. Returns ``(starts[out], weights[out, span])``."""
-    f32 = np.float32
-    scale = f32(out_size) / f32(in_size)  # tf.image.resize: cast(new) / cast(old) in float32
-    inv_scale = f32(1.0 / float(scale))  # `const float inv_scale = 1.0 / scale;` (double division)
-    inv_translate = -inv_scale * f32(0.0)
-    kernel_scale = max(inv_scale, f32(1.0))
-    radius = f32(1.0)
-    span_size = min(2 * math.ceil(radius * kernel_scale) + 1, in_size)
-    one_over_kernel_scale = f32(1.0) / kernel_scale
-    starts = np.zeros(out_size, np.int64)
-    weights = np.zeros((out_size, span_size), np.float32)
-    for x in range(out_size):
-        sample_f = (f32(x) + f32(0.5)) * inv_scale + inv_translate
-        if sample_f < 0 or sample_f > in_size:
-            continue
-        start = int(np.ceil(sample_f - radius * kernel_scale - f32(0.5)))
-        end = int(np.floor(sample_f + radius * kernel_scale - f32(0.5)))
-        start = min(max(start, 0), in_size - 1)
-        end = min(max(end, 0), in_size - 1) + 1
-        total, taps = f32(0.0), []
-        for source in range(start, end):
-            pos = abs((f32(source) + f32(0.5) - sample_f) * one_over_kernel_scale)
-            weight = f32(1.0) - pos if pos < f32(1.0) else f32(0.0)
-            total = f32(total + weight)
-            taps.append(weight)
-        if abs(total) >= f32(1000.0) * np.finfo(np.float32).tiny:
-            inv_total = f32(1.0) / total
-            weights[x, : len(taps)] = [f32(w * inv_total) for w in taps]
-        starts[x] = start
-    return starts, weights
-
-
-def _gather_axis(image: np.ndarray, starts: np.ndarray, weights: np.ndarray, axis: int) -> np.ndarray:
-    """TF ``GatherRows``/``GatherColumns``: ``out = 0; out += w_k * in[start + k]`` in float32, tap by tap."""
-    size = image.shape[axis]
-    out = None
-    for k in range(weights.shape[1]):
-        idx = np.minimum(starts + k, size - 1)  # taps past the edge have weight 0 (TF stops before them)
-        w = weights[:, k].reshape([-1 if a == axis else 1 for a in range(image.ndim)])
-        term = w * np.take(image, idx, axis=axis)
-        out = term if out is None else out + term
-    return out.astype(np.float32, copy=False)
-
-
-def resize_bilinear_antialias(image: np.ndarray, size: Sequence[int]) -> np.ndarray:
-    """``tf.image.resize(image, size, "bilinear", antialias=True)``: float32 ``(H, W, C)``.
-
-    TF's ``ScaleAndTranslate`` with the triangle kernel widened by the scale when downsampling (half-pixel
-    centres), rows first then columns, accumulated in float32 as TF's CPU kernel does. No clipping or casting.
-    """
-    image = np.asarray(image)
-    if image.ndim != 3:
-        raise ValueError(f"resize expects an (H, W, C) image, got shape {image.shape}")
-    out_h, out_w = int(size[0]), int(size[1])
-    x = image.astype(np.float32)
-    rows = _gather_axis(x, *_triangle_spans(x.shape[0], out_h), axis=0)
-    return _gather_axis(rows, *_triangle_spans(x.shape[1], out_w), axis=1)
 
 
 def resize_to_sequence(

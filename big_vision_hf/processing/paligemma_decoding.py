@@ -34,6 +34,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image, ImageDraw
 
+from .image_processing_bv import resize_bilinear_antialias
+
 __all__ = [
     "NUM_LOC_TOKENS",
     "NUM_SEG_TOKENS",
@@ -46,7 +48,6 @@ __all__ = [
     "objects_to_text",
     "parse_objects",
     "paste_mask",
-    "resize_bilinear_antialias",
 ]
 
 NUM_LOC_TOKENS = 1024  # big_vision pp/tokenizer.py tokensets "loc": <loc0000> ... <loc1023>
@@ -235,68 +236,6 @@ def objects_to_text(boxes: Sequence[Sequence[float]], labels: Sequence[str], ima
     return " ; ".join(parts)
 
 
-def _triangle_spans(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray]:
-    """TF ``ScaleAndTranslate`` spans (``ComputeSpansCore``, triangle kernel, ``antialias=True``, translate 0),
-    in its float32 arithmetic. Returns ``(starts [out], weights [out, span])`` (unused taps have weight 0)."""
-    f32 = np.float32
-    scale = f32(out_size) / f32(in_size)  # tf.image.resize: new_size / shape, float32
-    inv_scale = f32(1.0 / np.float64(scale))  # `const float inv_scale = 1.0 / scale;` (double division)
-    kernel_scale = max(inv_scale, f32(1.0))
-    span_size = min(2 * int(np.ceil(f32(1.0) * kernel_scale)) + 1, in_size)
-    one_over_kernel_scale = f32(f32(1.0) / kernel_scale)
-    starts = np.zeros(out_size, np.int64)
-    weights = np.zeros((out_size, span_size), np.float32)
-    for x in range(out_size):
-        sample = f32(f32(x) + f32(0.5)) * inv_scale + f32(0.0)
-        if sample < 0 or sample > in_size:
-            continue
-        start = int(np.ceil(sample - f32(1.0) * kernel_scale - f32(0.5)))
-        end = int(np.floor(sample + f32(1.0) * kernel_scale - f32(0.5)))
-        start = min(max(start, 0), in_size - 1)
-        end = min(max(end, 0), in_size - 1) + 1
-        taps, total = [], f32(0.0)
-        for source in range(start, end):
-            pos = f32(f32(source) + f32(0.5)) - sample
-            a = abs(pos * one_over_kernel_scale)
-            weight = f32(1.0) - a if a < f32(1.0) else f32(0.0)
-            total = f32(total + weight)
-            taps.append(f32(weight))
-        if abs(total) >= f32(1000.0) * np.finfo(np.float32).tiny:
-            inv_total = f32(f32(1.0) / total)
-            weights[x, : len(taps)] = [f32(t * inv_total) for t in taps]
-        starts[x] = start
-    return starts, weights
-
-
-def resize_bilinear_antialias(image: np.ndarray, size: Sequence[int]) -> np.ndarray:
-    """``tf.image.resize(image, size, "bilinear", antialias=True)`` for a 2-D array: float32 ``[h, w]``.
-
-    TF2 runs ``ScaleAndTranslate`` with a triangle kernel widened by the downscale factor; rows are resampled
-    first, then columns, accumulating in float32 in span order (``GatherRows``/``GatherColumns``); ported here
-    line by line. Unlike big_vision's ``resize`` op there is no cast back to uint8 (``refcoco_mask2str`` divides
-    the float result by 255). Checked against TensorFlow in ``tests/test_bv_vqvae.py``.
-    """
-    x = np.asarray(image)
-    if x.ndim != 2 or 0 in x.shape:
-        raise ValueError(f"resize_bilinear_antialias expects a non-empty 2-D array, got shape {x.shape}")
-    x = x.astype(np.float32)
-    out_h, out_w = (int(s) for s in size)
-    in_h, in_w = x.shape
-    row_starts, row_w = _triangle_spans(in_h, out_h)
-    col_starts, col_w = _triangle_spans(in_w, out_w)
-    inter = np.zeros((out_h, in_w), np.float32)
-    for k in range(row_w.shape[1]):  # GatherRows: out_row += weight * in_row, taps in order
-        rows = np.minimum(row_starts + k, in_h - 1)
-        valid = (row_starts + k) < in_h
-        inter += np.where(valid[:, None], row_w[:, k, None] * x[rows], np.float32(0.0))
-    out = np.zeros((out_h, out_w), np.float32)
-    for k in range(col_w.shape[1]):  # GatherColumns
-        cols = np.minimum(col_starts + k, in_w - 1)
-        valid = (col_starts + k) < in_w
-        out += np.where(valid[None, :], col_w[None, :, k] * inter[:, cols], np.float32(0.0))
-    return out
-
-
 def _as_mask_uint8(mask: np.ndarray) -> np.ndarray:
     """A full-resolution mask -> uint8 ``[H, W]`` in 0..255 (big_vision RefCOCO masks are uint8, object = 255).
 
@@ -328,7 +267,7 @@ def mask_crop_64(mask: np.ndarray, box_normalized: Sequence[float]) -> np.ndarra
     crop = m[max(y1, 0):y2, max(x1, 0):x2]
     if crop.size == 0:
         raise ValueError(f"box {tuple(float(v) for v in bbox)} is empty on a {m.shape[0]}x{m.shape[1]} mask")
-    return resize_bilinear_antialias(crop, (64, 64)) / np.float32(255.0)
+    return resize_bilinear_antialias(np.asarray(crop, np.float32)[..., None], (64, 64))[..., 0] / np.float32(255.0)
 
 
 def mask_to_tokens(mask: np.ndarray, vqvae, box_normalized: Sequence[float] | None = None) -> str:
