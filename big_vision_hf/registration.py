@@ -1,39 +1,76 @@
-"""Registration of our configs, models and processors with the transformers Auto classes."""
+"""Registration of our configs, models and processors with the transformers Auto classes.
 
-from transformers import AutoConfig, AutoModel, AutoModelForImageClassification
+One table: per config, the model classes for each Auto class, the image processor, and (where text goes in)
+the tokenizer / processor. Called once by ``import big_vision_hf``.
+"""
+
+from __future__ import annotations
+
+from transformers import (
+    AutoConfig,
+    AutoImageProcessor,
+    AutoModel,
+    AutoModelForImageClassification,
+    AutoModelForZeroShotImageClassification,
+    AutoProcessor,
+    AutoTokenizer,
+)
+
+
+def _table():
+    from .configuration.configuration_bv_bit import BvBiTConfig
+    from .configuration.configuration_bv_clippo import BvClippoConfig
+    from .configuration.configuration_bv_flexivit import BvFlexiViTConfig
+    from .configuration.configuration_bv_mixer import BvMixerConfig
+    from .configuration.configuration_bv_naflex import BvNaFlexViTConfig
+    from .configuration.configuration_bv_two_towers import BvSiglipConfig, BvTextConfig, BvTwoTowerConfig
+    from .configuration.configuration_bv_vit import BvViTConfig
+    from .configuration.configuration_bv_vqvae import BvSegVQVAEConfig
+    from .modeling import (
+        modeling_bv_bit as bit,
+        modeling_bv_clippo as clippo,
+        modeling_bv_flexivit as flexi,
+        modeling_bv_mixer as mixer,
+        modeling_bv_naflex as naflex,
+        modeling_bv_two_towers as towers,
+        modeling_bv_vit as vit,
+        modeling_bv_vqvae as vqvae,
+    )
+    from .processing.image_processing_bv import BvImageProcessor
+    from .processing.image_processing_bv_naflex import BvNaFlexImageProcessor
+    from .processing.processing_bv_clippo import BvClippoProcessor
+    from .processing.tokenization_bv_text import BvTextTokenizer
+
+    classify = AutoModelForImageClassification
+    zero_shot = AutoModelForZeroShotImageClassification
+    # config: ({Auto class: model class}, image processor, tokenizer, processor)
+    return {
+        BvViTConfig: ({AutoModel: vit.BvViTModel, classify: vit.BvViTForImageClassification}, BvImageProcessor, None, None),
+        BvFlexiViTConfig: ({AutoModel: flexi.BvFlexiViTModel, classify: flexi.BvFlexiViTForImageClassification},
+                           BvImageProcessor, None, None),
+        BvMixerConfig: ({AutoModel: mixer.BvMixerModel, classify: mixer.BvMixerForImageClassification},
+                        BvImageProcessor, None, None),
+        BvBiTConfig: ({AutoModel: bit.BvBiTModel, classify: bit.BvBiTForImageClassification}, BvImageProcessor, None, None),
+        BvNaFlexViTConfig: ({AutoModel: naflex.BvNaFlexViTModel, classify: naflex.BvNaFlexViTForImageClassification},
+                            BvNaFlexImageProcessor, None, None),
+        BvTextConfig: ({AutoModel: towers.BvTextTransformer}, None, None, None),
+        BvTwoTowerConfig: ({AutoModel: towers.BvTwoTowerModel, zero_shot: towers.BvTwoTowerModel},
+                           BvImageProcessor, BvTextTokenizer, None),
+        BvSiglipConfig: ({AutoModel: towers.BvSiglipModel, zero_shot: towers.BvSiglipModel},
+                         BvImageProcessor, BvTextTokenizer, None),
+        BvClippoConfig: ({AutoModel: clippo.BvClippoModel}, BvImageProcessor, None, BvClippoProcessor),
+        BvSegVQVAEConfig: ({AutoModel: vqvae.BvSegVQVAEModel}, None, None, None),
+    }
 
 
 def register_auto_classes() -> None:
-    from .configuration.configuration_bv_vit import BvViTConfig
-    from .modeling.modeling_bv_vit import BvViTForImageClassification, BvViTModel
-
-    AutoConfig.register(BvViTConfig.model_type, BvViTConfig, exist_ok=True)
-    AutoModel.register(BvViTConfig, BvViTModel, exist_ok=True)
-    AutoModelForImageClassification.register(BvViTConfig, BvViTForImageClassification, exist_ok=True)
-
-    from transformers import AutoImageProcessor
-
-    from .processing.image_processing_bv import BvImageProcessor
-
-    AutoImageProcessor.register(BvViTConfig, image_processor_classes={"pil": BvImageProcessor}, exist_ok=True)
-
-    from .configuration.configuration_bv_flexivit import BvFlexiViTConfig
-    from .modeling.modeling_bv_flexivit import BvFlexiViTForImageClassification, BvFlexiViTModel
-
-    AutoConfig.register(BvFlexiViTConfig.model_type, BvFlexiViTConfig, exist_ok=True)
-    AutoModel.register(BvFlexiViTConfig, BvFlexiViTModel, exist_ok=True)
-    AutoModelForImageClassification.register(BvFlexiViTConfig, BvFlexiViTForImageClassification, exist_ok=True)
-    AutoImageProcessor.register(BvFlexiViTConfig, image_processor_classes={"pil": BvImageProcessor}, exist_ok=True)
-
-    from .configuration.configuration_bv_mixer import BvMixerConfig
-    from .modeling.modeling_bv_mixer import BvMixerForImageClassification, BvMixerModel
-
-    AutoConfig.register(BvMixerConfig.model_type, BvMixerConfig, exist_ok=True)
-    AutoModel.register(BvMixerConfig, BvMixerModel, exist_ok=True)
-    AutoModelForImageClassification.register(BvMixerConfig, BvMixerForImageClassification, exist_ok=True)
-
-    from .configuration.configuration_bv_vqvae import BvSegVQVAEConfig
-    from .modeling.modeling_bv_vqvae import BvSegVQVAEModel
-
-    AutoConfig.register(BvSegVQVAEConfig.model_type, BvSegVQVAEConfig, exist_ok=True)
-    AutoModel.register(BvSegVQVAEConfig, BvSegVQVAEModel, exist_ok=True)
+    for config_cls, (models, image_processor, tokenizer, processor) in _table().items():
+        AutoConfig.register(config_cls.model_type, config_cls, exist_ok=True)
+        for auto_cls, model_cls in models.items():
+            auto_cls.register(config_cls, model_cls, exist_ok=True)
+        if image_processor is not None:
+            AutoImageProcessor.register(config_cls, image_processor_classes={"pil": image_processor}, exist_ok=True)
+        if tokenizer is not None:
+            AutoTokenizer.register(config_cls, tokenizer_class=tokenizer, exist_ok=True)
+        if processor is not None:
+            AutoProcessor.register(config_cls, processor, exist_ok=True)

@@ -104,13 +104,15 @@ def save_folder(
     """Saves weights (safetensors only), config, processor, model card and remote code into ``out_dir``."""
     os.makedirs(out_dir, exist_ok=True)
     model.save_pretrained(out_dir, max_shard_size=max_shard_size)
-    modules = [type(model).__module__, type(model.config).__module__]
+    ours = type(model.config).__module__.startswith("big_vision_hf.")  # a transformers model (SiglipModel): no code
+    modules = [type(model).__module__, type(model.config).__module__] if ours else []
     if image_processor is not None:
         image_processor.save_pretrained(out_dir)
         modules.append(type(image_processor).__module__)
     if remote_code:
         _write_code(out_dir, remote_code_files(*modules))
-        _add_auto_map(os.path.join(out_dir, "config.json"), auto_map_for(model))
+        if ours:
+            _add_auto_map(os.path.join(out_dir, "config.json"), auto_map_for(model))
         if image_processor is not None:
             proc_cls = type(image_processor)
             stem = proc_cls.__module__.rsplit(".", 1)[-1]

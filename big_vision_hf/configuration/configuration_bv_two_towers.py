@@ -1,0 +1,198 @@
+"""Configuration of big_vision's two-tower image-text models (``big_vision/models/proj/image_text/two_towers.py``
+with ``text_transformer.py``): SigLIP-like (sigmoid loss) and LiT/CLIP-like (softmax loss) towers that
+transformers' ``SiglipModel`` cannot represent.
+
+Two config classes, because transformers' ``zero-shot-image-classification`` pipeline picks sigmoid scores (and
+``max_length=64`` text padding) when ``"siglip"`` is in ``config.model_type`` and softmax otherwise
+(``pipelines/zero_shot_image_classification.py``): `BvSiglipConfig` (``model_type="bv_siglip"``,
+``loss="sigmoid"``) and `BvTwoTowerConfig` (``model_type="bv_two_towers"``, ``loss="softmax"``). The ``loss``
+field decides which one a converter builds (:meth:`BvTwoTowerConfig.from_loss`).
+"""
+
+from __future__ import annotations
+
+import math
+
+from huggingface_hub.dataclasses import strict
+from transformers import PreTrainedConfig
+
+from .configuration_bv_vit import BvViTConfig, decode_variant
+
+TEXT_POOL_TYPES = ("last", "first", "gap", "max", "map")
+# big_vision text_transformer accepts these spellings too (`pool_type in ("mean", "gap")`, `("max", "gmp")`).
+TEXT_POOL_ALIASES = {"mean": "gap", "gmp": "max"}
+LOSSES = ("sigmoid", "softmax")
+
+
+@strict
+class BvTextConfig(PreTrainedConfig):
+    r"""Configuration of big_vision's text tower (``big_vision.models.proj.image_text.text_transformer._Model``).
+
+    Token embedding + learned posemb + the ViT encoder (``vit.Encoder``: pre-LN blocks, NO causal mask, final
+    ``encoder_norm``), then pooling and an optional ``head`` Dense.
+
+    Args:
+        vocab_size: big_vision ``vocab_size`` (32_000 c4_en, 250_000 mc4, 256_000 Gemma for SigLIP 2).
+        hidden_size: big_vision ``width``.
+        num_hidden_layers: big_vision ``depth``.
+        intermediate_size: big_vision ``mlp_dim``.
+        num_attention_heads: big_vision ``num_heads``.
+        max_position_embeddings: the text length ``L`` (big_vision derives the ``pos_embedding`` length from the
+            input at init: 64, or 16 for SigLIP So400m/14 224).
+        pool_type: ``"last"`` (the sticky-EOS token), ``"first"``, ``"gap"`` (``"mean"``), ``"max"`` (``"gmp"``)
+            or ``"map"`` (big_vision ``pool_type``).
+        projection_size: big_vision ``num_classes`` (= two_towers ``out_dim[1]``): width of the ``head`` Dense;
+            ``None``: no head.
+        layer_norm_eps: flax ``nn.LayerNorm`` default, 1e-6.
+        hidden_act: ``"gelu_pytorch_tanh"`` (flax ``nn.gelu`` is the tanh approximation).
+        dropout: big_vision ``dropout`` (in the encoder blocks).
+    """
+
+    model_type = "bv_text"
+    base_config_key = "text_config"
+
+    vocab_size: int = 32_000  # big_vision text_transformer default
+    hidden_size: int = 512
+    num_hidden_layers: int = 12
+    intermediate_size: int = 2048
+    num_attention_heads: int = 8
+    max_position_embeddings: int = 64
+    pool_type: str = "last"
+    projection_size: int | None = None
+    layer_norm_eps: float = 1e-6
+    hidden_act: str = "gelu_pytorch_tanh"
+    dropout: float = 0.0
+    attention_dropout: float = 0.0
+
+    def __post_init__(self, **kwargs):
+        self.pool_type = TEXT_POOL_ALIASES.get(self.pool_type, self.pool_type)
+        if self.pool_type not in TEXT_POOL_TYPES:
+            raise ValueError(f"Unknown text pool type: {self.pool_type!r}; expected one of {TEXT_POOL_TYPES}")
+        if self.hidden_size % self.num_attention_heads:
+            raise ValueError(f"hidden_size {self.hidden_size} is not divisible by {self.num_attention_heads} heads")
+        if self.projection_size == 0:
+            self.projection_size = None
+        super().__post_init__(**kwargs)
+
+    @property
+    def embed_dim(self) -> int:
+        """Width of the text embedding ``ztxt``: the head's width, else the tower's."""
+        return self.projection_size or self.hidden_size
+
+
+# big_vision `text_transformer.Model` kwargs -> BvTextConfig fields.
+BV_TEXT_KWARGS = {
+    "width": "hidden_size",
+    "depth": "num_hidden_layers",
+    "mlp_dim": "intermediate_size",
+    "num_heads": "num_attention_heads",
+    "vocab_size": "vocab_size",
+    "pool_type": "pool_type",
+    "dropout": "dropout",
+    "num_classes": "projection_size",
+}
+BV_TEXT_NO_EFFECT = ("scan", "remat_policy")
+
+
+def bv_text_kwargs_to_config(kwargs: dict) -> dict:
+    """Translates big_vision ``text_transformer.Model`` kwargs (``config.model.text``) into `BvTextConfig` fields."""
+    kwargs = dict(kwargs)
+    variant = decode_variant(kwargs.pop("variant", None))
+    variant.pop("patch_size", None)  # `vit.decode_variant` of "B/16": the text tower has no patches
+    out = {BV_TEXT_KWARGS[k]: v for k, v in variant.items()}
+    for key, value in kwargs.items():
+        if key in BV_TEXT_NO_EFFECT:
+            continue
+        if key not in BV_TEXT_KWARGS:
+            raise ValueError(f"unknown big_vision text_transformer option {key!r}; known: {', '.join(BV_TEXT_KWARGS)}")
+        out[BV_TEXT_KWARGS[key]] = value
+    return out
+
+
+@strict
+class BvTwoTowerConfig(PreTrainedConfig):
+    r"""Configuration of a big_vision two-tower model (``big_vision.models.proj.image_text.two_towers.Model``)
+    trained with the softmax (CLIP / LiT) contrastive loss. Sigmoid-trained (SigLIP) ones use `BvSiglipConfig`.
+
+    Args:
+        vision_config: the image tower (`BvViTConfig`), big_vision ``config.model.image`` (``image_model="vit"``).
+        text_config: the text tower (`BvTextConfig`), big_vision ``config.model.text``.
+        vision_projection_size: big_vision ``out_dim[0]``: width of the image tower's ``head`` Dense (``img/head``);
+            ``None``: no head (the image embedding is the ViT's ``pre_logits``).
+        temperature_init: big_vision ``temperature_init``; the parameter ``logit_scale`` holds big_vision ``t``,
+            the LOG temperature (``logits = zimg @ ztxt.T * exp(t) (+ b)``).
+        bias_init: big_vision ``bias_init``; ``None``: no ``b`` (``logit_bias``) parameter.
+        loss: ``"softmax"`` here, ``"sigmoid"`` in `BvSiglipConfig`: the training loss ``return_loss=True`` gives.
+        gather_negatives: with several processes (``torch.distributed``), the loss uses every process's embeddings
+            as negatives, as big_vision's trainers do across devices (see ``modeling_bv_two_towers``).
+        lock_image_tower: locked-image tuning (LiT, https://arxiv.org/abs/2111.07991): the image tower (and its
+            head) gets no gradients, as big_vision's ``schedule=[("img/.*", None), ...]`` (``configs/proj/
+            image_text/lit_coco.py``).
+    """
+
+    model_type = "bv_two_towers"
+    sub_configs_defaults = {"vision_config": BvViTConfig, "text_config": BvTextConfig}
+
+    vision_config: dict | PreTrainedConfig | None = None
+    text_config: dict | PreTrainedConfig | None = None
+    vision_projection_size: int | None = None
+    temperature_init: float = 1.0  # big_vision two_towers default
+    bias_init: float | None = None
+    loss: str = "softmax"
+    gather_negatives: bool = True
+    lock_image_tower: bool = False
+
+    def __post_init__(self, **kwargs):
+        if self.vision_projection_size == 0:
+            self.vision_projection_size = None
+        if self.loss not in LOSSES:
+            raise ValueError(f"Unknown loss {self.loss!r}; expected one of {LOSSES}")
+        siglip_type = "siglip" in self.model_type
+        if (self.loss == "sigmoid") != siglip_type:
+            right = "BvSiglipConfig" if self.loss == "sigmoid" else "BvTwoTowerConfig"
+            raise ValueError(
+                f"loss={self.loss!r} needs {right} (pipelines read 'siglip' in model_type as sigmoid scores); "
+                f"use BvTwoTowerConfig.from_loss({self.loss!r}, ...)"
+            )
+        if self.loss == "sigmoid" and self.bias_init is None:
+            raise ValueError("the sigmoid loss needs a bias (big_vision bias_init): got bias_init=None")
+        if self.temperature_init <= 0:
+            raise ValueError(f"temperature_init must be positive, got {self.temperature_init}")
+        super().__post_init__(**kwargs)
+
+    @classmethod
+    def from_loss(cls, loss: str, **kwargs) -> BvTwoTowerConfig:
+        """`BvSiglipConfig` for ``loss="sigmoid"``, `BvTwoTowerConfig` for ``"softmax"``."""
+        if loss not in LOSSES:
+            raise ValueError(f"Unknown loss {loss!r}; expected one of {LOSSES}")
+        return (BvSiglipConfig if loss == "sigmoid" else BvTwoTowerConfig)(loss=loss, **kwargs)
+
+    @property
+    def embed_dim_image(self) -> int:
+        """Width of the image embedding ``zimg``: the head's, else the ViT's ``pre_logits``."""
+        v = self.vision_config
+        return self.vision_projection_size or v.representation_size or v.hidden_size
+
+    @property
+    def image_size(self) -> list[int]:
+        """The image tower's input resolution (what `image_processor_for` reads)."""
+        return self.vision_config.image_size
+
+    @property
+    def logit_scale_init(self) -> float:
+        return math.log(self.temperature_init)
+
+
+@strict
+class BvSiglipConfig(BvTwoTowerConfig):
+    r"""`BvTwoTowerConfig` of a SigLIP-trained (sigmoid loss) two-tower model: ``model_type="bv_siglip"``.
+
+    Defaults follow SigLIP (https://arxiv.org/abs/2303.15343, big_vision ``configs/proj/image_text/siglip_*``):
+    ``temperature_init=10`` and ``bias_init=-10``.
+    """
+
+    model_type = "bv_siglip"
+
+    temperature_init: float = 10.0
+    bias_init: float | None = -10.0
+    loss: str = "sigmoid"

@@ -1,0 +1,88 @@
+"""The text side of a converted two-tower folder: big_vision's text pp (`BvTextTokenizer`) next to its image pp
+(`BvImageProcessor`), bundled in transformers' ``SiglipProcessor``.
+
+``SiglipProcessor`` is a plain ``ProcessorMixin(image_processor, tokenizer)``: it calls the tokenizer and the
+image processor it is given and merges their outputs, so with our two it reproduces big_vision's pp exactly and
+no processor class of our own is needed. The same holds for transformers' ``zero-shot-image-classification``
+pipeline, which loads the folder's tokenizer and image processor itself (sigmoid scores for ``siglip`` /
+``bv_siglip`` models, softmax for ``bv_two_towers``).
+
+Example:
+    >>> from big_vision_hf.processing.processing_bv_two_towers import add_text_processor
+    >>> add_text_processor("out/siglip-b16-224", "c4_en.model", preset="siglip")  # doctest: +SKIP
+    >>> from transformers import pipeline  # doctest: +SKIP
+    >>> classifier = pipeline("zero-shot-image-classification", model="out/siglip-b16-224")  # doctest: +SKIP
+    >>> classifier("cat.jpg", candidate_labels=["a cat", "a dog"])  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+from transformers import AutoConfig, AutoImageProcessor, SiglipProcessor
+from transformers.utils import logging
+
+from .tokenization_bv_text import BvTextTokenizer
+
+logger = logging.get_logger(__name__)
+
+__all__ = ["add_text_processor", "text_tokenizer_for"]
+
+PRESETS = {"siglip": BvTextTokenizer.for_siglip, "siglip2": BvTextTokenizer.for_siglip2}
+
+
+def text_tokenizer_for(config, vocab_file: str, preset: str = "siglip") -> BvTextTokenizer:
+    """`BvTextTokenizer` for a converted model's config (``SiglipConfig`` or ours): the text length is the text
+    tower's posemb length; a SentencePiece model with more pieces than the text embedding has rows is refused."""
+    if preset not in PRESETS:
+        raise ValueError(f"unknown text preset {preset!r}; expected one of {', '.join(PRESETS)}")
+    text = config.text_config
+    tokenizer = PRESETS[preset](vocab_file, max_length=text.max_position_embeddings)
+    if tokenizer.vocab_size > text.vocab_size:
+        raise ValueError(
+            f"{os.path.basename(vocab_file)} has {tokenizer.vocab_size} pieces but the text tower embeds "
+            f"{text.vocab_size}: the wrong tokenizer for this model (SigLIP: c4_en 32,000 or mc4 250,000; "
+            "SigLIP 2: Gemma 256,000)"
+        )
+    if tokenizer.vocab_size < text.vocab_size:
+        logger.warning(
+            f"{os.path.basename(vocab_file)} has {tokenizer.vocab_size} pieces for a text embedding of "
+            f"{text.vocab_size} rows; big_vision's tokenizers fill it exactly"
+        )
+    return tokenizer
+
+
+def add_text_processor(
+    folder: str, vocab_file: str, preset: str = "siglip", remote_code: bool = True
+) -> SiglipProcessor:
+    """Adds big_vision's text pp to a converted two-tower folder and returns its ``SiglipProcessor``.
+
+    Writes the tokenizer (``spiece.model``, ``tokenizer_config.json``) and ``processor_config.json``; with
+    ``remote_code`` also ``tokenization_bv_text.py`` and its ``auto_map``, so the folder loads with
+    ``trust_remote_code=True`` where ``big_vision_hf`` is not installed.
+
+    Args:
+        folder: a folder written by ``big-vision-hf convert`` for ``proj.image_text.two_towers``.
+        vocab_file: the SentencePiece model the checkpoint was trained with.
+        preset: ``"siglip"`` (c4_en / mc4: pad 1) or ``"siglip2"`` (Gemma: pad ``<pad>``); see `BvTextTokenizer`.
+    """
+    config = AutoConfig.from_pretrained(folder)
+    if not hasattr(config, "text_config"):
+        raise ValueError(f"{folder}: not a two-tower model folder (config has no text_config)")
+    tokenizer = text_tokenizer_for(config, vocab_file, preset)
+    processor = SiglipProcessor(image_processor=AutoImageProcessor.from_pretrained(folder), tokenizer=tokenizer)
+    processor.save_pretrained(folder)
+    if remote_code:
+        module = BvTextTokenizer.__module__
+        source = open(__import__(module, fromlist=["_"]).__file__, encoding="utf-8").read()
+        with open(os.path.join(folder, module.rsplit(".", 1)[-1] + ".py"), "w", encoding="utf-8") as f:
+            f.write(source)  # imports only sentencepiece and transformers: copied as is
+        path = os.path.join(folder, "tokenizer_config.json")
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+        data.setdefault("auto_map", {})["AutoTokenizer"] = [f"{module.rsplit('.', 1)[-1]}.BvTextTokenizer", None]
+        with open(path, "w", encoding="utf-8") as f:
+            json.dump(data, f, indent=2, sort_keys=True)
+            f.write("\n")
+    return processor

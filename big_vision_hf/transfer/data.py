@@ -1,0 +1,490 @@
+"""Transfer data: raw records from files, folders or ``datasets`` -> a ``datasets.Dataset`` with ``image``,
+``prefix``, ``suffix`` (+ the record's other fields, kept for evaluation).
+
+Sources (:func:`load_records`):
+
+- a JSONL / JSON-lines file (``.jsonl``, or ``.json`` holding a list of objects), a CSV / TSV file: image paths
+  relative to the file's folder are made absolute. CSV cells are strings; a cell that starts with ``[`` and parses
+  as JSON becomes a list (``answers``). The labeling-tool format ``{"image", "prefix", "suffix"}`` is this with the
+  ``jsonl`` task;
+- a folder written by ``Dataset.save_to_disk`` (``load_from_disk``);
+- any other folder: ``datasets``' ``imagefolder`` (class sub-folders -> ``label``; a ``metadata.jsonl`` /
+  ``metadata.csv`` beside the images adds its columns);
+- a ``datasets.Dataset`` / ``DatasetDict`` (``split=`` picks one), or a Hub dataset name (``load_dataset``);
+- COCO ``instances_*.json`` detection / segmentation annotations: :func:`load_coco`.
+
+``column_map={"image": "img", "question": "q"}`` renames the source's columns (ours: theirs) to the task's fields.
+
+Every image is opened (PIL ``verify()`` then ``load()``) BEFORE anything else (:func:`validate_images`): a bad
+record raises :class:`BadImageError` naming the record index and path, or with ``skip_bad=True`` is dropped and
+counted (a warning, and the report from ``return_report=True``).
+
+The task (:mod:`big_vision_hf.transfer.tasks`) turns each record into ``prefix`` / ``suffix``. When its suffix is
+a list of targets (big_vision ``choice_no_replacement``), ``expand`` decides: ``"random"`` draws one per record
+(seeded per record index), ``"all"`` makes one row per target, ``"list"`` keeps the list (what
+:func:`big_vision_hf.transfer.evaluation.evaluate` wants as references). big_vision draws a new answer each epoch;
+a static dataset draws once (``"all"`` covers every answer instead).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import os
+import random
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import datasets
+import numpy as np
+from PIL import Image, ImageDraw
+
+from ..processing.paligemma_decoding import box_to_loc_tokens, mask_to_tokens
+from .tasks import BuildContext, TransferTask, get_task
+
+__all__ = [
+    "BadImageError",
+    "DataReport",
+    "build_examples",
+    "coco_polygons_to_mask",
+    "coco_rle_to_mask",
+    "load_coco",
+    "load_records",
+    "prepare_dataset",
+    "validate_images",
+]
+
+logger = logging.getLogger(__name__)
+
+EXPANDS = ("random", "all", "list")
+
+
+class BadImageError(ValueError):
+    """An image that PIL cannot open or decode (one line: record index, path, reason)."""
+
+
+@dataclass
+class DataReport:
+    """What validation dropped: ``bad`` is ``[(record_index, path, reason), ...]`` (indices of the input)."""
+
+    num_records: int = 0
+    num_bad: int = 0
+    bad: list[tuple[int, str, str]] = field(default_factory=list)
+
+    def __str__(self):
+        s = f"{self.num_bad} of {self.num_records} records skipped (unreadable image)"
+        if self.bad:
+            i, path, why = self.bad[0]
+            s += f"; first: record {i} ({path}): {why}"
+        return s
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Sources
+# ---------------------------------------------------------------------------------------------------------
+
+
+def _is_url(path: str) -> bool:
+    return "://" in path
+
+
+def _resolve(path, base: str):
+    if isinstance(path, str) and path and not os.path.isabs(path) and not _is_url(path):
+        return os.path.normpath(os.path.join(base, path))
+    return path
+
+
+def _read_jsonl(path: str) -> list[dict]:
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    if path.endswith(".json") and text.lstrip().startswith("["):
+        return json.loads(text)
+    rows = []
+    for n, line in enumerate(text.splitlines(), 1):
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}:{n}: not a JSON object: {e}") from None
+    return rows
+
+
+def _csv_cell(v: str):
+    if v.startswith("["):
+        try:
+            return json.loads(v)
+        except json.JSONDecodeError:
+            pass
+    return v
+
+
+def _read_csv(path: str) -> list[dict]:
+    with open(path, encoding="utf-8", newline="") as f:
+        reader = csv.DictReader(f, delimiter="\t" if path.endswith(".tsv") else ",")
+        return [{k: _csv_cell(v) for k, v in row.items()} for row in reader]
+
+
+def _apply_column_map(ds: datasets.Dataset, column_map: Mapping[str, str] | None) -> datasets.Dataset:
+    if not column_map:
+        return ds
+    missing = [theirs for theirs in column_map.values() if theirs not in ds.column_names]
+    if missing:
+        raise KeyError(f"column_map names columns {missing} that the data lacks; columns: {ds.column_names}")
+    renames = {theirs: ours for ours, theirs in column_map.items() if ours != theirs}
+    clash = [ours for theirs, ours in renames.items() if ours in ds.column_names and ours not in renames]
+    if clash:
+        ds = ds.remove_columns(clash)
+    return ds.rename_columns(renames)
+
+
+def load_records(source, *, split: str | None = None, column_map: Mapping[str, str] | None = None,
+                 image_key: str = "image", **load_kwargs) -> datasets.Dataset:
+    """Raw records as a ``datasets.Dataset`` (see the module docstring for the sources). ``load_kwargs`` go to
+    ``datasets.load_dataset`` (Hub names and ``imagefolder``)."""
+    if isinstance(source, datasets.DatasetDict):
+        split = split or ("train" if "train" in source else next(iter(source)))
+        ds = source[split]
+    elif isinstance(source, datasets.Dataset):
+        ds = source
+    elif isinstance(source, (list, tuple)):
+        ds = datasets.Dataset.from_list(list(source))
+    elif isinstance(source, (str, os.PathLike)):
+        path = os.fspath(source)
+        if os.path.isfile(path):
+            base = os.path.dirname(os.path.abspath(path))
+            lower = path.lower()
+            if lower.endswith((".jsonl", ".json")):
+                rows = _read_jsonl(path)
+            elif lower.endswith((".csv", ".tsv")):
+                rows = _read_csv(path)
+            else:
+                raise ValueError(f"{path}: unknown file type (expected .jsonl, .json, .csv or .tsv)")
+            if not rows:
+                raise ValueError(f"{path}: no records")
+            theirs = (column_map or {}).get(image_key, image_key)
+            for r in rows:
+                if theirs in r:
+                    r[theirs] = _resolve(r[theirs], base)
+            ds = datasets.Dataset.from_list(rows)
+        elif os.path.isdir(path):
+            if any(os.path.exists(os.path.join(path, f)) for f in ("state.json", "dataset_info.json",
+                                                                      "dataset_dict.json")):
+                ds = datasets.load_from_disk(path)
+                if isinstance(ds, datasets.DatasetDict):
+                    return load_records(ds, split=split, column_map=column_map, image_key=image_key)
+            else:
+                ds = datasets.load_dataset("imagefolder", data_dir=path, split=split or "train", **load_kwargs)
+        else:
+            ds = datasets.load_dataset(path, split=split or "train", **load_kwargs)
+    else:
+        raise TypeError(f"cannot load records from {type(source).__name__}")
+    return _apply_column_map(ds, column_map)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Image validation
+# ---------------------------------------------------------------------------------------------------------
+
+
+def _check_image(value) -> str:
+    """Opens and decodes one image; returns its path (for messages); raises on failure."""
+    if isinstance(value, Image.Image):
+        value.load()
+        return "<PIL image>"
+    if isinstance(value, dict):  # datasets Image(decode=False): {"bytes", "path"}
+        path = value.get("path") or "<bytes>"
+        data = value.get("bytes")
+        if data is None:
+            value = value.get("path")
+        else:
+            with Image.open(io.BytesIO(data)) as im:
+                im.verify()
+            with Image.open(io.BytesIO(data)) as im:
+                im.load()
+            return path
+    if isinstance(value, (str, os.PathLike)):
+        path = os.fspath(value)
+        if _is_url(path):
+            raise ValueError("URLs are not fetched; download the images first")
+        with Image.open(path) as im:
+            im.verify()  # structure / checksums without decoding
+        with Image.open(path) as im:
+            im.load()  # full decode: catches truncated files
+        return path
+    if value is None:
+        raise ValueError("no image")
+    raise TypeError(f"unsupported image value of type {type(value).__name__}")
+
+
+def _path_of(value) -> str:
+    if isinstance(value, dict):
+        return str(value.get("path") or "<bytes>")
+    if isinstance(value, (str, os.PathLike)):
+        return os.fspath(value)
+    return f"<{type(value).__name__}>"
+
+
+def _undecoded(ds: datasets.Dataset, key: str) -> datasets.Dataset:
+    feat = ds.features.get(key)
+    if isinstance(feat, datasets.Image) and feat.decode:
+        return ds.cast_column(key, datasets.Image(decode=False))
+    return ds
+
+
+def validate_images(ds: datasets.Dataset, *, image_key: str = "image", skip_bad: bool = False,
+                    chunk_size: int = 256) -> tuple[datasets.Dataset, DataReport]:
+    """Opens every record's image up front. ``skip_bad=False``: the first bad one raises :class:`BadImageError`
+    (``"record 3: cannot read image /data/x.jpg: UnidentifiedImageError: ..."``); ``skip_bad=True``: bad records
+    are dropped and listed in the returned :class:`DataReport`."""
+    if image_key not in ds.column_names:
+        raise KeyError(f"no {image_key!r} column; columns: {ds.column_names} (pass column_map={{'image': ...}})")
+    raw = _undecoded(ds, image_key)
+    report = DataReport(num_records=len(raw))
+    good = []
+    for start in range(0, len(raw), chunk_size):
+        for i, value in enumerate(raw[start:start + chunk_size][image_key], start):
+            try:
+                _check_image(value)
+                good.append(i)
+            except Exception as e:  # noqa: BLE001 - any decoder error means a bad record
+                why = f"{type(e).__name__}: {e}".splitlines()[0]
+                if not skip_bad:
+                    raise BadImageError(f"record {i}: cannot read image {_path_of(value)}: {why}") from None
+                report.bad.append((i, _path_of(value), why))
+    report.num_bad = len(report.bad)
+    if report.num_bad:
+        logger.warning("%s", report)
+        ds = ds.select(good)
+    return ds, report
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Records -> prefix / suffix
+# ---------------------------------------------------------------------------------------------------------
+
+
+def build_examples(records: datasets.Dataset, task: TransferTask | str, *, expand: str = "random", seed: int = 0,
+                   vqvae=None, image_key: str = "image") -> datasets.Dataset:
+    """Adds ``prefix`` and ``suffix`` from the task's templates / builders. Record ``i`` uses
+    ``random.Random(f"{seed}/{i}")``, so draws do not depend on batching. Other columns are kept."""
+    task = get_task(task) if isinstance(task, str) else task
+    if expand not in EXPANDS:
+        raise ValueError(f"expand must be one of {EXPANDS}, got {expand!r}")
+    missing = [f for f in task.fields if f not in records.column_names]
+    if missing:
+        raise KeyError(f"task {task.name!r} needs fields {list(task.fields)}; missing {missing}; columns: "
+                       f"{records.column_names} (pass column_map={{'field': 'your_column'}})")
+    raw = _undecoded(records, image_key) if image_key in records.column_names else records
+    image_feature = records.features.get(image_key)
+    columns = raw.column_names
+
+    def fn(batch, indices):
+        out = {c: [] for c in columns}
+        out["prefix"], out["suffix"] = [], []
+        for j, i in enumerate(indices):
+            record = {c: batch[c][j] for c in columns}
+            ctx = BuildContext(rng=random.Random(f"{seed}/{i}"), vqvae=vqvae)
+            try:
+                prefix, suffix = task.build(record, ctx)
+            except Exception as e:
+                raise type(e)(f"record {i} ({_path_of(record.get(image_key))}): {e}") from e
+            if isinstance(suffix, str):
+                targets = [suffix]
+            elif expand == "list":
+                targets = [list(suffix)]
+            elif not suffix:
+                raise ValueError(f"record {i}: task {task.name!r} gave no target")
+            elif expand == "random":
+                targets = [ctx.rng.choice(list(suffix))]
+            else:
+                targets = list(suffix)
+            for t in targets:
+                for c in columns:
+                    if c not in ("prefix", "suffix"):
+                        out[c].append(record[c])
+                out["prefix"].append(prefix)
+                out["suffix"].append(t)
+        return out
+
+    ds = raw.map(fn, batched=True, batch_size=64, with_indices=True, remove_columns=columns,
+                 desc=f"{task.name}: prefix/suffix")
+    if isinstance(image_feature, datasets.Image):
+        ds = ds.cast_column(image_key, datasets.Image(decode=image_feature.decode))
+    return ds
+
+
+def prepare_dataset(source, task: TransferTask | str = "jsonl", *, res: int | None = None, split: str | None = None,
+                    column_map: Mapping[str, str] | None = None, skip_bad: bool = False, validate: bool = True,
+                    expand: str = "random", seed: int = 0, vqvae=None, decode_images: bool = True,
+                    image_key: str = "image", return_report: bool = False, **load_kwargs):
+    """Loads, validates the images, and builds ``prefix`` / ``suffix``: the one call for training data.
+
+    Args:
+        source: see :func:`load_records` (a file, folder, ``Dataset``, Hub name, list of dicts).
+        task: a :class:`TransferTask` or a registry name (``"vqav2"``, ``"jsonl"``, ...).
+        res: resolution for :func:`get_task` (only used to pick the task's setting; images are not resized here).
+        column_map: ``{"field": "your_column"}``.
+        skip_bad: drop (and count) records whose image cannot be read instead of raising.
+        expand: ``"random"`` | ``"all"`` | ``"list"`` for tasks with several targets (module docstring).
+        vqvae: a ``BvSegVQVAEModel`` with encoder, for ``<seg>`` targets (``refcoco_seg``).
+        decode_images: cast string paths to ``datasets.Image()`` so rows give PIL images.
+        return_report: also return the :class:`DataReport`.
+    """
+    if isinstance(task, str):
+        task = get_task(task, res=res or 224)
+    ds = load_records(source, split=split, column_map=column_map, image_key=image_key, **load_kwargs)
+    report = DataReport(num_records=len(ds))
+    if validate:
+        ds, report = validate_images(ds, image_key=image_key, skip_bad=skip_bad)
+    ds = build_examples(ds, task, expand=expand, seed=seed, vqvae=vqvae, image_key=image_key)
+    if decode_images and image_key in ds.column_names:
+        feat = ds.features[image_key]
+        if isinstance(feat, datasets.Value) and feat.dtype in ("string", "large_string"):
+            ds = ds.cast_column(image_key, datasets.Image())
+        elif isinstance(feat, datasets.Image) and not feat.decode:
+            ds = ds.cast_column(image_key, datasets.Image())
+    return (ds, report) if return_report else ds
+
+
+# ---------------------------------------------------------------------------------------------------------
+# COCO annotations
+# ---------------------------------------------------------------------------------------------------------
+
+
+def coco_polygons_to_mask(polygons: Sequence[Sequence[float]], height: int, width: int) -> np.ndarray:
+    """COCO polygons (``[[x1, y1, x2, y2, ...], ...]`` in pixels) -> ``bool [H, W]`` (union, PIL fill)."""
+    canvas = Image.new("L", (width, height), 0)
+    draw = ImageDraw.Draw(canvas)
+    for poly in polygons:
+        if len(poly) >= 6:
+            draw.polygon([(float(poly[k]), float(poly[k + 1])) for k in range(0, len(poly) - 1, 2)], fill=1)
+    return np.asarray(canvas, dtype=bool)
+
+
+def _rle_string_to_counts(s: str) -> list[int]:
+    """pycocotools ``rleFrString`` (maskApi.c): LEB128-like, 5 bits per char offset by 48, deltas from index 3."""
+    counts, p = [], 0
+    while p < len(s):
+        x, k, more = 0, 0, True
+        while more:
+            c = ord(s[p]) - 48
+            x |= (c & 0x1F) << (5 * k)
+            more = bool(c & 0x20)
+            p += 1
+            k += 1
+            if not more and (c & 0x10):
+                x |= -1 << (5 * k)
+        if len(counts) > 2:
+            x += counts[-2]
+        counts.append(x)
+    return counts
+
+
+def coco_rle_to_mask(rle: Mapping) -> np.ndarray:
+    """COCO RLE (``{"size": [H, W], "counts": [...] or "compressed string"}``) -> ``bool [H, W]``. Both the
+    uncompressed (``iscrowd`` list) and compressed (string / bytes) forms are decoded here, without pycocotools."""
+    h, w = (int(v) for v in rle["size"])
+    counts = rle["counts"]
+    if isinstance(counts, bytes):
+        counts = counts.decode("ascii")
+    if isinstance(counts, str):
+        counts = _rle_string_to_counts(counts)
+    flat = np.zeros(h * w, dtype=bool)
+    pos, val = 0, False
+    for c in counts:
+        if val:
+            flat[pos:pos + c] = True
+        pos += int(c)
+        val = not val
+    if pos != h * w:
+        raise ValueError(f"RLE covers {pos} pixels, expected {h}*{w}={h * w}")
+    return flat.reshape(w, h).T  # column-major (Fortran) order
+
+
+def _ann_mask(ann: Mapping, height: int, width: int) -> np.ndarray:
+    seg = ann.get("segmentation")
+    if isinstance(seg, list):
+        return coco_polygons_to_mask(seg, height, width)
+    if isinstance(seg, Mapping):
+        return coco_rle_to_mask(seg)
+    raise ValueError("annotation has no segmentation")
+
+
+def load_coco(instances_json, *, image_dir=None, kind: str = "detection", vqvae=None, group: str = "image",
+              include_crowd: bool = False, keep_empty: bool = False, keep_masks: bool = False) -> datasets.Dataset:
+    """COCO ``instances_*.json`` -> records for the ``detection`` / ``segmentation`` tasks.
+
+    Per record: ``image`` (absolute path; ``image_dir`` defaults to the JSON's folder), ``image_id``, ``width``,
+    ``height``, ``categories`` (``"cat ; dog"``: names in order of first appearance -> the prefix
+    ``detect cat ; dog``), ``objects`` (the suffix: ``"<loc>x4 cat ; <loc>x4 dog"``, or with ``kind=
+    "segmentation"`` ``"<loc>x4<seg>x16 cat ; ..."``), ``boxes`` (normalised ``y1, x1, y2, x2`` per object),
+    ``labels``, and ``bbox`` (the first object's box, what the ``detection`` / ``segmentation`` metrics read).
+
+    Args:
+        kind: ``"detection"`` (boxes -> ``<loc>`` via ``box_to_loc_tokens``) or ``"segmentation"`` (masks ->
+            ``<loc><seg>`` via ``mask_to_tokens`` and ``vqvae``; polygons and RLE, compressed or not).
+        vqvae: a ``BvSegVQVAEModel`` with encoder (required for segmentation).
+        group: ``"image"`` (one record per image, all its objects) or ``"object"`` (one record per annotation,
+            prefix ``detect cat``; RefCOCO-like, what the single-object metrics score exactly).
+        include_crowd: keep ``iscrowd=1`` annotations (COCO convention: ignored).
+        keep_empty: keep images without annotations (empty suffix).
+        keep_masks: store the full-resolution ``mask`` (``uint8``) for the ``segmentation`` metric
+            (``group="object"`` only; heavy).
+    """
+    if kind not in ("detection", "segmentation"):
+        raise ValueError(f"kind must be 'detection' or 'segmentation', got {kind!r}")
+    if group not in ("image", "object"):
+        raise ValueError(f"group must be 'image' or 'object', got {group!r}")
+    if kind == "segmentation" and vqvae is None:
+        raise ValueError("kind='segmentation' needs vqvae=BvSegVQVAEModel(...) with an encoder")
+    path = os.fspath(instances_json)
+    with open(path, encoding="utf-8") as f:
+        coco = json.load(f)
+    image_dir = os.fspath(image_dir) if image_dir is not None else os.path.dirname(os.path.abspath(path))
+    cats = {c["id"]: c["name"] for c in coco.get("categories", [])}
+    by_image: dict[int, list] = {}
+    for ann in coco.get("annotations", []):
+        if ann.get("iscrowd", 0) and not include_crowd:
+            continue
+        by_image.setdefault(ann["image_id"], []).append(ann)
+
+    rows = []
+    for img in coco.get("images", []):
+        h, w = int(img["height"]), int(img["width"])
+        anns = by_image.get(img["id"], [])
+        objs = []
+        for ann in anns:
+            x, y, bw, bh = (float(v) for v in ann["bbox"])
+            box = [y / h, x / w, (y + bh) / h, (x + bw) / w]
+            label = cats.get(ann["category_id"], str(ann["category_id"]))
+            mask = None
+            try:
+                if kind == "segmentation":
+                    mask = _ann_mask(ann, h, w)
+                    tokens = mask_to_tokens(mask, vqvae, box)
+                else:
+                    tokens = box_to_loc_tokens(box)
+            except ValueError as e:
+                raise ValueError(f"annotation {ann.get('id')} of image {img['file_name']}: {e}") from None
+            objs.append((box, label, tokens, mask))
+        base = {"image": _resolve(img["file_name"], image_dir), "image_id": img["id"], "width": w, "height": h}
+        if group == "object":
+            for box, label, tokens, mask in objs:
+                row = {**base, "categories": label, "objects": f"{tokens} {label}", "boxes": [box],
+                       "labels": [label], "bbox": box}
+                if keep_masks and mask is not None:
+                    row["mask"] = mask.astype(np.uint8) * 255
+                rows.append(row)
+            continue
+        if not objs and not keep_empty:
+            continue
+        names = list(dict.fromkeys(label for _, label, _, _ in objs))
+        rows.append({**base, "categories": " ; ".join(names),
+                     "objects": " ; ".join(f"{tokens} {label}" for _, label, tokens, _ in objs),
+                     "boxes": [o[0] for o in objs], "labels": [o[1] for o in objs],
+                     "bbox": objs[0][0] if objs else [0.0, 0.0, 0.0, 0.0]})
+    if not rows:
+        raise ValueError(f"{path}: no images with annotations")
+    return datasets.Dataset.from_list(rows)

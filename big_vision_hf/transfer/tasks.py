@@ -1,0 +1,640 @@
+"""The PaliGemma transfer tasks of big_vision, as code: prompt, target, resolution, hyperparameters, decoding, metric.
+
+Each entry mirrors one file of ``big_vision/configs/proj/paligemma/transfers/`` (google-research/big_vision at
+commit 0127fb6), named at the top of its block. Values are copied from the file's ``sweep_best()`` (the published
+setting) and, for what ``sweep_best`` does not set, from its ``get_config()``; where the two disagree the
+``get_config`` default is given in a comment. A value that is in neither file is marked ``# not in the config``.
+
+Shared by every config (so not repeated below): ``optax_name='scale_by_adam'`` (b1 0.9, b2 0.999),
+``grad_clip_norm=1.0``, ``schedule=dict(decay_type='cosine', warmup_percent=0.05)``, ``model_init=pt_{res}``
+(PaliGemma 1), ``text_len`` = the token budget of ``prefix + "\\n" + suffix`` = ``max_decode_len`` at eval.
+
+A task turns a raw record (a dict) into ``prefix`` / ``suffix``:
+
+- ``prefix``: a ``str.format`` template over the record's fields (big_vision ``strfmt``), or a function
+  ``fn(record) -> str``.
+- ``suffix``: a template, or a function ``fn(record, ctx) -> str | list[str]``; a list is the pool big_vision's
+  ``choice_no_replacement`` draws from (one answer per example per epoch). ``ctx`` is a :class:`BuildContext`
+  (a seeded ``random.Random`` and the segmentation VQ-VAE, if any).
+- ``references``: the record field kept for evaluation (e.g. the list of ground-truth answers), or ``None``.
+
+Add your own task in a few lines::
+
+    from big_vision_hf.transfer.tasks import Hparams, TransferTask, register_task
+
+    register_task(TransferTask(
+        name="receipts",
+        config="(own)",
+        prefix="extract total",                  # or "answer en {question}" with a `question` field
+        suffix="{total}",                        # or a function (record, ctx) -> str | list[str]
+        text_len=32,
+        hparams={224: Hparams(lr=1e-5, wd=3e-7, total_epochs=15, batch_size=32)},  # forkme.py's values
+        metric="exact_match",
+    ))
+    task = get_task("receipts", res=224)      # task.lr, task.batch_size, task.max_new_tokens, ...
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from .metrics import METRICS
+
+__all__ = [
+    "BuildContext",
+    "Hparams",
+    "TASKS",
+    "TransferTask",
+    "choice",
+    "get_task",
+    "list_tasks",
+    "register_task",
+]
+
+BV_CONFIG_DIR = "big_vision/configs/proj/paligemma/transfers"
+RESOLUTIONS = (224, 448, 896)
+# big_vision_hf.transfer.metrics.METRICS keys (what transfer.evaluation.evaluate() accepts).
+KNOWN_METRICS = tuple(METRICS)
+DECODINGS = ("greedy", "beam")
+
+
+@dataclass(frozen=True)
+class Hparams:
+    """One resolution's training hyperparameters, with big_vision's names and semantics.
+
+    Attributes:
+        lr: ``c.lr`` (Adam, cosine schedule).
+        wd: ``c.wd``: big_vision decays ``wd * p`` (NOT multiplied by lr) on ``.*/kernel$`` params only (ViT and
+            projector); the PyTorch AdamW equivalent is ``weight_decay = wd / lr`` on those params only.
+        total_epochs: ``c.total_epochs`` (``None`` when the config sets ``total_steps`` instead).
+        batch_size: ``c.input.batch_size``.
+        label_smoothing: ``c.label_smoothing`` (big_vision: target ``1 - eps``, the rest ``eps / (V - 1)``).
+        llm_dropout: ``c.model.llm.dropout`` (big_vision: on the attention- and MLP-output residual branches).
+        freeze_vit: ``c.schedule = [('img/.*', None), ...]``: the image tower (and projector ``img/head``) frozen.
+        freeze_llm: ``('llm/.*', None)``.
+        warmup_percent: ``schedule.warmup_percent`` (linear warmup, then cosine).
+        total_steps: ``c.total_steps`` when the config counts steps (POPE: 0, evaluation only).
+    """
+
+    lr: float
+    wd: float
+    total_epochs: float | None
+    batch_size: int
+    label_smoothing: float = 0.0
+    llm_dropout: float = 0.0
+    freeze_vit: bool = False
+    freeze_llm: bool = False
+    warmup_percent: float = 0.05
+    total_steps: int | None = None
+
+    @property
+    def frozen(self) -> tuple[str, ...]:
+        """The frozen parts, big_vision's names: ``("img",)``, ``("llm",)``, both or ``()``."""
+        return tuple(n for n, f in (("img", self.freeze_vit), ("llm", self.freeze_llm)) if f)
+
+
+@dataclass
+class BuildContext:
+    """What a suffix builder may need besides the record: a seeded RNG (big_vision's random ``choice``) and the
+    segmentation VQ-VAE (a ``BvSegVQVAEModel`` with encoder) for ``<seg>`` targets."""
+
+    rng: random.Random = field(default_factory=lambda: random.Random(0))
+    vqvae: Any = None
+
+
+PrefixFn = Callable[[Mapping], str]
+SuffixFn = Callable[[Mapping, BuildContext], "str | list[str]"]
+ExampleFn = Callable[[Mapping, BuildContext], "tuple[str, str | list[str]]"]
+
+
+@dataclass(frozen=True)
+class TransferTask:
+    """One transfer task (see the module docstring). ``get_task(name, res)`` returns a copy with ``res`` set, whose
+    properties (``lr``, ``wd``, ``total_epochs``, ``batch_size``, ``label_smoothing``, ``llm_dropout``,
+    ``freeze_vit``, ``frozen``, ``warmup_percent``) read ``hparams[res]``.
+
+    Attributes:
+        name: registry key.
+        config: the big_vision config file it mirrors (``"(own)"`` for user tasks).
+        prefix: template over record fields, or ``fn(record) -> str``.
+        suffix: template, or ``fn(record, ctx) -> str | list[str]`` (a list = answers to draw from).
+        text_len: big_vision ``text_len`` (prefix + sep + suffix tokens; also ``max_decode_len``).
+        hparams: ``{res: Hparams}`` for the resolutions the config publishes.
+        metric: a :data:`big_vision_hf.transfer.metrics.METRICS` key.
+        metric_kwargs: options of the metric (``{"to_lower": True}`` where the evaluator sets ``to_lower``).
+        decoding: ``"greedy"`` or ``"beam"``; num_beams: beams (1 for greedy).
+        references: the record field holding the ground truth(s) for evaluation, kept as a column.
+        example: ``fn(record, ctx) -> (prefix, suffix)`` when prefix and suffix share a random draw (ScienceQA's
+            choice shuffle); replaces ``prefix``/``suffix`` in :meth:`build`.
+        fields: record fields the task reads (checked by the data loader; a column mapping renames yours).
+        dataset: the TFDS dataset / split of the config (``final_split=True``), for the record.
+        notes: departures and caveats (things big_vision does in its pp that are not a prefix/suffix op).
+        res: the resolution chosen by :func:`get_task` (``None`` on registry entries).
+    """
+
+    name: str
+    config: str
+    prefix: str | PrefixFn
+    suffix: str | SuffixFn
+    text_len: int
+    hparams: Mapping[int, Hparams]
+    metric: str
+    metric_kwargs: Mapping[str, Any] = field(default_factory=dict)
+    decoding: str = "greedy"
+    num_beams: int = 1
+    references: str | None = None
+    example: ExampleFn | None = None
+    fields: tuple[str, ...] = ()
+    dataset: str = ""
+    notes: str = ""
+    res: int | None = None
+
+    def __post_init__(self):
+        if self.metric not in KNOWN_METRICS:
+            raise ValueError(f"task {self.name!r}: unknown metric {self.metric!r}; known: {KNOWN_METRICS}")
+        if self.decoding not in DECODINGS:
+            raise ValueError(f"task {self.name!r}: decoding must be one of {DECODINGS}, got {self.decoding!r}")
+        if (self.decoding == "beam") != (self.num_beams > 1):
+            raise ValueError(f"task {self.name!r}: decoding={self.decoding!r} with num_beams={self.num_beams}")
+        if not self.hparams:
+            raise ValueError(f"task {self.name!r}: hparams needs at least one resolution")
+        if self.res is not None and self.res not in self.hparams:
+            raise ValueError(f"task {self.name!r} has no setting for res={self.res}; "
+                             f"available: {sorted(self.hparams)}")
+
+    # ---- per-resolution values -------------------------------------------------------------------------------
+    @property
+    def resolutions(self) -> tuple[int, ...]:
+        return tuple(sorted(self.hparams))
+
+    def _hp(self) -> Hparams:
+        if self.res is None:
+            raise AttributeError(f"task {self.name!r}: use get_task({self.name!r}, res=...) for per-resolution values")
+        return self.hparams[self.res]
+
+    lr = property(lambda self: self._hp().lr)
+    wd = property(lambda self: self._hp().wd)
+    total_epochs = property(lambda self: self._hp().total_epochs)
+    total_steps = property(lambda self: self._hp().total_steps)
+    batch_size = property(lambda self: self._hp().batch_size)
+    label_smoothing = property(lambda self: self._hp().label_smoothing)
+    llm_dropout = property(lambda self: self._hp().llm_dropout)
+    freeze_vit = property(lambda self: self._hp().freeze_vit)
+    freeze_llm = property(lambda self: self._hp().freeze_llm)
+    frozen = property(lambda self: self._hp().frozen)
+    warmup_percent = property(lambda self: self._hp().warmup_percent)
+    # Aliases with the names transfer/synthetic.py's SyntheticTask uses (so training code can take either).
+    epochs = total_epochs
+    dropout = llm_dropout
+    b2 = 0.999  # optax = dict(b2=0.999) in every config (scale_by_adam)
+    grad_clip_norm = 1.0  # every config
+
+    @property
+    def max_new_tokens(self) -> int:
+        """big_vision's ``pred_kw={'max_decode_len': text_len}``."""
+        return self.text_len
+
+    @property
+    def image_seq_length(self) -> int:
+        """Image tokens, ``(res / 14) ** 2`` (So400m/14): 256 / 1024 / 4096."""
+        self._hp()
+        return (self.res // 14) ** 2
+
+    # ---- record -> prefix / suffix ---------------------------------------------------------------------------
+    def build(self, record: Mapping, ctx: BuildContext | None = None) -> tuple[str, str | list[str]]:
+        """``(prefix, suffix)`` of one record; ``suffix`` may be a list of targets to draw one from."""
+        ctx = ctx or BuildContext()
+        if self.example is not None:
+            return self.example(record, ctx)
+        return self.build_prefix(record), self.build_suffix(record, ctx)
+
+    def build_prefix(self, record: Mapping) -> str:
+        return _format(self.prefix, record, self.name) if isinstance(self.prefix, str) else self.prefix(record)
+
+    def build_suffix(self, record: Mapping, ctx: BuildContext | None = None) -> str | list[str]:
+        """The target, or the list of targets big_vision draws one from (``choice_no_replacement``)."""
+        ctx = ctx or BuildContext()
+        return _format(self.suffix, record, self.name) if isinstance(self.suffix, str) else self.suffix(record, ctx)
+
+
+def _format(template: str, record: Mapping, task: str) -> str:
+    try:
+        return template.format(**record)
+    except KeyError as e:
+        raise KeyError(f"task {task!r}: template {template!r} needs field {e.args[0]!r}; record has "
+                       f"{sorted(record)} (pass a column mapping)") from None
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Builders (big_vision pp ops)
+# ---------------------------------------------------------------------------------------------------------
+
+
+def _as_list(value) -> list[str]:
+    if isinstance(value, str):
+        return [value]
+    return [str(v) for v in value]
+
+
+def field_value(key: str, lower: bool = False) -> SuffixFn:
+    """``copy(inkey=key, outkey="suffix")`` (+ ``lower(key="suffix")``)."""
+    def fn(record, ctx=None):
+        v = str(record[key])
+        return v.lower() if lower else v
+    fn.__name__ = f"copy_{key}"
+    return fn
+
+
+def choice(key: str, lower: bool = False) -> SuffixFn:
+    """``choice_no_replacement(inkey=key, outkey="suffix")`` (+ ``lower``): the list of answers to draw from."""
+    def fn(record, ctx=None):
+        values = _as_list(record[key])
+        return [v.lower() for v in values] if lower else values
+    fn.__name__ = f"choice_{key}"
+    return fn
+
+
+def multiple_choice_prefix(choices_key: str, question_key: str = "question") -> PrefixFn:
+    """aokvqa_mc.py / ai2d.py: ``strjoin(" \\t ", choices) -> ansstr``, then
+    ``strfmt("{PREFIX} {question} {PROMPT} {ansstr}")`` with ``PREFIX = 'answer en '`` (so a DOUBLE space before
+    the question) and ``PROMPT = 'choose from:'``."""
+    def fn(record):
+        ansstr = " \t ".join(_as_list(record[choices_key]))
+        return f"answer en  {record[question_key]} choose from: {ansstr}"
+    return fn
+
+
+def getidx(choices_key: str, index_key: str) -> SuffixFn:
+    """``getidx(inkey=choices, index_key=idx, outkey="suffix")`` (aokvqa_mc.py)."""
+    def fn(record, ctx=None):
+        return _as_list(record[choices_key])[int(record[index_key])]
+    return fn
+
+
+SCIENCE_QA_PREFIX = "Question: {question}\nContext: {hint}\nOptions: {indexed_choices}\nAnswer:"  # qfmt='QCM'
+SCIENCE_QA_SUFFIX = "The answer is {indexed_answer}."  # afmt='A'
+
+
+def science_qa_example(record: Mapping, rng: random.Random) -> tuple[str, str]:
+    """science_qa.py ``sci_qa_choices_shuffle`` + the ``QCM -> A`` formats: choices shuffled, written
+    ``"(A) x, (B) y"``, the answer index re-lettered. Returns ``(prefix, suffix)``."""
+    choices = _as_list(record["choices"])
+    order = list(range(len(choices)))
+    rng.shuffle(order)
+    indexed = ", ".join(f"({'ABCDEFGHIJKLMNOPQRSTUVWXYZ'[i]}) {choices[j]}" for i, j in enumerate(order))
+    letter = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"[order.index(int(record["answer"]))]
+    fields = {**record, "indexed_choices": indexed, "indexed_answer": letter, "hint": record.get("hint", "")}
+    return SCIENCE_QA_PREFIX.format(**fields), SCIENCE_QA_SUFFIX.format(**fields)
+
+
+def _science_qa(record, ctx):
+    return science_qa_example(record, ctx.rng)
+
+
+def refcoco_suffix(record: Mapping, ctx: BuildContext) -> str:
+    """refcoco_seg.py ``refcoco_mask2str``: ``<loc>x4<seg>x16`` from the full-resolution ``mask`` and the
+    normalised ``bbox`` (y1, x1, y2, x2) of the record, with the user's VQ-VAE."""
+    from ..processing.paligemma_decoding import mask_to_tokens
+
+    if ctx.vqvae is None:
+        raise ValueError("refcoco_seg needs a VQ-VAE with encoder: pass vqvae=BvSegVQVAEModel(...)")
+    bbox = record.get("bbox")
+    return mask_to_tokens(load_mask(record["mask"]), ctx.vqvae, None if bbox is None else list(bbox))
+
+
+def load_mask(value):
+    """A mask as a numpy array, from an array / nested list, a PIL image, a file path or a ``datasets`` image
+    dict (``{"bytes", "path"}``)."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    if isinstance(value, dict):
+        value = Image.open(io.BytesIO(value["bytes"])) if value.get("bytes") else value["path"]
+    if isinstance(value, str):
+        value = Image.open(value)
+    if isinstance(value, Image.Image):
+        value.load()
+        return np.asarray(value)
+    return np.asarray(value)
+
+
+def refcoco_det_suffix(record: Mapping, ctx: BuildContext = None) -> str:
+    from ..processing.paligemma_decoding import box_to_loc_tokens
+
+    return box_to_loc_tokens(record["bbox"])
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The registry
+# ---------------------------------------------------------------------------------------------------------
+
+TASKS: dict[str, TransferTask] = {}
+
+
+def register_task(task: TransferTask, *, overwrite: bool = False) -> TransferTask:
+    """Adds ``task`` to :data:`TASKS` (see the module docstring for an example). Re-registering a name raises
+    unless ``overwrite=True``."""
+    if not isinstance(task, TransferTask):
+        raise TypeError(f"register_task expects a TransferTask, got {type(task).__name__}")
+    if task.name in TASKS and not overwrite:
+        raise ValueError(f"task {task.name!r} is already registered (pass overwrite=True to replace it)")
+    TASKS[task.name] = dataclasses.replace(task, res=None)
+    return TASKS[task.name]
+
+
+def get_task(name: str | TransferTask, res: int = 224) -> TransferTask:
+    """The task with ``res`` chosen: its properties give that resolution's hyperparameters."""
+    task = name if isinstance(name, TransferTask) else TASKS.get(name)
+    if task is None:
+        raise KeyError(f"unknown task {name!r}; known: {sorted(TASKS)}")
+    if res not in task.hparams:
+        raise ValueError(f"task {task.name!r} has no published setting for res={res}; "
+                         f"available: {sorted(task.hparams)}")
+    return dataclasses.replace(task, res=res)
+
+
+def list_tasks() -> list[str]:
+    return sorted(TASKS)
+
+
+def _reg(name, config, **kw):
+    register_task(TransferTask(name=name, config=f"{BV_CONFIG_DIR}/{config}", **kw))
+
+
+H = Hparams
+
+# ---- big_vision/configs/proj/paligemma/transfers/cococap.py ----
+_reg("cococap", "cococap.py",
+     prefix="caption en", suffix=choice("captions"), references="captions", fields=("captions",),
+     text_len=32, metric="cider", decoding="beam", num_beams=2,  # get_config: beam_size=2
+     hparams={224: H(lr=1e-5, wd=1e-6, total_epochs=5, batch_size=256),  # get_config: lr=1e-4, wd=0.0
+              448: H(lr=1e-5, wd=1e-6, total_epochs=5, batch_size=256)},
+     dataset="coco_captions train+restval",
+     notes="5 epochs = one pass over the captions (5 per image). crop='rs' (plain resize).")
+
+# ---- big_vision/configs/proj/paligemma/transfers/textcaps.py ----
+_reg("textcaps", "textcaps.py",
+     prefix="caption en", suffix=choice("captions", lower=True), references="captions", fields=("captions",),
+     text_len=32, metric="cider", decoding="beam", num_beams=3,  # get_config: beam_size=3
+     hparams={224: H(lr=1e-5, wd=1e-6, total_epochs=5, batch_size=256),  # get_config: wd=0.0
+              448: H(lr=1e-5, wd=1e-6, total_epochs=5, batch_size=256)},
+     dataset="text_caps train", notes="big_vision field `texts`; lower(key='suffix') on the target only.")
+
+# ---- big_vision/configs/proj/paligemma/transfers/vqav2.py ----
+_reg("vqav2", "vqav2.py",
+     prefix="answer en {question}", suffix=choice("answers"), references="answers",
+     fields=("question", "answers"),  # big_vision: question_text; eval keeps answer_type, question_type
+     text_len=32, metric="vqav2",
+     hparams={224: H(lr=1e-5, wd=1e-6, total_epochs=10, batch_size=256),  # get_config: lr=3e-6, wd=3e-7
+              448: H(lr=1e-5, wd=0.0, total_epochs=10, batch_size=256)},
+     dataset="vqa train + validation", notes="sweep_best: 'lr was highest in sweep'.")
+
+# ---- big_vision/configs/proj/paligemma/transfers/okvqa.py ----
+_reg("okvqa", "okvqa.py",
+     prefix="answer en {question}", suffix=choice("answers"), references="answers", fields=("question", "answers"),
+     text_len=32, metric="vqa",
+     hparams={224: H(lr=5e-6, wd=0.0, total_epochs=10, batch_size=128),
+              448: H(lr=5e-6, wd=0.0, total_epochs=10, batch_size=128)},
+     dataset="okvqa train")
+
+# ---- big_vision/configs/proj/paligemma/transfers/aokvqa_da.py ----
+_reg("aokvqa_da", "aokvqa_da.py",
+     prefix="answer en {question}", suffix=choice("direct_answers"), references="direct_answers",
+     fields=("question", "direct_answers"), text_len=32, metric="vqa",
+     hparams={224: H(lr=5e-6, wd=0.0, total_epochs=10, batch_size=128),
+              448: H(lr=5e-6, wd=0.0, total_epochs=10, batch_size=128)},
+     dataset="aokvqa train + val")
+
+# ---- big_vision/configs/proj/paligemma/transfers/aokvqa_mc.py ----
+_reg("aokvqa_mc", "aokvqa_mc.py",
+     prefix=multiple_choice_prefix("multiple_choice_possible_answers"),
+     suffix=getidx("multiple_choice_possible_answers", "multiple_choice_correct_idx"),
+     references=None,  # the eval target is the same getidx(...) string: the suffix column
+     fields=("question", "multiple_choice_possible_answers", "multiple_choice_correct_idx"),
+     text_len=128, metric="vqa",
+     hparams={224: H(lr=5e-6, wd=0.0, total_epochs=15, batch_size=128),
+              448: H(lr=5e-6, wd=0.0, total_epochs=15, batch_size=128)},
+     dataset="aokvqa train + val")
+
+# ---- big_vision/configs/proj/paligemma/transfers/ai2d.py ----
+_reg("ai2d", "ai2d.py",
+     prefix=multiple_choice_prefix("possible_answers"), suffix=field_value("answer"),
+     fields=("question", "possible_answers", "answer"), text_len=128, metric="vqa",
+     metric_kwargs={"to_lower": False},  # "Model sees options in prompt and can match the case."
+     hparams={224: H(lr=1e-5, wd=1e-6, total_epochs=10, batch_size=256),  # get_config: wd = 1e-5 * 0.1
+              448: H(lr=1e-5, wd=1e-6, total_epochs=10, batch_size=256)},
+     dataset="ai2d train")
+
+# ---- big_vision/configs/proj/paligemma/transfers/gqa.py ----
+_reg("gqa", "gqa.py",
+     prefix="answer en {question}", suffix=field_value("answer"), fields=("question", "answer"),
+     text_len=32, metric="vqa",
+     hparams={224: H(lr=1e-5, wd=0.0, total_epochs=1, batch_size=256, freeze_vit=False),
+              448: H(lr=1e-5, wd=0.0, total_epochs=1, batch_size=256, freeze_vit=True)},  # get_config: freeze_vit=True
+     dataset="gqa train_balanced+val_balanced",
+     notes="train/eval resize without antialias (resize(res)). xGQA zero-shot evals not mirrored.")
+
+# ---- big_vision/configs/proj/paligemma/transfers/science_qa.py ----
+_reg("science_qa", "science_qa.py",
+     prefix=SCIENCE_QA_PREFIX, suffix=SCIENCE_QA_SUFFIX, example=_science_qa,  # one shuffle for both
+     fields=("question", "choices", "answer"),
+     text_len=512, metric="science_qa",
+     hparams={224: H(lr=1e-5, wd=0.0, total_epochs=20, batch_size=128, freeze_vit=True),  # get_config: lr=5e-5,
+              448: H(lr=1e-5, wd=0.0, total_epochs=20, batch_size=128, freeze_vit=True)},  # freeze_vit=False, res=448
+     dataset="science_qa train+val",
+     notes="qfmt='QCM', afmt='A'; choices shuffled per example (sci_qa_choices_shuffle): the loader shuffles "
+           "once per record with its seed; `hint` is the context (empty string if absent).")
+
+# ---- big_vision/configs/proj/paligemma/transfers/tallyqa.py ----
+_reg("tallyqa", "tallyqa.py",
+     prefix="answer en {question}", suffix="{answer}", fields=("question", "answer"),
+     text_len=32, metric="tallyqa",
+     hparams={224: H(lr=1e-5, wd=0.0, total_epochs=2, batch_size=256),
+              448: H(lr=1e-5, wd=1e-6, total_epochs=2, batch_size=256),
+              896: H(lr=7e-6, wd=7e-7, total_epochs=2, batch_size=256)},
+     dataset="tallyqa train", notes="eval keeps `issimple` (acc/simple, acc/complex).")
+
+# ---- big_vision/configs/proj/paligemma/transfers/ocrvqa.py ----
+_reg("ocrvqa", "ocrvqa.py",
+     prefix="answer en {question}", suffix=field_value("answer"), fields=("question", "answer"),
+     text_len=32, metric="vqa", metric_kwargs={"to_lower": True},
+     hparams={224: H(lr=3e-6, wd=0.0, total_epochs=3, batch_size=128),
+              448: H(lr=3e-6, wd=0.0, total_epochs=3, batch_size=128),
+              896: H(lr=1e-5, wd=0.0, total_epochs=3, batch_size=128)},
+     dataset="ocrvqa_id train+val")
+
+# ---- big_vision/configs/proj/paligemma/transfers/textvqa.py ----
+_reg("textvqa", "textvqa.py",
+     prefix="answer en {question}", suffix=choice("answers"), references="answers", fields=("question", "answers"),
+     text_len=32, metric="vqav2",  # the vqav2 evaluator, answer_type "other"
+     hparams={224: H(lr=3e-6, wd=0.0, total_epochs=5, batch_size=256),
+              448: H(lr=3e-6, wd=3e-7, total_epochs=10, batch_size=256),
+              896: H(lr=3e-6, wd=0.0, total_epochs=10, batch_size=256)},
+     dataset="textvqa train+val")
+
+# ---- big_vision/configs/proj/paligemma/transfers/docvqa.py ----
+_reg("docvqa", "docvqa.py",
+     prefix="{question}", suffix=choice("answers"), references="answers", fields=("question", "answers"),
+     text_len=32, metric="anls", metric_kwargs={"to_lower": True},  # evaluator `vqa`, to_lower=True -> ANLS
+     hparams={224: H(lr=1e-5, wd=1e-6, total_epochs=10, batch_size=256),
+              448: H(lr=1e-5, wd=1e-6, total_epochs=10, batch_size=256),
+              896: H(lr=1e-5, wd=1e-6, total_epochs=10, batch_size=256)},  # get_config: res=896
+     dataset="docvqa train+val",
+     notes="prefix is the raw question (copy(inkey='question')), no 'answer en'; suffix via choice(), "
+           "i.e. WITH replacement.")
+
+# ---- big_vision/configs/proj/paligemma/transfers/infovqa.py ----
+_reg("infovqa", "infovqa.py",
+     prefix="answer en {question}", suffix=choice("answers", lower=True), references="answers",
+     fields=("question", "answers"), text_len=48, metric="anls", metric_kwargs={"to_lower": True},
+     hparams={224: H(lr=1e-5, wd=1e-6, total_epochs=3, batch_size=256, label_smoothing=0.4),
+              448: H(lr=1e-5, wd=1e-6, total_epochs=3, batch_size=128, label_smoothing=0.4),
+              896: H(lr=3e-6, wd=3e-7, total_epochs=3, batch_size=32, label_smoothing=0.4)},
+     dataset="infovqa train+val", notes="batch_size = {224: 256, 448: 128, 896: 32}[res].")
+
+# ---- big_vision/configs/proj/paligemma/transfers/stvqa.py ----
+_reg("stvqa", "stvqa.py",
+     prefix="answer en {question}", suffix=choice("answers", lower=True), references="answers",
+     fields=("question", "answers"), text_len=48, metric="anls", metric_kwargs={"to_lower": True},
+     hparams={224: H(lr=1e-5, wd=1e-6, total_epochs=3, batch_size=256, label_smoothing=0.1),  # get_config: 5 ep
+              448: H(lr=1e-5, wd=1e-6, total_epochs=3, batch_size=128, label_smoothing=0.1),
+              896: H(lr=3e-6, wd=3e-7, total_epochs=3, batch_size=32, label_smoothing=0.1)},
+     dataset="stvqa train+val", notes="batch_size = {224: 256, 448: 128, 896: 32}[res].")
+
+# ---- big_vision/configs/proj/paligemma/transfers/chartqa.py ----
+_reg("chartqa", "chartqa.py",
+     prefix="{question}", suffix=field_value("answer"), fields=("question", "answer"),
+     text_len=48, metric="chartqa", metric_kwargs={"to_lower": True},
+     hparams={224: H(lr=1e-5, wd=1e-6, total_epochs=30, batch_size=256, label_smoothing=0.2, llm_dropout=0.1),
+              448: H(lr=1e-5, wd=1e-6, total_epochs=30, batch_size=256, label_smoothing=0.2, llm_dropout=0.1)},
+     dataset="chartqa/human : chartqa/augmented weighted 7_398 : 20_901, train+val",
+     notes="prefix is the raw question, no 'answer en'. get_config res=896 (sweep: 896 not better).")
+
+# ---- big_vision/configs/proj/paligemma/transfers/vizwizvqa.py ----
+_reg("vizwizvqa", "vizwizvqa.py",
+     prefix="answer en {question}", suffix=choice("answers"), references="answers", fields=("question", "answers"),
+     text_len=48, metric="vqa",
+     hparams={224: H(lr=1e-5, wd=0.0, total_epochs=10, batch_size=256),
+              448: H(lr=1e-5, wd=0.0, total_epochs=10, batch_size=256)},
+     dataset="vizwizvqa train+val")
+
+# ---- big_vision/configs/proj/paligemma/transfers/rsvqa_lr.py ----
+_reg("rsvqa_lr", "rsvqa_lr.py",
+     prefix="answer en {question}", suffix=choice("answers", lower=True), references="answers",
+     fields=("question", "answers"), text_len=32, metric="rsvqa", metric_kwargs={"to_lower": True},
+     hparams={224: H(lr=3e-6, wd=0.0, total_epochs=3, batch_size=256, label_smoothing=0.2),
+              448: H(lr=3e-6, wd=0.0, total_epochs=3, batch_size=256, label_smoothing=0.2)},
+     dataset="rsvqa_lr/nonum train + val", notes="eval keeps `question_type`.")
+
+# ---- big_vision/configs/proj/paligemma/transfers/rsvqa_hr.py ----
+_reg("rsvqa_hr", "rsvqa_hr.py",
+     prefix="answer en {question}", suffix=choice("answers", lower=True), references="answers",
+     fields=("question", "answers"), text_len=32, metric="rsvqa", metric_kwargs={"to_lower": True},
+     hparams={224: H(lr=1e-5, wd=0.0, total_epochs=1, batch_size=256),
+              448: H(lr=1e-5, wd=0.0, total_epochs=1, batch_size=256)},
+     dataset="rsvqa_hr/nonum train + val", notes="eval keeps `question_type`.")
+
+# ---- big_vision/configs/proj/paligemma/transfers/refcoco_seg.py ----
+_reg("refcoco_seg", "refcoco_seg.py",
+     prefix="{sentence}", suffix=refcoco_suffix, fields=("sentence", "mask", "bbox"),
+     text_len=48, metric="segmentation",
+     hparams={224: H(lr=3e-5, wd=0.0, total_epochs=100, batch_size=256, label_smoothing=0.3, llm_dropout=0.1),
+              448: H(lr=1e-5, wd=0.0, total_epochs=100, batch_size=256, label_smoothing=0.3),
+              896: H(lr=1e-5, wd=0.0, total_epochs=100, batch_size=64, label_smoothing=0.3)},
+     # get_config: res=448, total_epochs=5, batch_size=64; sweep_best sets no wd -> get_config's 0.0.
+     dataset="ref_coco_bv/refcocox_combined:1.4.0 train",
+     notes="prefix = the raw referring expression (refcoco_mask2str sets prefix=sentence; no 'segment'). "
+           "suffix = <loc>x4<seg>x16, no label. crop='rs'.")
+
+# ---- refcoco detection: NO big_vision config ----
+_reg("refcoco_det", "refcoco_seg.py",
+     prefix="detect {sentence}", suffix=refcoco_det_suffix, fields=("sentence", "bbox"),
+     text_len=48, metric="detection",
+     hparams={224: H(lr=3e-5, wd=0.0, total_epochs=100, batch_size=256, label_smoothing=0.3, llm_dropout=0.1),
+              448: H(lr=1e-5, wd=0.0, total_epochs=100, batch_size=256, label_smoothing=0.3),
+              896: H(lr=1e-5, wd=0.0, total_epochs=100, batch_size=64, label_smoothing=0.3)},
+     dataset="ref_coco_bv/refcocox_combined:1.4.0 train",
+     notes="not in the config: big_vision has no detection transfer. Hyperparameters borrowed from refcoco_seg.py; "
+           "prompt 'detect {sentence}' is the pretraining/mix detection prompt, not a transfer config.")
+
+# ---- generic COCO-style detection ('detect a ; b'): NO big_vision config ----
+_reg("detection", "forkme.py",
+     prefix="detect {categories}", suffix="{objects}", fields=("categories", "objects"),
+     text_len=128, metric="detection",
+     hparams={224: H(lr=1e-5, wd=3e-7, total_epochs=15, batch_size=32),
+              448: H(lr=1e-5, wd=3e-7, total_epochs=15, batch_size=32),
+              896: H(lr=1e-5, wd=3e-7, total_epochs=15, batch_size=32)},
+     notes="not in the config: hyperparameters are forkme.py's (224 only there; 448/896 copied). Records come "
+           "from data.load_coco(): categories 'cat ; dog', objects '<loc>x4 cat ; <loc>x4 dog'. The `detection` "
+           "metric scores only the first box.")
+
+# ---- generic COCO-style segmentation ('segment a ; b'): NO big_vision config ----
+_reg("segmentation", "forkme.py",
+     prefix="segment {categories}", suffix="{objects}", fields=("categories", "objects"),
+     text_len=128, metric="segmentation",
+     hparams={224: H(lr=1e-5, wd=3e-7, total_epochs=15, batch_size=32),
+              448: H(lr=1e-5, wd=3e-7, total_epochs=15, batch_size=32),
+              896: H(lr=1e-5, wd=3e-7, total_epochs=15, batch_size=32)},
+     notes="not in the config: hyperparameters are forkme.py's. objects: '<loc>x4<seg>x16 cat ; ...'.")
+
+# ---- big_vision/configs/proj/paligemma/transfers/screen2words.py ----
+_reg("screen2words", "screen2words.py",
+     prefix="caption en", suffix=choice("summary"), references="summary", fields=("summary",),
+     text_len=24, metric="cider",
+     hparams={224: H(lr=1e-5, wd=0.0, total_epochs=10, batch_size=256, label_smoothing=0.2, llm_dropout=0.3),
+              448: H(lr=1e-5, wd=0.0, total_epochs=10, batch_size=256, label_smoothing=0.2, llm_dropout=0.3)},
+     dataset="screen2_words train+dev")
+
+# ---- big_vision/configs/proj/paligemma/transfers/widgetcap.py ----
+_reg("widgetcap", "widgetcap.py",
+     prefix="caption en", suffix=choice("texts"), references="texts", fields=("texts",),
+     text_len=32, metric="cider",
+     hparams={224: H(lr=3e-6, wd=3e-7, total_epochs=4, batch_size=64, label_smoothing=0.1, llm_dropout=0.1),
+              448: H(lr=3e-6, wd=3e-7, total_epochs=4, batch_size=64, label_smoothing=0.1, llm_dropout=0.1)},
+     dataset="widgetcap train+dev",
+     notes="big_vision draws the widget's bbox in red on the image (draw_bbox, after resize); NOT done by the "
+           "loader: draw it into your images (PIL ImageDraw.rectangle) beforehand.")
+
+# ---- big_vision/configs/proj/paligemma/transfers/scicap.py ----
+_reg("scicap", "scicap.py",
+     prefix="caption en", suffix=field_value("caption"), references="caption", fields=("caption",),
+     text_len=96, metric="cider",
+     hparams={224: H(lr=3e-5, wd=0.0, total_epochs=80, batch_size=256, label_smoothing=0.1, llm_dropout=0.1),
+              448: H(lr=3e-5, wd=0.0, total_epochs=80, batch_size=256, label_smoothing=0.1, llm_dropout=0.1)},
+     dataset="scicap/first_sentence_subfig_no train+val",
+     notes="big_vision field 'caption/lowercase_and_token_and_remove_figure_index' (map it to `caption`).")
+
+# ---- big_vision/configs/proj/paligemma/transfers/nlvr2.py ----
+_reg("nlvr2", "nlvr2.py",
+     prefix="answer en {sentence}", suffix=field_value("label"), fields=("sentence", "label"),
+     text_len=64, metric="vqa",
+     hparams={224: H(lr=1e-5, wd=1e-6, total_epochs=3, batch_size=256),  # get_config: lr=1e-4, wd=0.0
+              448: H(lr=3e-6, wd=3e-7, total_epochs=10, batch_size=256)},
+     dataset="nlvr2 train+dev",
+     notes="2 images (image_left, image_right) stacked as 2 frames (2 x 256 tokens at 224): the loader keeps "
+           "`image` only; pass images=[left, right] per example to the processor yourself. MaRVL evals not mirrored.")
+
+# ---- big_vision/configs/proj/paligemma/transfers/pope.py ----
+_reg("pope", "pope.py",
+     prefix="{question}", suffix=field_value("answer"), fields=("question", "answer"),
+     text_len=48, metric="pope",
+     hparams={224: H(lr=0.0, wd=0.0, total_epochs=None, total_steps=0, batch_size=256)},
+     dataset="pope test (evaluation only)", notes="total_steps=0, optax_name='identity': evaluates a transferred "
+                                                  "model. wd: not in the config.")
+
+# ---- big_vision/configs/proj/paligemma/transfers/forkme.py ----
+_reg("jsonl", "forkme.py",
+     prefix="{prefix}", suffix="{suffix}", fields=("prefix", "suffix"),
+     text_len=128, metric="exact_match",  # forkme evaluates perplexity + storepreds; no metric in the config
+     hparams={224: H(lr=1e-5, wd=3e-7, total_epochs=15, batch_size=32)},
+     dataset="bv:jsonl {'image', 'prefix', 'suffix'}",
+     notes="records already carry prefix/suffix (the labeling-tool format). forkme.py's pp then OVERWRITES the "
+           "prefix with strfmt('caption en'); here the record's prefix is kept. forkme's metric is perplexity + "
+           "storepreds (no score): 'exact_match' is our choice. For PaliGemma 2 forkme sets "
+           "llm.final_logits_softcap=0.0. freeze_vit/freeze_llm are flags (default False).")
