@@ -28,6 +28,10 @@ FAMILIES: dict[str, Builder] = {}
 # Families whose folder needs another processor than `image_processor_for`: family -> fn(config, preprocessing)
 # returning (processor, pp string). Filled by the family modules (e.g. NaFlex's patch processor).
 PROCESSORS: dict[str, Callable] = {}
+# Families whose folder is written tensor by tensor instead of through an in-memory model (PaliGemma: 3B-28B
+# parameters): family -> fn(checkpoint, out_dir, model_config: dict, *, image_size, dtype, max_shard_size,
+# progress) -> out_dir. Filled by the family modules; `convert_to_folder` hands such families over whole.
+FOLDER_WRITERS: dict[str, Callable[..., str]] = {}
 
 
 def register_family(*names: str):
@@ -48,6 +52,7 @@ def _load_builders() -> None:
 
 # Structural signatures, most specific first: (family, names that must all be present).
 _SIGNATURES = [
+    ("proj.paligemma.paligemma", ("llm/embedder/input_embedding", "img/embedding/kernel")),
     ("proj.paligemma.vqvae", ("_vq_vae._embedding",)),  # PaliGemma seg VQ-VAE (PyTorch keys)
     ("mlp_mixer", ("stem/kernel", "pre_head_layer_norm/scale")),
     ("mlp_mixer", ("Mixer/encoder_norm/scale",)),  # legacy vision_transformer layout (also has embedding/kernel)
@@ -55,6 +60,7 @@ _SIGNATURES = [
     ("bit_paper", ("resnet/root_block/standardized_conv2d/kernel",)),
     ("bit", ("conv_root/kernel", "gn_root/scale")),
     ("vit", ("embedding/kernel",)),
+    ("proj.image_text.two_towers", ("img/embedding/kernel", "txt/Embed_0/embedding")),  # SigLIP, LiT-like
     # One ViT under img/ with its head and `t`, and no txt/ tower: two-tower signatures must come before this.
     ("proj.clippo.one_tower", ("img/embedding/kernel", "img/head/kernel", "t")),
 ]
@@ -122,6 +128,7 @@ def convert_checkpoint(
     check_fits(mapped, model)
     tensors = materialize(mapped, dtype=dtype, progress=progress)
     model.load_state_dict(tensors, strict=True)
+    model.tie_weights()  # declared ties (PaliGemma's lm_head = embedding); `no_init_weights` skipped them
     model.to(dtype)
     model.config.bv_model_name = family
     return model.eval()
@@ -153,12 +160,22 @@ def convert_to_folder(
     entry = find_entry(registry_name or checkpoint)
     if registry_name and entry is None:
         raise CheckpointError(f"unknown checkpoint name {registry_name!r}; see `big-vision-hf list`")
+    if entry and not registry_name and model_name and model_name != entry.model_name:
+        entry = None  # a file recognised by name, asked for as another family (e.g. a whole SigLIP two-tower file)
     if entry and entry.subtree and ":" not in checkpoint.split("/")[-1]:
         checkpoint = f"{checkpoint}:{entry.subtree}"
     family = model_name or (entry.model_name if entry else None)
     kwargs = {**(entry.model_config if entry else {}), **parse_model_config(model_config)}
     if image_size is None and entry is not None:
         image_size = entry.image_size
+    _load_builders()
+    if family is None:  # the structure decides, before any data is read
+        family = detect_family(read_checkpoint(checkpoint), checkpoint)
+    if family in FOLDER_WRITERS:
+        if labels is not None:
+            raise CheckpointError(f"--labels applies to classifiers, not to {family}")
+        return FOLDER_WRITERS[family](checkpoint, out_dir, kwargs, image_size=image_size, dtype=dtype,
+                                      max_shard_size=max_shard_size, progress=progress)
     options = {"image_size": image_size} if image_size is not None else {}
     model = convert_checkpoint(checkpoint, family, kwargs, dtype=dtype, progress=progress, **options)
     model.config.bv_model_config = kwargs
