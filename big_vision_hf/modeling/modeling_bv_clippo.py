@@ -21,20 +21,14 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 from transformers import initialization as init
 from transformers.utils import ModelOutput, can_return_tuple
 
 from ..configuration.configuration_bv_clippo import BvClippoConfig
+# big_vision one_tower `_compute_embedding` normalises as two_towers.py (`zemb / (norm + 1e-8)`), and trains with
+# the same softmax loss (all processes' negatives under several processes).
+from .modeling_bv_two_towers import l2_normalize, softmax_loss
 from .modeling_bv_vit import BvViTModel, BvViTModelOutput, BvViTPreTrainedModel
-
-# big_vision one_tower `_compute_embedding`: `zemb / (norm + 1e-8)` (as two_towers.py).
-NORM_EPS = 1e-8
-
-
-def l2_normalize(z: torch.Tensor) -> torch.Tensor:
-    """big_vision ``z / (jnp.linalg.norm(z, axis=1, keepdims=True) + 1e-8)``."""
-    return z / (torch.linalg.vector_norm(z, dim=-1, keepdim=True) + NORM_EPS)
 
 
 @dataclass
@@ -172,8 +166,7 @@ class BvClippoModel(BvViTPreTrainedModel):
             logits_per_image = image_embeds @ text_embeds.t() * self.logit_scale.exp()
             logits_per_text = logits_per_image.t()
             if return_loss:
-                labels = torch.arange(logits_per_image.shape[0], device=logits_per_image.device)
-                loss = 0.5 * (F.cross_entropy(logits_per_image, labels) + F.cross_entropy(logits_per_text, labels))
+                loss = softmax_loss(image_embeds, text_embeds, self.logit_scale)
         elif return_loss:
             raise ValueError("return_loss needs both pixel_values and text_pixel_values")
         return BvClippoOutput(
