@@ -9,17 +9,17 @@ from transformers import PreTrainedModel
 
 from .registry import CheckpointEntry
 
-_PIPELINE_TAGS = {
-    "ForImageClassification": "image-classification",
-    "Model": "image-feature-extraction",
-}
-
-
 def pipeline_tag_for(model: PreTrainedModel) -> str:
-    name = type(model).__name__
-    for suffix, tag in _PIPELINE_TAGS.items():
-        if name.endswith(suffix):
-            return tag
+    """The Hub pipeline tag from the Auto class the model's class is registered under."""
+    from transformers import AutoModelForImageClassification, AutoModelForZeroShotImageClassification
+
+    for auto_cls, tag in ((AutoModelForImageClassification, "image-classification"),
+                          (AutoModelForZeroShotImageClassification, "zero-shot-image-classification")):
+        try:
+            if auto_cls._model_mapping[type(model.config)] is type(model):
+                return tag
+        except KeyError:
+            pass
     return "image-feature-extraction"
 
 
@@ -71,6 +71,15 @@ model = AutoModelForImageClassification.from_pretrained("path/to/this/folder")
 logits = model(**processor(Image.open("cat.jpg"), return_tensors="pt")).logits
 print(model.config.id2label[logits.argmax(-1).item()])
 ```"""
+    elif tag == "zero-shot-image-classification":
+        usage = """```python
+from transformers import pipeline
+
+classifier = pipeline("zero-shot-image-classification", model="path/to/this/folder", trust_remote_code=True)
+classifier("cat.jpg", candidate_labels=["a cat", "a dog"])
+```
+
+The text side needs the tokenizer saved with the folder (`big_vision_hf.processing.processing_bv_two_towers.add_text_processor`)."""
     else:
         usage = """```python
 from PIL import Image
