@@ -28,6 +28,10 @@ def _convert(args: argparse.Namespace) -> int:
         progress=not args.quiet,
         labels=_read_labels(args.labels) if args.labels else None,
     )
+    if args.tokenizer:
+        from .processing.processing_bv_two_towers import add_text_processor
+
+        add_text_processor(out, args.tokenizer, preset=args.text_preset, remote_code=not args.no_remote_code)
     print(f"wrote {out}")
     return 0
 
@@ -83,8 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("checkpoint", help="path to the .npz, optionally with a sub-tree: file.npz:img")
     p.add_argument("out_dir", help="output folder (created)")
-    p.add_argument("--model-name", help="big_vision config.model_name: vit, proj.flexi.vit, mlp_mixer, bit_paper, bit "
-                   "(detected from the arrays when omitted)")
+    p.add_argument("--model-name", help="big_vision config.model_name: vit, proj.flexi.vit, mlp_mixer, bit_paper, bit, "
+                   "proj.image_text.two_towers, proj.image_text.naflex_vit, proj.clippo.one_tower, "
+                   "proj.paligemma.paligemma, proj.paligemma.vqvae (detected from the arrays when omitted)")
     p.add_argument("--model-config", help="big_vision config.model as JSON, e.g. '{\"variant\": \"B/16\", "
                    "\"pool_type\": \"map\", \"num_classes\": 1000}'")
     p.add_argument("--name", help="a registered checkpoint name (see `big-vision-hf list`) supplying model name, "
@@ -93,6 +98,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="input resolution; a learned posemb stored for another grid is resampled as big_vision does")
     p.add_argument("--labels", metavar="FILE", help="class names, one per line, for config.id2label (the pipeline "
                    "shows them)")
+    p.add_argument("--tokenizer", metavar="SPM_FILE", help="two-tower models: the SentencePiece file the text tower "
+                   "was trained with (c4_en, mc4 or Gemma); adds big_vision's text pp as the folder's tokenizer/processor")
+    p.add_argument("--text-preset", choices=["siglip", "siglip2"], default="siglip",
+                   help="text pp of --tokenizer: siglip (pad id 1, c4_en/mc4) or siglip2 (Gemma, lower-cased)")
     p.add_argument("--dtype", choices=sorted(_DTYPES), default="float32", help="weight dtype written (default float32)")
     p.add_argument("--max-shard-size", default="5GB", help="safetensors shard size (default 5GB)")
     p.add_argument("--no-remote-code", action="store_true", help="do not copy the model code / auto_map into the folder")

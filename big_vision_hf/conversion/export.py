@@ -78,13 +78,15 @@ def auto_map_for(model: PreTrainedModel) -> dict[str, str]:
     return auto_map
 
 
-def _write_code(out_dir: str, files: dict[str, str]) -> None:
+def write_code(out_dir: str, files: dict[str, str]) -> None:
+    """Writes ``{basename: source}`` (from :func:`remote_code_files`) into the folder."""
     for basename, source in files.items():
         with open(os.path.join(out_dir, basename), "w", encoding="utf-8") as f:
             f.write(source)
 
 
-def _add_auto_map(json_path: str, auto_map: dict[str, str]) -> None:
+def add_auto_map(json_path: str, auto_map: dict) -> None:
+    """Merges ``auto_map`` entries into a saved ``config.json`` / ``*_config.json``."""
     with open(json_path, encoding="utf-8") as f:
         data = json.load(f)
     data["auto_map"] = {**data.get("auto_map", {}), **auto_map}
@@ -110,13 +112,13 @@ def save_folder(
         image_processor.save_pretrained(out_dir)
         modules.append(type(image_processor).__module__)
     if remote_code:
-        _write_code(out_dir, remote_code_files(*modules))
+        write_code(out_dir, remote_code_files(*modules))
         if ours:
-            _add_auto_map(os.path.join(out_dir, "config.json"), auto_map_for(model))
+            add_auto_map(os.path.join(out_dir, "config.json"), auto_map_for(model))
         if image_processor is not None:
             proc_cls = type(image_processor)
             stem = proc_cls.__module__.rsplit(".", 1)[-1]
-            _add_auto_map(
+            add_auto_map(
                 os.path.join(out_dir, "preprocessor_config.json"), {"AutoImageProcessor": f"{stem}.{proc_cls.__name__}"}
             )
     if model_card is not None:

@@ -17,7 +17,6 @@ Example:
 
 from __future__ import annotations
 
-import json
 import os
 
 from transformers import AutoConfig, AutoImageProcessor, SiglipProcessor
@@ -74,15 +73,10 @@ def add_text_processor(
     processor = SiglipProcessor(image_processor=AutoImageProcessor.from_pretrained(folder), tokenizer=tokenizer)
     processor.save_pretrained(folder)
     if remote_code:
+        from ..conversion.export import add_auto_map, remote_code_files, write_code
+
         module = BvTextTokenizer.__module__
-        source = open(__import__(module, fromlist=["_"]).__file__, encoding="utf-8").read()
-        with open(os.path.join(folder, module.rsplit(".", 1)[-1] + ".py"), "w", encoding="utf-8") as f:
-            f.write(source)  # imports only sentencepiece and transformers: copied as is
-        path = os.path.join(folder, "tokenizer_config.json")
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-        data.setdefault("auto_map", {})["AutoTokenizer"] = [f"{module.rsplit('.', 1)[-1]}.BvTextTokenizer", None]
-        with open(path, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=2, sort_keys=True)
-            f.write("\n")
+        write_code(folder, remote_code_files(module))
+        stem = module.rsplit(".", 1)[-1]
+        add_auto_map(os.path.join(folder, "tokenizer_config.json"), {"AutoTokenizer": [f"{stem}.BvTextTokenizer", None]})
     return processor
