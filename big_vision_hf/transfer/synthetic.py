@@ -1,0 +1,251 @@
+"""The built-in default of ``big-vision-hf transfer``: a synthetic shapes dataset, its tokenizer and a tiny
+PaliGemma, all made on the spot, so that the whole transfer loop (evaluate, train, evaluate, export) runs in a
+few minutes on a laptop CPU and visibly learns.
+
+- data (:func:`make_dataset`): ``res x res`` images with 1-3 coloured circles/squares on a grey background,
+  with three tasks in big_vision's ``{image, prefix, suffix}`` format:
+
+  - ``synthetic_caption``: ``"caption en"`` -> ``"a red circle and a blue square"`` (objects left to right);
+  - ``synthetic_count``: ``"answer en how many circles?"`` -> ``"2"``;
+  - ``synthetic_detect``: ``"detect red circle"`` -> ``"<locY1><locX1><locY2><locX2> red circle"`` (the object
+    is unique in its image; ``bbox`` = its normalised ``y1, x1, y2, x2``, ``mask`` its pixels), scored by
+    big_vision's ``boxacc`` (``metrics.detection``);
+  - ``synthetic`` = the three, mixed.
+
+- tokenizer (:func:`make_tokenizer`): a SentencePiece BPE model trained on the task texts, laid out as Gemma's
+  (``<pad>`` 0, ``<eos>`` 1, ``<bos>`` 2, ``<unk>`` 3, ``"\\n"`` a piece) with the 1024 ``<loc>`` + 128 ``<seg>``
+  pieces of ``paligemma_tokenizer.model``, loaded by :class:`BvPaliGemmaTokenizer` (``<image>`` right after).
+- model (:func:`make_model`): ``PaliGemmaForConditionalGeneration`` from scratch: SigLIP 2 layers (width 64,
+  patch 8: 64 image tokens at 64 px), Gemma 2 layers (width 128, MQA), ~0.8M parameters.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import os
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from ..processing.paligemma_decoding import box_to_loc_tokens
+from ..processing.tokenization_paligemma import LOC_TOKENS, SEG_TOKENS, BvPaliGemmaTokenizer
+
+__all__ = [
+    "COLORS",
+    "SHAPES",
+    "SYNTHETIC_TASKS",
+    "SyntheticTask",
+    "make_dataset",
+    "make_model",
+    "make_processor",
+    "make_scene",
+    "make_tokenizer",
+]
+
+COLORS = {"red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 80, 220), "yellow": (230, 200, 40)}
+SHAPES = ("circle", "square")
+NUMBERS = {1: "1", 2: "2", 3: "3", 0: "0"}
+
+
+@dataclasses.dataclass(frozen=True)
+class SyntheticTask:
+    """A transfer recipe for the synthetic data (same fields as the registry's tasks that training/eval read).
+
+    ``lr``/``epochs``/``batch_size`` are tuned for the tiny from-scratch model (not big_vision's numbers: those
+    fine-tune a 3B pretrained model); the rest follows big_vision's conventions (Adam b2 0.999, cosine with 5%
+    warmup, grad clip 1, ``text_len`` = decode length).
+    """
+
+    name: str
+    kinds: tuple[str, ...]
+    metric: str
+    metric_kwargs: dict = dataclasses.field(default_factory=dict)
+    text_len: int = 24
+    res: int = 64
+    lr: float = 3e-3
+    epochs: float = 12
+    batch_size: int = 32
+    label_smoothing: float = 0.0
+    dropout: float = 0.0
+    wd: float = 0.0
+    freeze_vit: bool = False
+    decoding: str = "greedy"
+    b2: float = 0.999
+
+    @property
+    def max_new_tokens(self) -> int:
+        return self.text_len
+
+
+SYNTHETIC_TASKS = {
+    "synthetic_caption": SyntheticTask("synthetic_caption", ("caption",), "cider"),
+    "synthetic_count": SyntheticTask("synthetic_count", ("count",), "exact_match"),
+    "synthetic_detect": SyntheticTask("synthetic_detect", ("detect",), "detection"),
+}
+SYNTHETIC_TASKS["synthetic"] = SyntheticTask("synthetic", ("caption", "count", "detect"), "exact_match")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Data
+# ---------------------------------------------------------------------------------------------------------
+
+
+def make_scene(rng: np.random.Generator, res: int = 64, max_objects: int = 3):
+    """One image with 1..``max_objects`` non-overlapping shapes, each ``(shape, colour)`` at most once.
+
+    Returns ``(PIL image, objects)``; an object is ``{"shape", "color", "bbox": [y1, x1, y2, x2] in [0, 1],
+    "mask": bool [res, res]}``.
+    """
+    n = int(rng.integers(1, max_objects + 1))
+    image = Image.new("RGB", (res, res), (128, 128, 128))
+    draw = ImageDraw.Draw(image)
+    combos = [(s, c) for s in SHAPES for c in COLORS]
+    picks = rng.choice(len(combos), size=n, replace=False)
+    objects, occupied = [], np.zeros((res, res), bool)
+    for k in picks:
+        shape, color = combos[int(k)]
+        for _ in range(50):
+            size = int(rng.integers(res // 5, res // 3 + 1))
+            y, x = (int(v) for v in rng.integers(0, res - size + 1, size=2))
+            if not occupied[max(0, y - 1):y + size + 1, max(0, x - 1):x + size + 1].any():
+                break
+        else:
+            continue
+        box = (x, y, x + size - 1, y + size - 1)
+        layer = Image.new("L", (res, res), 0)
+        (ImageDraw.Draw(layer).ellipse if shape == "circle" else ImageDraw.Draw(layer).rectangle)(box, fill=255)
+        (draw.ellipse if shape == "circle" else draw.rectangle)(box, fill=COLORS[color])
+        mask = np.asarray(layer) > 0
+        occupied[y:y + size, x:x + size] = True
+        ys, xs = np.nonzero(mask)
+        bbox = [ys.min() / res, xs.min() / res, (ys.max() + 1) / res, (xs.max() + 1) / res]
+        objects.append({"shape": shape, "color": color, "bbox": [float(v) for v in bbox], "mask": mask})
+    return image, objects
+
+
+def _caption(objects) -> str:
+    ordered = sorted(objects, key=lambda o: o["bbox"][1])
+    return " and ".join(f"a {o['color']} {o['shape']}" for o in ordered)
+
+
+def _loc(bbox) -> str:
+    return box_to_loc_tokens(bbox)
+
+
+def _rows_for(kind: str, image, objects, rng) -> dict:
+    if kind == "caption":
+        return {"image": image, "prefix": "caption en", "suffix": _caption(objects), "task": kind}
+    if kind == "count":
+        shape = SHAPES[int(rng.integers(len(SHAPES)))]
+        n = sum(o["shape"] == shape for o in objects)
+        return {"image": image, "prefix": f"answer en how many {shape}s?", "suffix": NUMBERS[n], "task": kind}
+    if kind == "detect":
+        obj = objects[int(rng.integers(len(objects)))]
+        name = f"{obj['color']} {obj['shape']}"
+        return {"image": image, "prefix": f"detect {name}", "suffix": f"{_loc(obj['bbox'])} {name}", "task": kind,
+                "bbox": obj["bbox"], "mask": obj["mask"]}
+    raise ValueError(f"unknown synthetic task kind {kind!r}; known: caption, count, detect")
+
+
+def make_dataset(task: str | SyntheticTask = "synthetic", split: str = "train", num_examples: int | None = None,
+                 res: int | None = None, seed: int | None = None) -> list[dict]:
+    """Rows ``{"image", "prefix", "suffix", "task", ["bbox", "mask"]}`` for a synthetic task.
+
+    ``split`` picks the seed (train 0, validation 1, test 2) unless ``seed`` is given; the default sizes are
+    2,048 training and 96 evaluation rows (per task kind, cycled for the mix).
+    """
+    task = SYNTHETIC_TASKS[task] if isinstance(task, str) else task
+    seeds = {"train": 0, "validation": 1, "test": 2}
+    if seed is None:
+        if split not in seeds:
+            raise ValueError(f"split must be one of {sorted(seeds)}, got {split!r}")
+        seed = seeds[split]
+    if num_examples is None:
+        num_examples = 2048 if split == "train" else 96
+    rng = np.random.default_rng(seed)
+    res = res or task.res
+    rows = []
+    for i in range(num_examples):
+        image, objects = make_scene(rng, res)
+        rows.append(_rows_for(task.kinds[i % len(task.kinds)], image, objects, rng))
+    return rows
+
+
+def _corpus() -> list[str]:
+    texts = ["caption en", "answer en how many circles?", "answer en how many squares?"]
+    texts += [f"detect {c} {s}" for c in COLORS for s in SHAPES]
+    texts += [f"a {c} {s} and a {c2} {s2}" for c in COLORS for s in SHAPES for c2 in COLORS for s2 in SHAPES]
+    texts += list(NUMBERS.values())
+    return texts * 4
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Tokenizer and model
+# ---------------------------------------------------------------------------------------------------------
+
+
+def make_tokenizer(path: str | os.PathLike | None = None, extra_texts: list[str] | None = None
+                   ) -> BvPaliGemmaTokenizer:
+    """A SentencePiece tokenizer trained on the synthetic texts (plus ``extra_texts``), Gemma's special ids,
+    the ``<loc>``/``<seg>`` pieces at the end, ``<image>`` after them. ``path``: where ``tokenizer.model`` goes
+    (a temporary file otherwise)."""
+    import tempfile
+
+    import sentencepiece as spm
+
+    buf = io.BytesIO()
+    corpus = _corpus() + list(extra_texts or [])
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(corpus), model_writer=buf, vocab_size=256 + 64 + 6, model_type="bpe",
+        pad_id=0, eos_id=1, bos_id=2, unk_id=3, bos_piece="<bos>", eos_piece="<eos>",
+        user_defined_symbols=["\n"], byte_fallback=True, add_dummy_prefix=False,
+        normalization_rule_name="identity", remove_extra_whitespaces=False, hard_vocab_limit=False,
+        minloglevel=2)
+    if path is None:
+        path = os.path.join(tempfile.mkdtemp(prefix="bvhf_sp_"), "tokenizer.model")
+    with open(path, "wb") as f:
+        f.write(buf.getvalue())
+    return BvPaliGemmaTokenizer(str(path))  # appends <loc>/<seg> as big_vision's _add_pieces
+
+
+def make_model(tokenizer: BvPaliGemmaTokenizer, res: int = 64, patch: int = 8, vision_width: int = 64,
+               vision_layers: int = 2, text_width: int = 128, text_layers: int = 2, seed: int = 0):
+    """A tiny random ``PaliGemmaForConditionalGeneration`` for ``tokenizer`` (vocabulary padded to 64 rows as
+    transformers' conversion does, ``<image>`` = ``tokenizer.image_token_id``)."""
+    import torch
+    from transformers import GemmaConfig, PaliGemmaConfig, PaliGemmaForConditionalGeneration, SiglipVisionConfig
+
+    image_id = tokenizer.image_token_id
+    vocab = -(-(image_id + 1) // 64) * 64
+    vision = SiglipVisionConfig(hidden_size=vision_width, intermediate_size=2 * vision_width,
+                                num_hidden_layers=vision_layers, num_attention_heads=4, image_size=res,
+                                patch_size=patch, vision_use_head=False)
+    text = GemmaConfig(hidden_size=text_width, intermediate_size=2 * text_width, num_hidden_layers=text_layers,
+                       num_attention_heads=4, num_key_value_heads=1, head_dim=text_width // 4, vocab_size=vocab,
+                       pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
+                       eos_token_id=tokenizer.eos_token_id, max_position_embeddings=512)
+    config = PaliGemmaConfig(vision_config=vision.to_dict(), text_config=text.to_dict(), image_token_index=image_id,
+                             projection_dim=text_width, hidden_size=text_width, vocab_size=vocab)
+    config.pad_token_id = tokenizer.pad_token_id
+    config.bos_token_id = tokenizer.bos_token_id
+    config.eos_token_id = tokenizer.eos_token_id
+    torch.manual_seed(seed)
+    model = PaliGemmaForConditionalGeneration(config)
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.bos_token_id = tokenizer.bos_token_id
+    return model
+
+
+def make_processor(tokenizer: BvPaliGemmaTokenizer, res: int = 64, patch: int = 8, text_len: int | None = 24):
+    """A ``BvPaliGemmaProcessor`` for the tiny model (``res`` px, ``(res / patch)^2`` image tokens)."""
+    from ..processing.image_processing_bv import BvImageProcessor
+    from ..processing.processing_paligemma import BvPaliGemmaProcessor
+
+    return BvPaliGemmaProcessor(BvImageProcessor(size={"height": res, "width": res}), tokenizer,
+                                image_seq_length=(res // patch) ** 2, text_len=text_len)
+
+
+def _unused():  # keep the loc/seg token lists referenced for readers: the tokenizer appends exactly these
+    return LOC_TOKENS, SEG_TOKENS

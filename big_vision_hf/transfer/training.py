@@ -1,0 +1,394 @@
+"""PaliGemma transfer training with ``transformers.Trainer``, as big_vision's PaliGemma trainer.
+
+big_vision (commit 0127fb6), ``trainers/proj/paligemma/train.py`` + ``big_vision/optax.py``, per transfer config
+(``configs/proj/paligemma/transfers/*.py``):
+
+- optimizer: ``clip_by_global_norm(1.0)`` -> ``scale_by_adam(b1=0.9, b2=0.999, eps=1e-8)`` -> ``scale(lr)`` ->
+  ``add_decayed_weights(wd)`` on ``.*/kernel$`` only -> ``scale_by_schedule(cosine, 5% linear warmup)`` ->
+  ``scale(-1)``: ``p -= sched(t) * (lr * adam(g) + wd * p)``. The weight decay is **not** multiplied by ``lr``
+  (but follows the schedule), and ``*/kernel`` exists only in the SigLIP tower and the projector (Gemma's
+  params are ``w``/``gating_einsum``/``linear``/``input_embedding``/``scale``): the LLM is never decayed.
+  :class:`BvAdam` + :func:`decay_parameter_names` reproduce that; grad clipping is the Trainer's
+  ``max_grad_norm=1.0`` (frozen parameters have no gradient, as optax ``set_to_zero`` masks them from the norm).
+- schedule: ``lr * min(1, step / warmup) * 0.5 * (1 + cos(pi * progress))`` = transformers'
+  ``get_cosine_schedule_with_warmup`` with ``warmup = round(0.05 * total)``.
+- frozen ViT (``freeze_vit``: GQA-448, ScienceQA, video): ``schedule=[('img/.*', None), ...]``: ``img/`` is the
+  SigLIP tower **and** the projector (``img/head``); :func:`freeze_vision` sets ``requires_grad=False`` on both.
+- loss: per-example mean, then batch mean, label smoothing over the shifted targets
+  (:func:`~big_vision_hf.transfer.collator.paligemma_loss`, used by :class:`PaliGemmaTrainer.compute_loss`).
+- LLM dropout (``config.model.llm.dropout``): on the attention-output and MLP-output residual branches
+  (``models/ppp/gemma.py Block``), not on attention probabilities: :func:`add_residual_dropout`.
+
+Not in big_vision (it has no LoRA): LoRA/QLoRA through PEFT with presets that adapt exactly the named modules
+(:data:`LORA_PRESETS`). The usual ``["q_proj", "k_proj", "v_proj", ...]`` list also matches SigLIP's
+``q/k/v_proj``, so "LLM-only" LoRA silently adapts the vision tower; the presets are anchored regexes instead.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import re
+
+import torch
+from torch import nn
+
+from .collator import PaliGemmaCollator, paligemma_loss
+
+__all__ = [
+    "LORA_PRESETS",
+    "BvAdam",
+    "PaliGemmaTrainer",
+    "TrainResult",
+    "add_residual_dropout",
+    "apply_lora",
+    "build_optimizer",
+    "decay_parameter_names",
+    "freeze_vision",
+    "lora_target_modules",
+    "qlora_quantization_config",
+    "train",
+]
+
+# Module paths of transformers 5.x PaliGemma (``model.`` prefix; PEFT adds ``base_model.model.`` in front).
+_LLM = r"(?:.*\.)?language_model\.layers\.\d+\.(?:self_attn\.(?:q|k|v|o)_proj|mlp\.(?:gate|up|down)_proj)"
+_VISION = r"(?:.*\.)?vision_tower\.(?:vision_model\.)?encoder\.layers\.\d+\.(?:self_attn\.(?:q|k|v|out)_proj|mlp\.fc[12])"
+LORA_PRESETS = {
+    "llm": _LLM,  # attention + MLP of every Gemma layer, nothing of SigLIP
+    "llm+vision": rf"(?:{_LLM}|{_VISION})",  # ... and attention + MLP of every SigLIP layer
+}
+
+
+def lora_target_modules(preset: str) -> str:
+    """The PEFT ``target_modules`` regex of a preset (PEFT full-matches a string against module names)."""
+    if preset not in LORA_PRESETS:
+        raise ValueError(f"unknown LoRA preset {preset!r}; known: {sorted(LORA_PRESETS)}")
+    return LORA_PRESETS[preset]
+
+
+def apply_lora(model, preset: str = "llm", r: int = 8, alpha: int | None = None, dropout: float = 0.0):
+    """Wraps ``model`` in a PEFT LoRA model adapting exactly the preset's modules (everything else frozen)."""
+    from peft import LoraConfig, get_peft_model
+
+    config = LoraConfig(r=r, lora_alpha=alpha if alpha is not None else 2 * r, lora_dropout=dropout,
+                        target_modules=lora_target_modules(preset), bias="none")
+    return get_peft_model(model, config)
+
+
+def qlora_quantization_config(compute_dtype: torch.dtype = torch.bfloat16):
+    """4-bit NF4 ``BitsAndBytesConfig`` with ``bnb_4bit_compute_dtype`` really set (the blog/notebook recipes
+    misspell it ``bnb_4bit_compute_type``, which is ignored: compute silently stays fp32). The SigLIP tower,
+    projector and ``lm_head`` stay unquantized."""
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                              bnb_4bit_compute_dtype=compute_dtype,
+                              llm_int8_skip_modules=["vision_tower", "multi_modal_projector", "lm_head"])
+
+
+def qlora_available() -> tuple[bool, str]:
+    """``(True, "")`` when QLoRA can run here (CUDA and ``bitsandbytes``), else ``(False, reason)``."""
+    if not torch.cuda.is_available():
+        return False, "QLoRA needs a CUDA GPU (bitsandbytes 4-bit kernels)"
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError:
+        return False, "QLoRA needs `pip install bitsandbytes`"
+    return True, ""
+
+
+def freeze_vision(model) -> list[str]:
+    """big_vision ``freeze_vit``: no updates for ``img/.*`` = SigLIP tower + projector. Returns frozen names."""
+    frozen = []
+    for name, p in model.named_parameters():
+        if re.search(r"(^|\.)(vision_tower|multi_modal_projector)\.", name):
+            p.requires_grad_(False)
+            frozen.append(name)
+    return frozen
+
+
+def decay_parameter_names(model) -> list[str]:
+    """Parameters that big_vision's ``wd`` reaches: ``.*/kernel$`` = the weights of the Dense/Conv layers of the
+    SigLIP tower and the projector (not biases, LayerNorm scales, position embeddings, nor any Gemma weight).
+    LoRA factors are not decayed."""
+    names = []
+    for mname, module in model.named_modules():
+        if "lora_" in mname or not isinstance(module, (nn.Linear, nn.Conv2d)):
+            continue
+        if re.search(r"(^|\.)(vision_tower|multi_modal_projector)\.", mname) and module.weight is not None:
+            names.append(f"{mname}.weight" if mname else "weight")
+    return names
+
+
+def add_residual_dropout(model, rate: float) -> list:
+    """big_vision ``llm.dropout``: dropout on the attention-output and MLP-output branches of every Gemma block
+    before the residual add (``models/ppp/gemma.py Block``), as forward hooks on ``o_proj`` and ``down_proj``
+    (after LoRA wrapping the hook sits on the wrapper, so the adapter's delta is dropped out too). Returns the
+    hook handles."""
+    if rate <= 0:
+        return []
+    handles = []
+
+    def hook(module, args, output):
+        return nn.functional.dropout(output, rate, training=module.training)
+
+    for name, module in model.named_modules():
+        if re.fullmatch(r"(?:.*\.)?language_model\.layers\.\d+\.(?:self_attn\.o_proj|mlp\.down_proj)", name):
+            handles.append(module.register_forward_hook(hook))
+    return handles
+
+
+class BvAdam(torch.optim.Adam):
+    """Adam followed by big_vision's decoupled weight decay: ``p -= sched(t) * (lr * adam(g) + wd * p)``.
+
+    Each param group has ``lr`` (the scheduled value, ``base_lr * sched(t)``, set by the LR scheduler),
+    ``base_lr`` and ``bv_weight_decay``; the decay applied this step is ``bv_weight_decay * lr / base_lr`` --
+    it follows the schedule but is not multiplied by the learning rate (``optax.add_decayed_weights`` sits after
+    ``scale(lr)`` and before ``scale_by_schedule`` in ``big_vision/optax.py``). torch's own ``weight_decay`` is
+    0 (AdamW would decay by ``lr * wd``).
+    """
+
+    def __init__(self, params, lr: float, betas=(0.9, 0.999), eps: float = 1e-8):
+        super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=0.0)
+        for group in self.param_groups:
+            group.setdefault("bv_weight_decay", 0.0)
+            group.setdefault("base_lr", lr if group.get("lr") is None else group["lr"])
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        for group in self.param_groups:
+            wd = group.get("bv_weight_decay", 0.0)
+            if wd and group["base_lr"]:
+                factor = 1.0 - wd * group["lr"] / group["base_lr"]
+                for p in group["params"]:
+                    if p.grad is not None:
+                        p.mul_(factor)  # uses p before the Adam step, as optax computes wd * p on the old params
+        return super().step(closure)
+
+
+def build_optimizer(model, lr: float, wd: float = 0.0, b2: float = 0.999) -> BvAdam:
+    """:class:`BvAdam` over the trainable parameters, ``wd`` on :func:`decay_parameter_names` only."""
+    decay = set(decay_parameter_names(model))
+    with_wd = [p for n, p in model.named_parameters() if p.requires_grad and n in decay]
+    without = [p for n, p in model.named_parameters() if p.requires_grad and n not in decay]
+    groups = [{"params": without, "bv_weight_decay": 0.0, "base_lr": lr}]
+    if with_wd:
+        groups.append({"params": with_wd, "bv_weight_decay": wd, "base_lr": lr})
+    return BvAdam(groups, lr=lr, betas=(0.9, b2), eps=1e-8)
+
+
+def _trainer_class():
+    from transformers import PreTrainedModel, Trainer
+
+    class PaliGemmaTrainer(Trainer):
+        """``Trainer`` with big_vision's optimizer (:class:`BvAdam`, decay on kernels, cosine with
+        ``warmup_percent`` warmup) and loss (:func:`paligemma_loss`: per-example mean, shifted label smoothing).
+
+        Extra arguments: ``label_smoothing``, ``weight_decay_bv`` (big_vision's ``wd``), ``b2``,
+        ``warmup_percent``, ``loss_vocab_size`` (softmax over the first N logits only).
+        """
+
+        def __init__(self, *args, label_smoothing: float = 0.0, weight_decay_bv: float = 0.0, b2: float = 0.999,
+                     warmup_percent: float = 0.05, loss_vocab_size: int | None = None, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.label_smoothing = label_smoothing
+            self.weight_decay_bv = weight_decay_bv
+            self.b2 = b2
+            self.warmup_percent = warmup_percent
+            self.loss_vocab_size = loss_vocab_size
+            self.loss_is_scaled_for_ga = False  # a per-batch mean: the Trainer divides by the accumulation steps
+
+        def create_optimizer(self, model=None):
+            if self.optimizer is None:
+                self.optimizer = build_optimizer(model or self.model, self.args.learning_rate, self.weight_decay_bv,
+                                                 self.b2)
+            return self.optimizer
+
+        def create_scheduler(self, num_training_steps: int, optimizer=None):
+            from transformers import get_cosine_schedule_with_warmup
+
+            if self.lr_scheduler is None:
+                warmup = int(round(self.warmup_percent * num_training_steps))
+                self.lr_scheduler = get_cosine_schedule_with_warmup(optimizer or self.optimizer, warmup,
+                                                                    num_training_steps)
+            return self.lr_scheduler
+
+        def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+            # transformers 5.23: `save_pretrained` writes PaliGemma under its Hub key names (it reverts the
+            # `language_model.model.*` -> `model.language_model.*` conversion), but `Trainer` reloads a checkpoint
+            # with a raw `load_state_dict`, so every key misses and resuming silently keeps the fresh weights.
+            # Loading through `from_pretrained` applies the conversion; a strict copy then fails loudly.
+            model = model if model is not None else self.model
+            full = any(os.path.isfile(os.path.join(resume_from_checkpoint, f))
+                       for f in ("model.safetensors", "model.safetensors.index.json"))
+            if full and isinstance(model, PreTrainedModel):
+                saved = type(model).from_pretrained(resume_from_checkpoint, dtype=model.dtype)
+                model.load_state_dict(saved.state_dict(), strict=True)
+                return
+            super()._load_from_checkpoint(resume_from_checkpoint, model)
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            inputs = dict(inputs)
+            labels = inputs.pop("labels")
+            # Only positions from the one before the first supervised token get logits (the image part of a
+            # PaliGemma sequence is most of it; lm_head over a 257k vocabulary there is wasted work).
+            supervised = (labels != -100).any(0).nonzero()
+            first = int(supervised[0]) if len(supervised) else labels.shape[1] - 1
+            keep = labels.shape[1] - max(first - 1, 0)
+            outputs = model(**inputs, logits_to_keep=keep)
+            loss = paligemma_loss(outputs.logits, labels[:, -keep:], self.label_smoothing, self.loss_vocab_size)
+            return (loss, outputs) if return_outputs else loss
+
+    return PaliGemmaTrainer
+
+
+def __getattr__(name):  # PaliGemmaTrainer imports transformers.Trainer lazily
+    if name == "PaliGemmaTrainer":
+        return _trainer_class()
+    raise AttributeError(name)
+
+
+@dataclasses.dataclass
+class TrainResult:
+    """What :func:`train` returns."""
+
+    model: object
+    trainer: object
+    log_history: list[dict]
+    output_dir: str
+    trainable_parameters: int
+    total_parameters: int
+
+
+def _task_value(task, name, value, default=None):
+    if value is not None:
+        return value
+    if task is not None:
+        for attr in (name, *{"batch_size": ("batch",), "wd": ("weight_decay",)}.get(name, ())):
+            if getattr(task, attr, None) is not None:
+                return getattr(task, attr)
+    return default
+
+
+def train(
+    model,
+    processor,
+    train_dataset,
+    output_dir: str | os.PathLike,
+    task=None,
+    *,
+    lr: float | None = None,
+    epochs: float | None = None,
+    max_steps: int | None = None,
+    batch_size: int | None = None,
+    label_smoothing: float | None = None,
+    dropout: float | None = None,
+    wd: float | None = None,
+    b2: float | None = None,
+    freeze_vit: bool | None = None,
+    text_len: int | None = None,
+    lora: str | None = None,
+    lora_rank: int = 8,
+    lora_alpha: int | None = None,
+    precision: str = "fp32",
+    gradient_accumulation_steps: int = 1,
+    warmup_percent: float = 0.05,
+    grad_clip: float = 1.0,
+    save_steps: int | None = None,
+    save_total_limit: int | None = 2,
+    resume: bool | str = False,
+    seed: int = 0,
+    logging_steps: int = 10,
+    progress: bool = True,
+    callbacks: list | None = None,
+    loss_vocab_size: int | None = None,
+    random_suffix: bool = True,
+    use_cpu: bool | None = None,
+    training_args: dict | None = None,
+) -> TrainResult:
+    """Fine-tunes ``model`` on ``train_dataset`` (rows ``{image, prefix, suffix}``) with big_vision's recipe.
+
+    Hyper-parameters come from ``task`` (attributes ``lr``, ``epochs``, ``batch_size``, ``label_smoothing``,
+    ``dropout``, ``wd``, ``b2``, ``freeze_vit``, ``text_len``) unless given. ``batch_size`` is the global batch
+    (split over processes and ``gradient_accumulation_steps``). ``lora``: ``None`` (full fine-tuning, big_vision),
+    ``"llm"`` or ``"llm+vision"`` (:data:`LORA_PRESETS`); for QLoRA load the model with
+    :func:`qlora_quantization_config` and pass ``lora``. ``precision``: ``"fp32"`` or ``"bf16"`` (autocast;
+    master weights stay fp32). ``resume``: ``True`` continues from the last checkpoint in ``output_dir`` (or a
+    checkpoint path): optimizer, schedule, RNG and data order are restored, so the loss curve continues.
+    Checkpoints every ``save_steps`` steps (default: about 10 per run).
+    """
+    from transformers import TrainingArguments
+
+    lr = _task_value(task, "lr", lr, 1e-5)
+    epochs = _task_value(task, "epochs", epochs, 1)
+    batch_size = _task_value(task, "batch_size", batch_size, 32)
+    label_smoothing = _task_value(task, "label_smoothing", label_smoothing, 0.0)
+    dropout = _task_value(task, "dropout", dropout, 0.0)
+    wd = _task_value(task, "wd", wd, 0.0)
+    b2 = _task_value(task, "b2", b2, 0.999)
+    freeze_vit = _task_value(task, "freeze_vit", freeze_vit, False)
+    text_len = _task_value(task, "text_len", text_len, None)
+    if precision not in ("fp32", "bf16"):
+        raise ValueError(f"precision must be 'fp32' or 'bf16', got {precision!r}")
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    per_device = batch_size // (world * gradient_accumulation_steps)
+    if per_device < 1 or per_device * world * gradient_accumulation_steps != batch_size:
+        raise ValueError(f"batch_size {batch_size} is not divisible by {world} processes x "
+                         f"{gradient_accumulation_steps} accumulation steps")
+
+    if hasattr(processor, "check_model"):
+        processor.check_model(model, training=True)
+    if freeze_vit:
+        freeze_vision(model)
+    if lora:
+        model = apply_lora(model, lora, r=lora_rank, alpha=lora_alpha)
+    add_residual_dropout(model, dropout)
+
+    steps_per_epoch = math.ceil(len(train_dataset) / batch_size)
+    total = max_steps if max_steps else max(1, int(math.ceil(steps_per_epoch * epochs)))
+    args = dict(
+        output_dir=str(output_dir),
+        per_device_train_batch_size=per_device,
+        gradient_accumulation_steps=gradient_accumulation_steps,
+        learning_rate=lr,
+        max_steps=total,
+        max_grad_norm=grad_clip,
+        lr_scheduler_type="cosine",
+        logging_steps=logging_steps,
+        save_strategy="steps",
+        save_steps=save_steps or max(1, total // 10),
+        save_total_limit=save_total_limit,
+        bf16=precision == "bf16",
+        remove_unused_columns=False,  # the collator needs image/prefix/suffix (and token_type_ids must survive)
+        report_to="none",
+        seed=seed,
+        data_seed=seed,
+        disable_tqdm=not progress,
+        dataloader_num_workers=0,
+    )
+    if use_cpu is not None:
+        args["use_cpu"] = use_cpu
+    args.update(training_args or {})
+    trainer_cls = _trainer_class()
+    trainer = trainer_cls(
+        model=model,
+        args=TrainingArguments(**args),
+        train_dataset=train_dataset,
+        data_collator=PaliGemmaCollator(processor, text_len=text_len, random_suffix=random_suffix, seed=seed),
+        callbacks=callbacks,
+        label_smoothing=label_smoothing,
+        weight_decay_bv=wd,
+        b2=b2,
+        warmup_percent=warmup_percent,
+        loss_vocab_size=loss_vocab_size,
+    )
+    if resume is True:
+        from transformers.trainer_utils import get_last_checkpoint
+
+        resume = get_last_checkpoint(str(output_dir)) if os.path.isdir(output_dir) else None
+    trainer.train(resume_from_checkpoint=resume or None)
+    n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    n_all = sum(p.numel() for p in model.parameters())
+    return TrainResult(model, trainer, list(trainer.state.log_history), str(output_dir), n_train, n_all)
