@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The main job on its built-in default (`bash run.sh`), or any `big-vision-hf` command (`bash run.sh convert ...`).
+# The main job on its built-in default (`bash run.sh` = `big-vision-hf transfer`: a PaliGemma transfer on synthetic
+# data), or any `big-vision-hf` command (`bash run.sh convert ...`, `bash run.sh demo`).
 set -euo pipefail
 cd "$(dirname "$0")"
 bash scripts/setup_venv.sh
-if [ "$#" -eq 0 ]; then set -- demo; fi
+if [ "$#" -eq 0 ]; then set -- transfer; fi
 exec .venv/bin/big-vision-hf "$@"
