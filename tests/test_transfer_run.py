@@ -46,6 +46,9 @@ def test_default_writes_a_hub_ready_folder(default_run):
     assert any(f.endswith(".png") for f in os.listdir(default_run / "samples"))
     model = PaliGemmaForConditionalGeneration.from_pretrained(default_run)
     processor = BvPaliGemmaProcessor.from_pretrained(default_run)
+    from transformers import AutoProcessor
+
+    assert type(AutoProcessor.from_pretrained(default_run)) is BvPaliGemmaProcessor  # after `import big_vision_hf`
     row = synthetic.make_dataset("synthetic_caption", "test", num_examples=1)[0]
     inputs = processor(images=[row["image"]], text=[row["prefix"]], return_tensors="pt")
     assert "token_type_ids" in inputs
