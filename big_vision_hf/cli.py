@@ -54,12 +54,13 @@ def _add_tokenizer(out: str, args: argparse.Namespace) -> None:
                            remote_code=not args.no_remote_code)
 
 
-def _registered_text_preset(args: argparse.Namespace) -> str:
-    """The text pp of a registered checkpoint (SigLIP 2: ``siglip2``), else ``siglip``."""
+def _registered_text_preset(args: argparse.Namespace) -> str | None:
+    """The text pp of a registered checkpoint (SigLIP 2: ``siglip2``), else ``None``: the text tower's (``bert``
+    for LiT's BERT tower, ``siglip`` otherwise)."""
     from .conversion.registry import find_entry
 
     entry = find_entry(args.name or args.checkpoint, args.model_name)
-    return entry.text_preset if entry and entry.text_preset else "siglip"
+    return entry.text_preset if entry and entry.text_preset else None
 
 
 def _column_map(pairs: list[str] | None) -> dict[str, str] | None:
@@ -159,6 +160,8 @@ def build_parser() -> argparse.ArgumentParser:
             "  big-vision-hf convert ckpt.npz out/ --model-name vit \\\n"
             "      --model-config '{\"variant\": \"B/16\", \"pool_type\": \"map\"}'\n"
             "  big-vision-hf convert webli_en_b16_224_63724782.npz:img out/siglip-img   # a sub-tree\n"
+            "  big-vision-hf convert siglip2_b16_256.npz out/siglip2 --tokenizer gemma_tokenizer.model   # two towers\n"
+            "  big-vision-hf convert siglip2_b16_naflex.npz out/s2 --tokenizer gemma_tokenizer.model --target transformers\n"
             "  big-vision-hf convert flexivit_b_i1k.npz out/ --model-name proj.flexi.vit"
         ),
     )
@@ -178,9 +181,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tokenizer", metavar="SPM_FILE", help="the SentencePiece file the checkpoint was trained with "
                    "(PaliGemma: paligemma_tokenizer.model -> the folder's BvPaliGemmaProcessor; two-tower models: "
                    "c4_en, mc4 or Gemma -> big_vision's text pp as the folder's tokenizer/processor)")
-    p.add_argument("--text-preset", choices=["siglip", "siglip2"],
-                   help="text pp of --tokenizer: siglip (pad id 1, c4_en/mc4) or siglip2 (Gemma, lower-cased); "
-                   "default: the registered checkpoint's, else siglip")
+    p.add_argument("--text-preset", choices=["siglip", "siglip2", "bert"],
+                   help="text pp of --tokenizer: siglip (pad id 1, c4_en/mc4), siglip2 (Gemma, lower-cased) or bert "
+                   "(LiT's BERT vocab.txt); default: the registered checkpoint's, else the text tower's")
     p.add_argument("--target", choices=["auto", "transformers", "bv"], default="auto",
                    help="two-tower models: auto (transformers' SiglipModel where exact, else our class), transformers "
                    "(SiglipModel, or Siglip2Model for SigLIP 2 NaFlex: not exact, its measured deviation goes into "

@@ -23,7 +23,12 @@ def _table():
     from .configuration.configuration_bv_flexivit import BvFlexiViTConfig
     from .configuration.configuration_bv_mixer import BvMixerConfig
     from .configuration.configuration_bv_naflex import BvNaFlexViTConfig
-    from .configuration.configuration_bv_two_towers import BvSiglipConfig, BvTextConfig, BvTwoTowerConfig
+    from .configuration.configuration_bv_two_towers import (
+        BvBertTextConfig,
+        BvSiglipConfig,
+        BvTextConfig,
+        BvTwoTowerConfig,
+    )
     from .configuration.configuration_bv_vit import BvViTConfig
     from .configuration.configuration_bv_vqvae import BvSegVQVAEConfig
     from .modeling import (
@@ -39,6 +44,7 @@ def _table():
     from .processing.image_processing_bv import BvImageProcessor
     from .processing.image_processing_bv_naflex import BvNaFlexImageProcessor
     from .processing.processing_bv_clippo import BvClippoProcessor
+    from .processing.tokenization_bv_bert import BvBertTokenizer
     from .processing.tokenization_bv_text import BvTextTokenizer
 
     classify = AutoModelForImageClassification
@@ -54,6 +60,7 @@ def _table():
         BvNaFlexViTConfig: ({AutoModel: naflex.BvNaFlexViTModel, classify: naflex.BvNaFlexViTForImageClassification},
                             BvNaFlexImageProcessor, None, None),
         BvTextConfig: ({AutoModel: towers.BvTextTransformer}, None, None, None),
+        BvBertTextConfig: ({AutoModel: towers.BvBertTextTransformer}, None, BvBertTokenizer, None),
         BvTwoTowerConfig: ({AutoModel: towers.BvTwoTowerModel, zero_shot: towers.BvTwoTowerModel},
                            BvImageProcessor, BvTextTokenizer, None),
         BvSiglipConfig: ({AutoModel: towers.BvSiglipModel, zero_shot: towers.BvSiglipModel},
@@ -74,3 +81,19 @@ def register_auto_classes() -> None:
             AutoTokenizer.register(config_cls, tokenizer_class=tokenizer, exist_ok=True)
         if processor is not None:
             AutoProcessor.register(config_cls, processor, exist_ok=True)
+    _register_paligemma_processor()
+
+
+def _register_paligemma_processor() -> None:
+    """``AutoProcessor`` for our PaliGemma folders (transformers' own ``PaliGemmaConfig``).
+
+    Their ``processor_config.json`` names ``BvPaliGemmaProcessor``, which ``AutoProcessor`` resolves by name among
+    the registered processors, so it has to be registered under some config. Under ``PaliGemmaConfig`` it only
+    changes the fallback for folders that name no processor class: folders naming transformers'
+    ``PaliGemmaProcessor`` (every Hub PaliGemma) still get that one.
+    """
+    from transformers import PaliGemmaConfig
+
+    from .processing.processing_paligemma import BvPaliGemmaProcessor
+
+    AutoProcessor.register(PaliGemmaConfig, BvPaliGemmaProcessor, exist_ok=True)

@@ -266,7 +266,7 @@ def test_target_transformers_says_why_not():
 
 
 def test_registered_siglip_filename_converts_both_towers(tmp_path):
-    """The registry lists SigLIP files as image towers (`file.npz:img`, vit); naming the family converts both."""
+    """A registered SigLIP file name finds the two-tower entry (its image tower is `file.npz:img`), both towers."""
     import shutil
 
     g = Golden("siglip")

@@ -14,14 +14,17 @@ from __future__ import annotations
 import math
 
 from huggingface_hub.dataclasses import strict
-from transformers import PreTrainedConfig
+from transformers import BertConfig, PreTrainedConfig
 
+from .configuration_bv_naflex import BvNaFlexViTConfig
 from .configuration_bv_vit import BvViTConfig, decode_variant
 
 TEXT_POOL_TYPES = ("last", "first", "gap", "max", "map")
 # big_vision text_transformer accepts these spellings too (`pool_type in ("mean", "gap")`, `("max", "gmp")`).
 TEXT_POOL_ALIASES = {"mean": "gap", "gmp": "max"}
 LOSSES = ("sigmoid", "softmax")
+# big_vision two_towers `image_model` -> the image tower's config class (SigLIP 2 NaFlex: naflex_vit).
+IMAGE_MODELS = {"vit": BvViTConfig, "proj.image_text.naflex_vit": BvNaFlexViTConfig}
 
 
 @strict
@@ -109,14 +112,105 @@ def bv_text_kwargs_to_config(kwargs: dict) -> dict:
     return out
 
 
+# flaxformer `configs.BertBaseConfig` / `BertLargeConfig` (what big_vision bert.py's `config="base"|"large"` builds):
+# (hidden_size, intermediate_dim, num_hidden_layers, num_attention_heads); both: vocab 30522, 512 positions,
+# 2 segments, LayerNorm eps 1e-12, dropout 0.1.
+BERT_CONFIGS = {"base": (768, 3072, 12, 12), "large": (1024, 4096, 24, 16)}
+# big_vision bert.Model kwargs (config.model.text) besides `config`; flaxformer BertConfig fields may override the
+# named config (big_vision's own code cannot; for towers built from a modified flaxformer config).
+BV_BERT_KWARGS = ("config", "num_classes", "head_zeroinit")
+FLAXFORMER_BERT_FIELDS = {
+    "hidden_size": "hidden_size",
+    "intermediate_dim": "intermediate_size",
+    "num_hidden_layers": "num_hidden_layers",
+    "num_attention_heads": "num_attention_heads",
+    "vocab_size": "vocab_size",
+    "max_length": "max_position_embeddings",
+    "num_segments": "type_vocab_size",
+}
+
+
+@strict
+class BvBertTextConfig(BertConfig):
+    r"""Configuration of big_vision's BERT text tower (``big_vision.models.proj.flaxformer.bert.Model``, LiT): a
+    flaxformer ``BertEncoder`` (post-LN BERT: token + position + segment embeddings, LayerNorm, post-LN layers),
+    the ``[CLS]`` position (no BERT pooler), then an optional ``head`` Dense.
+
+    A transformers `BertConfig` (the tower reuses transformers' BERT modules) with flaxformer's settings and
+    big_vision's head. flaxformer -> fields: ``hidden_size``, ``intermediate_dim`` -> ``intermediate_size``,
+    ``num_hidden_layers``, ``num_attention_heads``, ``vocab_size``, ``max_length`` -> ``max_position_embeddings``,
+    ``num_segments`` -> ``type_vocab_size``, ``layer_norm_epsilon`` -> ``layer_norm_eps`` (1e-12),
+    ``dropout_rate`` -> ``hidden_dropout_prob`` and ``attention_probs_dropout_prob`` (0.1).
+
+    Args:
+        hidden_act: ``"gelu_pytorch_tanh"``: flaxformer's BERT MLP uses flax ``nn.gelu`` (tanh approximation),
+            not the exact GELU of Google's original BERT.
+        projection_size: big_vision ``num_classes`` (= two_towers ``out_dim[1]``): width of the ``head`` Dense;
+            ``None``: no head.
+        head_zeroinit: big_vision ``head_zeroinit`` (zero-initialised head kernel; for training from scratch).
+    """
+
+    model_type = "bv_bert_text"
+    base_config_key = "text_config"
+
+    hidden_act: str = "gelu_pytorch_tanh"  # flaxformer bert.make_mlp_block: `activation=nn.gelu` (approximate)
+    projection_size: int | None = None
+    head_zeroinit: bool = True  # big_vision bert.Model default
+
+    def __post_init__(self, **kwargs):
+        if self.projection_size == 0:
+            self.projection_size = None
+        if self.hidden_size % self.num_attention_heads:
+            raise ValueError(f"hidden_size {self.hidden_size} is not divisible by {self.num_attention_heads} heads")
+        super().__post_init__(**kwargs)
+
+    @property
+    def embed_dim(self) -> int:
+        """Width of the text embedding ``ztxt``: the head's width, else the tower's."""
+        return self.projection_size or self.hidden_size
+
+
+def bv_bert_kwargs_to_config(kwargs: dict) -> dict:
+    """Translates big_vision ``bert.Model`` kwargs (``config.model.text``) into `BvBertTextConfig` fields.
+
+    ``config`` (``"base"``/``"large"``) gives flaxformer's sizes; flaxformer ``BertConfig`` field names
+    (``num_attention_heads``, ``hidden_size``, ...) override them.
+    """
+    kwargs = dict(kwargs)
+    unknown = sorted(set(kwargs) - set(BV_BERT_KWARGS) - set(FLAXFORMER_BERT_FIELDS))
+    if unknown:
+        known = ", ".join((*BV_BERT_KWARGS, *FLAXFORMER_BERT_FIELDS))
+        raise ValueError(f"unknown big_vision proj.flaxformer.bert option(s) {unknown}; known: {known}")
+    out = {}
+    name = kwargs.pop("config", None)
+    if name is not None:
+        if name not in BERT_CONFIGS:
+            raise ValueError(f"unknown BERT config {name!r}; big_vision bert.py knows {', '.join(BERT_CONFIGS)}")
+        hidden, mlp, depth, heads = BERT_CONFIGS[name]
+        out = dict(hidden_size=hidden, intermediate_size=mlp, num_hidden_layers=depth, num_attention_heads=heads,
+                   vocab_size=30522, max_position_embeddings=512, type_vocab_size=2)
+    if "num_classes" in kwargs:
+        out["projection_size"] = kwargs.pop("num_classes")
+    if "head_zeroinit" in kwargs:
+        out["head_zeroinit"] = kwargs.pop("head_zeroinit")
+    out.update({FLAXFORMER_BERT_FIELDS[k]: v for k, v in kwargs.items()})
+    return out
+
+
+# big_vision two_towers `text_model` -> the text tower's config class.
+TEXT_MODELS = {"proj.image_text.text_transformer": BvTextConfig, "proj.flaxformer.bert": BvBertTextConfig}
+
+
 @strict
 class BvTwoTowerConfig(PreTrainedConfig):
     r"""Configuration of a big_vision two-tower model (``big_vision.models.proj.image_text.two_towers.Model``)
     trained with the softmax (CLIP / LiT) contrastive loss. Sigmoid-trained (SigLIP) ones use `BvSiglipConfig`.
 
     Args:
-        vision_config: the image tower (`BvViTConfig`), big_vision ``config.model.image`` (``image_model="vit"``).
-        text_config: the text tower (`BvTextConfig`), big_vision ``config.model.text``.
+        vision_config: the image tower, big_vision ``config.model.image``: `BvViTConfig` (``image_model="vit"``) or
+            `BvNaFlexViTConfig` (``image_model="proj.image_text.naflex_vit"``, SigLIP 2 NaFlex).
+        text_config: the text tower, big_vision ``config.model.text``: `BvTextConfig` (``text_model=
+            "proj.image_text.text_transformer"``) or `BvBertTextConfig` (``text_model="proj.flaxformer.bert"``, LiT).
         vision_projection_size: big_vision ``out_dim[0]``: width of the image tower's ``head`` Dense (``img/head``);
             ``None``: no head (the image embedding is the ViT's ``pre_logits``).
         temperature_init: big_vision ``temperature_init``; the parameter ``logit_scale`` holds big_vision ``t``,
@@ -128,6 +222,10 @@ class BvTwoTowerConfig(PreTrainedConfig):
         lock_image_tower: locked-image tuning (LiT, https://arxiv.org/abs/2111.07991): the image tower (and its
             head) gets no gradients, as big_vision's ``schedule=[("img/.*", None), ...]`` (``configs/proj/
             image_text/lit_coco.py``).
+        image_model: big_vision ``image_model``: ``"vit"`` or ``"proj.image_text.naflex_vit"``; picks the class of a
+            ``vision_config`` given as a dict (a config object decides by its own class).
+        text_model: big_vision ``text_model``: ``"proj.image_text.text_transformer"`` or ``"proj.flaxformer.bert"``
+            (LiT's BERT); picks the class of a ``text_config`` given as a dict, as ``image_model`` does.
     """
 
     model_type = "bv_two_towers"
@@ -141,8 +239,12 @@ class BvTwoTowerConfig(PreTrainedConfig):
     loss: str = "softmax"
     gather_negatives: bool = True
     lock_image_tower: bool = False
+    image_model: str = "vit"
+    text_model: str = "proj.image_text.text_transformer"
 
     def __post_init__(self, **kwargs):
+        self._resolve_image_model()
+        self._resolve_text_model()
         if self.vision_projection_size == 0:
             self.vision_projection_size = None
         if self.loss not in LOSSES:
@@ -160,6 +262,42 @@ class BvTwoTowerConfig(PreTrainedConfig):
             raise ValueError(f"temperature_init must be positive, got {self.temperature_init}")
         super().__post_init__(**kwargs)
 
+    def _resolve_image_model(self) -> None:
+        """``image_model`` <-> the class of ``vision_config`` (``sub_configs_defaults`` only knows `BvViTConfig`)."""
+        vision = self.vision_config
+        if isinstance(vision, PreTrainedConfig):
+            names = [name for name, cls in IMAGE_MODELS.items() if type(vision) is cls]
+            if not names:
+                raise ValueError(f"vision_config must be one of {[c.__name__ for c in IMAGE_MODELS.values()]}, "
+                                 f"got {type(vision).__name__}")
+            self.image_model = names[0]
+            return
+        if isinstance(vision, dict) and vision.get("model_type") == BvNaFlexViTConfig.model_type:
+            self.image_model = "proj.image_text.naflex_vit"
+        if self.image_model not in IMAGE_MODELS:
+            raise ValueError(f"Unknown image_model {self.image_model!r}; expected one of {list(IMAGE_MODELS)}")
+        if self.image_model != "vit":  # a dict (or None): built here, as sub_configs_defaults would build a BvViTConfig
+            vision = {k: v for k, v in (vision or {}).items() if k != "model_type"}
+            self.vision_config = IMAGE_MODELS[self.image_model](**vision)
+
+    def _resolve_text_model(self) -> None:
+        """``text_model`` <-> the class of ``text_config`` (``sub_configs_defaults`` only knows `BvTextConfig`)."""
+        text = self.text_config
+        if isinstance(text, PreTrainedConfig):
+            names = [name for name, cls in TEXT_MODELS.items() if type(text) is cls]
+            if not names:
+                raise ValueError(f"text_config must be one of {[c.__name__ for c in TEXT_MODELS.values()]}, "
+                                 f"got {type(text).__name__}")
+            self.text_model = names[0]
+            return
+        if isinstance(text, dict) and text.get("model_type") == BvBertTextConfig.model_type:
+            self.text_model = "proj.flaxformer.bert"
+        if self.text_model not in TEXT_MODELS:
+            raise ValueError(f"Unknown text_model {self.text_model!r}; expected one of {list(TEXT_MODELS)}")
+        if self.text_model != "proj.image_text.text_transformer":  # built here, as for image_model
+            text = {k: v for k, v in (text or {}).items() if k != "model_type"}
+            self.text_config = TEXT_MODELS[self.text_model](**text)
+
     @classmethod
     def from_loss(cls, loss: str, **kwargs) -> BvTwoTowerConfig:
         """`BvSiglipConfig` for ``loss="sigmoid"``, `BvTwoTowerConfig` for ``"softmax"``."""
@@ -174,9 +312,9 @@ class BvTwoTowerConfig(PreTrainedConfig):
         return self.vision_projection_size or v.representation_size or v.hidden_size
 
     @property
-    def image_size(self) -> list[int]:
-        """The image tower's input resolution (what `image_processor_for` reads)."""
-        return self.vision_config.image_size
+    def image_size(self) -> list[int] | None:
+        """The image tower's input resolution (what `image_processor_for` reads); ``None`` for NaFlex (any size)."""
+        return getattr(self.vision_config, "image_size", None)
 
     @property
     def logit_scale_init(self) -> float:

@@ -13,6 +13,7 @@ Example:
 
 from __future__ import annotations
 
+import inspect
 import json
 from collections.abc import Callable
 
@@ -32,6 +33,9 @@ PROCESSORS: dict[str, Callable] = {}
 # parameters): family -> fn(checkpoint, out_dir, model_config: dict, *, image_size, dtype, max_shard_size,
 # progress) -> out_dir. Filled by the family modules; `convert_to_folder` hands such families over whole.
 FOLDER_WRITERS: dict[str, Callable[..., str]] = {}
+# Families whose folder's model card gets a parity note about the converted model (e.g. the measured deviation of
+# a close-but-not-exact transformers class): family -> fn(model, checkpoint, model_config: dict) -> str ("": none).
+PARITY_NOTES: dict[str, Callable[..., str]] = {}
 
 
 def register_family(*names: str):
@@ -61,6 +65,8 @@ _SIGNATURES = [
     ("bit", ("conv_root/kernel", "gn_root/scale")),
     ("vit", ("embedding/kernel",)),
     ("proj.image_text.two_towers", ("img/embedding/kernel", "txt/Embed_0/embedding")),  # SigLIP, LiT-like
+    ("proj.image_text.two_towers",  # LiT (BERT text tower)
+     ("img/embedding/kernel", "txt/BertEncoder_0/embedder/embedders_token_ids/embedding")),
     # One ViT under img/ with its head and `t`, and no txt/ tower: two-tower signatures must come before this.
     ("proj.clippo.one_tower", ("img/embedding/kernel", "img/head/kernel", "t")),
 ]
@@ -146,22 +152,24 @@ def convert_to_folder(
     remote_code: bool = True,
     progress: bool = True,
     labels: list[str] | None = None,
+    target: str = "auto",
 ) -> str:
     """Converts a checkpoint and writes a Hub-ready folder (what ``big-vision-hf convert`` runs).
 
     A registry entry (by ``registry_name``, or recognised from the file's exact basename) supplies the big_vision
-    model name and kwargs, resolution and preprocessing; explicit arguments override it.
+    model name and kwargs, resolution and preprocessing; explicit arguments override it. ``target`` (``"auto"``,
+    ``"transformers"``, ``"bv"``) is passed to families that can land in a transformers class or ours (two towers).
     """
     from ..processing.image_processing_bv import image_processor_for
     from .export import save_folder
     from .model_card import render_model_card
     from .registry import find_entry
 
-    entry = find_entry(registry_name or checkpoint)
+    entry = find_entry(registry_name or checkpoint, model_name)
     if registry_name and entry is None:
         raise CheckpointError(f"unknown checkpoint name {registry_name!r}; see `big-vision-hf list`")
     if entry and not registry_name and model_name and model_name != entry.model_name:
-        entry = None  # a file recognised by name, asked for as another family (e.g. a whole SigLIP two-tower file)
+        entry = None  # a file recognised by name, asked for as another family
     if entry and entry.subtree and ":" not in checkpoint.split("/")[-1]:
         checkpoint = f"{checkpoint}:{entry.subtree}"
     family = model_name or (entry.model_name if entry else None)
@@ -177,6 +185,10 @@ def convert_to_folder(
         return FOLDER_WRITERS[family](checkpoint, out_dir, kwargs, image_size=image_size, dtype=dtype,
                                       max_shard_size=max_shard_size, progress=progress)
     options = {"image_size": image_size} if image_size is not None else {}
+    if target != "auto":
+        if family in FAMILIES and "target" not in inspect.signature(FAMILIES[family]).parameters:
+            raise CheckpointError(f"--target applies to proj.image_text.two_towers, not to {family}")
+        options["target"] = target
     model = convert_checkpoint(checkpoint, family, kwargs, dtype=dtype, progress=progress, **options)
     model.config.bv_model_config = kwargs
     if labels is not None:
@@ -187,5 +199,6 @@ def convert_to_folder(
         model.config.label2id = {label: i for i, label in enumerate(labels)}
     make_processor = PROCESSORS.get(model.config.bv_model_name, image_processor_for)
     processor, pp = make_processor(model.config, entry.preprocessing if entry else "resize")
-    card = render_model_card(model, model.config.bv_model_name, checkpoint, entry, preprocessing=pp)
+    note = PARITY_NOTES[family](model, checkpoint, kwargs) if family in PARITY_NOTES else ""
+    card = render_model_card(model, model.config.bv_model_name, checkpoint, entry, preprocessing=pp, parity_note=note)
     return save_folder(model, out_dir, processor, card, max_shard_size=max_shard_size, remote_code=remote_code)

@@ -10,7 +10,9 @@ posemb, image head, text pool first/gap/max/map, softmax-trained, ...) goes to o
 otherwise (big_vision: ``b`` exists iff ``bias_init`` is set, i.e. the sigmoid loss).
 
 The tables compose as big_vision ``two_towers.load`` does: the ViT's rules under ``img/``, the text tower's under
-``txt/``, ``t`` (the LOG temperature) -> ``logit_scale``, ``b`` -> ``logit_bias``. Layout passes: the ViT's
+``txt/``, ``t`` (the LOG temperature) -> ``logit_scale``, ``b`` -> ``logit_bias``. LiT's text tower
+(``text_model="proj.flaxformer.bert"``, detected from ``txt/BertEncoder_0/``) uses `BERT_RULES` instead, into
+`BvBertTextTransformer` (never ``SiglipModel``). Layout passes: the ViT's
 (``fix_old_checkpoints``, scan -> loop) on ``img/``; big_vision ``text_transformer.load`` (``convert_pre_linen``,
 the double-added ``Encoder_0/pos_embedding`` of some old checkpoints merged into ``pos_embedding``) and scan ->
 loop on ``txt/``. ``file.npz:img`` alone is a ViT: ``--model-name vit`` (detected).
@@ -23,8 +25,10 @@ import logging
 import numpy as np
 
 from ..configuration.configuration_bv_two_towers import (
+    BERT_CONFIGS,
     TEXT_POOL_ALIASES,
     BvTwoTowerConfig,
+    bv_bert_kwargs_to_config,
     bv_text_kwargs_to_config,
 )
 from ..configuration.configuration_bv_vit import BvViTConfig
@@ -43,12 +47,14 @@ from .convert_bv_vit import (
     prepare_vit_params,
     to_loop_layout,
 )
-from .mapping import Rule, Transform, conv, convert_pre_linen, map_params
+from .mapping import Rule, Transform, conv, convert_pre_linen, flat, heads_in, heads_out, map_params
 
 logger = logging.getLogger(__name__)
 
 FAMILY = "proj.image_text.two_towers"
 TEXT_MODEL = "proj.image_text.text_transformer"
+BERT_MODEL = "proj.flaxformer.bert"  # LiT's text tower (flaxformer BertEncoder)
+NAFLEX_MODEL = "proj.image_text.naflex_vit"
 # big_vision two_towers.Model fields (config.model).
 TWO_TOWER_KWARGS = ("image", "text", "image_model", "text_model", "out_dim", "temperature_init", "bias_init")
 
@@ -64,6 +70,31 @@ TEXT_RULES = [
     *linear("head", "head"),
 ]
 
+# big_vision proj.flaxformer.bert name (flaxformer BertEncoder under `BertEncoder_0`) -> BvBertTextTransformer
+# name (transformers' BERT modules). flaxformer stores q/k/v kernels [D, heads*head_dim] and the attention output
+# kernel [heads*head_dim, D] (DenseGeneral `reshape_kernel=True`); heads_in/heads_out also take the [D, H, Dh] /
+# [H, Dh, D] layout of `reshape_kernel=False`.
+_BERT = "BertEncoder_0"
+_BERT_LAYER = f"{_BERT}/encoder_block/layer_sequence/layers_(\\d+)"
+BERT_RULES = [
+    Rule(f"{_BERT}/embedder/embedders_token_ids/embedding", "embeddings.word_embeddings.weight"),
+    Rule(f"{_BERT}/embedder/embedders_position_ids/embedding", "embeddings.position_embeddings.weight"),
+    Rule(f"{_BERT}/embedder/embedders_segment_ids/embedding", "embeddings.token_type_embeddings.weight"),
+    *layer_norm(f"{_BERT}/layer_norm", "embeddings.LayerNorm"),
+    Rule(f"{_BERT_LAYER}/attention_block/attention_layer/(query|key|value)/kernel",
+         "encoder.layer.{0}.attention.self.{1}.weight", heads_in),
+    Rule(f"{_BERT_LAYER}/attention_block/attention_layer/(query|key|value)/bias",
+         "encoder.layer.{0}.attention.self.{1}.bias", flat),
+    Rule(f"{_BERT_LAYER}/attention_block/dense_layer/kernel", "encoder.layer.{0}.attention.output.dense.weight",
+         heads_out),
+    Rule(f"{_BERT_LAYER}/attention_block/dense_layer/bias", "encoder.layer.{0}.attention.output.dense.bias"),
+    *layer_norm(f"{_BERT_LAYER}/attention_block/layer_norm", "encoder.layer.{0}.attention.output.LayerNorm"),
+    *linear(f"{_BERT_LAYER}/mlp_block/mlp/dense_layer", "encoder.layer.{0}.intermediate.dense"),
+    *linear(f"{_BERT_LAYER}/mlp_block/dense_layer", "encoder.layer.{0}.output.dense"),
+    *layer_norm(f"{_BERT_LAYER}/mlp_block/layer_norm", "encoder.layer.{0}.output.LayerNorm"),
+    *linear("head", "head"),
+]
+
 # big_vision two_towers name -> BvTwoTowerModel name.
 BV_TWO_TOWER_RULES = [
     *prefixed(VIT_RULES, "img/", "vision_model."),
@@ -72,6 +103,9 @@ BV_TWO_TOWER_RULES = [
     Rule("t", "logit_scale"),
     Rule("b", "logit_bias"),
 ]
+# The same with LiT's BERT text tower.
+BV_LIT_RULES = [rule for rule in BV_TWO_TOWER_RULES if not rule.bv.startswith("txt/")]
+BV_LIT_RULES += prefixed(BERT_RULES, "txt/", "text_model.")
 
 
 def _siglip_encoder_rules(bv: str, hf: str, final_norm: str) -> list[Rule]:
@@ -131,8 +165,10 @@ def fix_old_text_checkpoints(params: dict[str, LazyArray]) -> dict[str, LazyArra
     return params
 
 
-def prepare_two_tower_params(params: dict[str, LazyArray]) -> dict[str, LazyArray]:
-    """Both towers' layout passes; checks that both towers and ``t`` are there (one-line errors)."""
+def prepare_two_tower_params(params: dict[str, LazyArray], prepare_image=prepare_vit_params) -> dict[str, LazyArray]:
+    """Both towers' layout passes; checks that both towers and ``t`` are there (one-line errors).
+
+    ``prepare_image(params, "img/")``: the image tower's passes (the ViT's; NaFlex's keeps its 2-D posemb out)."""
     tops = sorted({k.split("/")[0] for k in params})
     for tower, what in (("img", "image"), ("txt", "text")):
         if tower not in tops:
@@ -143,10 +179,11 @@ def prepare_two_tower_params(params: dict[str, LazyArray]) -> dict[str, LazyArra
             )
     if "t" not in params:
         raise CheckpointError(f"two-tower checkpoint has no temperature 't' (top-level names: {', '.join(tops)})")
-    params = prepare_vit_params(params, "img/")
+    params = prepare_image(params, "img/")
     inside = {k[len("txt/"):]: v for k, v in params.items() if k.startswith("txt/")}
     outside = {k: v for k, v in params.items() if not k.startswith("txt/")}
-    inside = to_loop_layout(fix_old_text_checkpoints(inside), "Encoder_0")
+    if not any(k.startswith(f"{_BERT}/") for k in inside):  # a BERT tower (LiT) has no such layouts
+        inside = to_loop_layout(fix_old_text_checkpoints(inside), "Encoder_0")
     return {**outside, **{"txt/" + k: v for k, v in inside.items()}}
 
 
@@ -195,11 +232,67 @@ def infer_text_config(params: dict[str, LazyArray], text_kwargs: dict, prefix: s
     return {**given, **inferred, "pool_type": pool}
 
 
+def infer_bert_config(params: dict[str, LazyArray], text_kwargs: dict, prefix: str = "txt/") -> dict:
+    """`BvBertTextConfig` kwargs from the arrays' shapes, checked against big_vision ``config.model.text``
+    (``config="base"|"large"``). flaxformer's q/k/v kernels are ``[D, D]``: the number of heads comes from the
+    named config, or from the sizes when they are BERT-base's or BERT-large's."""
+    p = prefix
+    try:
+        given = bv_bert_kwargs_to_config(text_kwargs)
+    except ValueError as e:
+        raise CheckpointError(str(e)) from None
+
+    def shape(name):
+        if p + name not in params:
+            raise CheckpointError(f"not a big_vision proj.flaxformer.bert tower: no {p + name!r} array")
+        return params[p + name].shape
+
+    vocab, width = shape(f"{_BERT}/embedder/embedders_token_ids/embedding")
+    layers = f"{_BERT}/encoder_block/layer_sequence/layers_"
+    depth = 1 + max(int(k[len(p + layers):].split("/")[0]) for k in params if k.startswith(p + layers))
+    inferred = dict(
+        vocab_size=vocab,
+        hidden_size=width,
+        num_hidden_layers=depth,
+        intermediate_size=shape(f"{layers}0/mlp_block/mlp/dense_layer/kernel")[-1],
+        max_position_embeddings=shape(f"{_BERT}/embedder/embedders_position_ids/embedding")[0],
+        type_vocab_size=shape(f"{_BERT}/embedder/embedders_segment_ids/embedding")[0],
+        projection_size=shape("head/kernel")[1] if p + "head/kernel" in params else None,
+    )
+    named = f" (BERT {text_kwargs['config']})" if "config" in text_kwargs else ""
+    for key, value in inferred.items():
+        if key in given and given[key] != value:
+            what = "text out_dim/num_classes" if key == "projection_size" else f"text {key}"
+            raise CheckpointError(f"model config says {what}={given[key]!r}{named} but the checkpoint arrays have "
+                                  f"{value!r}")
+    if "num_attention_heads" not in given:
+        sizes = (width, inferred["intermediate_size"], depth)
+        names = [name for name, dims in BERT_CONFIGS.items() if dims[:3] == sizes]
+        if not names:
+            raise CheckpointError(
+                f"cannot tell the BERT text tower's number of attention heads (width {width}, mlp "
+                f"{sizes[1]}, depth {depth} is neither BERT-base nor BERT-large, and flaxformer stores q/k/v "
+                "kernels as [D, D]): pass --model-config '{\"text\": {\"num_attention_heads\": N}}'"
+            )
+        given["num_attention_heads"] = BERT_CONFIGS[names[0]][3]
+    return {**given, **inferred}
+
+
 def _out_dims(model_kwargs: dict) -> tuple | None:
     if "out_dim" not in model_kwargs:
         return None  # the arrays tell (big_vision's default 128 would be checked against them otherwise)
     out_dim = model_kwargs["out_dim"]
     return (out_dim, out_dim) if isinstance(out_dim, int) or out_dim is None else tuple(out_dim)
+
+
+def add_identity_text_head(mapped: dict[str, LazyArray], width: int) -> None:
+    """No ``txt/head``: ``Siglip(2)TextModel``'s head (always applied) becomes the identity."""
+    if "text_model.head.weight" in mapped:
+        return
+    mapped["text_model.head.weight"] = LazyArray.constant(np.eye(width, dtype=np.float32), "<identity>")
+    mapped["text_model.head.bias"] = LazyArray.constant(np.zeros(width, np.float32), "<identity>")
+    for name in ("text_model.head.weight", "text_model.head.bias"):
+        mapped[name].name = "(identity: no txt/head)"
 
 
 def siglip_misfits(vision: dict, text: dict, image_head: int | None, has_bias: bool) -> list[str]:
@@ -224,23 +317,29 @@ def siglip_misfits(vision: dict, text: dict, image_head: int | None, has_bias: b
     return reasons
 
 
+def siglip_text_config(text: dict) -> dict:
+    """``SiglipTextConfig`` / ``Siglip2TextConfig`` kwargs of a big_vision text tower (`infer_text_config`)."""
+    return dict(
+        vocab_size=text["vocab_size"],
+        hidden_size=text["hidden_size"],
+        intermediate_size=text["intermediate_size"],
+        num_hidden_layers=text["num_hidden_layers"],
+        num_attention_heads=text["num_attention_heads"],
+        max_position_embeddings=text["max_position_embeddings"],
+        projection_size=text["projection_size"] or text["hidden_size"],
+        bos_token_id=None,  # token ids belong to the tokenizer (BvTextTokenizer), not to the checkpoint
+        eos_token_id=None,
+        layer_norm_eps=1e-6,  # flax LayerNorm eps
+        hidden_act="gelu_pytorch_tanh",  # flax nn.gelu (tanh)
+    )
+
+
 def _siglip_config(vision: dict, text: dict):
     from transformers import SiglipConfig
 
     common = dict(layer_norm_eps=1e-6, hidden_act="gelu_pytorch_tanh")  # flax LayerNorm eps, tanh GELU
     return SiglipConfig(
-        text_config=dict(
-            vocab_size=text["vocab_size"],
-            hidden_size=text["hidden_size"],
-            intermediate_size=text["intermediate_size"],
-            num_hidden_layers=text["num_hidden_layers"],
-            num_attention_heads=text["num_attention_heads"],
-            max_position_embeddings=text["max_position_embeddings"],
-            projection_size=text["projection_size"] or text["hidden_size"],
-            bos_token_id=None,  # token ids belong to the tokenizer (BvTextTokenizer), not to the checkpoint
-            eos_token_id=None,
-            **common,
-        ),
+        text_config=siglip_text_config(text),
         vision_config=dict(
             hidden_size=vision["hidden_size"],
             intermediate_size=vision["intermediate_size"],
@@ -260,6 +359,21 @@ def _siglip_config(vision: dict, text: dict):
 # ---------------------------------------------------------------------------------------------------------
 
 
+def _text_model(params: dict[str, LazyArray], kwargs: dict) -> str:
+    """big_vision ``text_model``: as given, else from the arrays (``txt/BertEncoder_0/``: LiT's BERT); checked."""
+    is_bert = any(k.startswith(f"txt/{_BERT}/") for k in params)
+    text_model = kwargs.get("text_model", BERT_MODEL if is_bert else TEXT_MODEL)
+    if text_model not in (TEXT_MODEL, BERT_MODEL):
+        raise CheckpointError(f"text_model={text_model!r} is not supported here (only {TEXT_MODEL!r}, {BERT_MODEL!r})")
+    if is_bert and text_model != BERT_MODEL:
+        raise CheckpointError(f"the checkpoint's text tower is a flaxformer BERT (txt/{_BERT}/...) but the model "
+                              f"config says text_model={text_model!r}; use {BERT_MODEL!r}")
+    if text_model == BERT_MODEL and not is_bert and any(k.startswith("txt/") for k in params):
+        raise CheckpointError(f"text_model={BERT_MODEL!r} but the checkpoint's text tower has no txt/{_BERT}/ arrays "
+                              f"(a big_vision text_transformer? use {TEXT_MODEL!r})")
+    return text_model
+
+
 @register_family(FAMILY)
 def build_two_towers(
     params: dict[str, LazyArray], model_kwargs: dict | None = None, image_size=None, target: str = "auto", **_
@@ -268,7 +382,9 @@ def build_two_towers(
 
     ``target``: ``"auto"`` (``SiglipModel`` where exact, else ours), ``"transformers"`` (``SiglipModel`` or a
     one-line error saying why not) or ``"bv"`` (always `BvSiglipModel` / `BvTwoTowerModel`). ``image_size``
-    resamples a learned image posemb as big_vision ``vit.load`` does.
+    resamples a learned image posemb as big_vision ``vit.load`` does. ``image_model="proj.image_text.naflex_vit"``
+    (SigLIP 2 NaFlex) is built by ``convert_bv_naflex.build_naflex_two_towers`` (``"auto"`` is ours there: the
+    closest transformers class, ``Siglip2Model``, is not exact).
     """
     if target not in ("auto", "transformers", "bv"):
         raise CheckpointError(f"unknown target {target!r}; expected 'auto', 'transformers' or 'bv'")
@@ -277,10 +393,14 @@ def build_two_towers(
     if unknown:
         known = ", ".join(TWO_TOWER_KWARGS)
         raise CheckpointError(f"unknown big_vision two_towers option(s) {unknown}; known: {known}")
+    text_model = _text_model(params, kwargs)
+    if kwargs.get("image_model", "vit") == NAFLEX_MODEL:  # SigLIP 2 NaFlex: convert_bv_naflex
+        from .convert_bv_naflex import build_naflex_two_towers
+
+        return build_naflex_two_towers(params, kwargs, target)
     if kwargs.get("image_model", "vit") != "vit":
-        raise CheckpointError(f"image_model={kwargs['image_model']!r} is not supported here (only 'vit')")
-    if kwargs.get("text_model", TEXT_MODEL) != TEXT_MODEL:
-        raise CheckpointError(f"text_model={kwargs['text_model']!r} is not supported here (only {TEXT_MODEL!r})")
+        raise CheckpointError(f"image_model={kwargs['image_model']!r} is not supported here "
+                              f"(only 'vit' and {NAFLEX_MODEL!r})")
 
     params = prepare_two_tower_params(params)
     out_dims = _out_dims(kwargs)
@@ -294,7 +414,6 @@ def build_two_towers(
     if "num_classes" in image_kwargs and not image_kwargs["num_classes"] and image_head:
         raise CheckpointError(f"model config says out_dim[0]=None (no image head) but the checkpoint has img/head "
                               f"({image_head} outputs)")
-    text = infer_text_config(params, text_kwargs)
     has_bias = "b" in params
     if kwargs.get("bias_init") is not None and not has_bias:
         raise CheckpointError("model config sets bias_init but the checkpoint has no bias 'b'")
@@ -303,7 +422,12 @@ def build_two_towers(
         vit_config = BvViTConfig(**vision)
     except ValueError as e:
         raise CheckpointError(str(e)) from None
-    misfits = siglip_misfits(vision, text, image_head, has_bias)
+    if text_model == BERT_MODEL:
+        text = infer_bert_config(params, text_kwargs)
+        misfits = [f"text_model {BERT_MODEL!r} (a post-LN BERT; SiglipTextModel is big_vision's text_transformer)"]
+    else:
+        text = infer_text_config(params, text_kwargs)
+        misfits = siglip_misfits(vision, text, image_head, has_bias)
     if target == "transformers" and misfits:
         raise CheckpointError("transformers' SiglipModel cannot represent this checkpoint: " + "; ".join(misfits))
 
@@ -315,12 +439,7 @@ def build_two_towers(
         fit_posemb(mapped, key, vit_config)
         mapped[key] = mapped[key].derive(squeeze0.array, squeeze0.shape(mapped[key].shape))
         pack_in_proj(mapped, "vision_model.head.attention")
-        if "text_model.head.weight" not in mapped:  # no txt/head: SiglipTextModel's head becomes the identity
-            width = text["hidden_size"]
-            mapped["text_model.head.weight"] = LazyArray.constant(np.eye(width, dtype=np.float32), "<identity>")
-            mapped["text_model.head.bias"] = LazyArray.constant(np.zeros(width, np.float32), "<identity>")
-            for name in ("text_model.head.weight", "text_model.head.bias"):
-                mapped[name].name = "(identity: no txt/head)"
+        add_identity_text_head(mapped, text["hidden_size"])
         return SiglipModel, _siglip_config(vision, text), mapped
 
     if misfits:
@@ -331,19 +450,26 @@ def build_two_towers(
         options["bias_init"] = kwargs.get("bias_init", -10.0 if loss == "sigmoid" else 0.0)
     try:
         config = BvTwoTowerConfig.from_loss(
-            loss, vision_config=vit_config, text_config=text, vision_projection_size=image_head, **options
+            loss, vision_config=vit_config, text_config=text, vision_projection_size=image_head,
+            text_model=text_model, **options
         )
     except ValueError as e:
         raise CheckpointError(str(e)) from None
     cls = BvSiglipModel if loss == "sigmoid" else BvTwoTowerModel
-    mapped = map_params(params, BV_TWO_TOWER_RULES)
+    mapped = map_params(params, BV_LIT_RULES if text_model == BERT_MODEL else BV_TWO_TOWER_RULES)
     fit_posemb(mapped, "vision_model.embeddings.position_embedding", vit_config)
     return cls, config, mapped
 
 
 def two_tower_image_processor_for(config, preprocessing: str = "resize"):
-    """The image tower's `BvImageProcessor` (``SiglipConfig`` keeps the resolution in ``vision_config``)."""
+    """The image tower's `BvImageProcessor` (``SiglipConfig`` keeps the resolution in ``vision_config``); NaFlex
+    towers get their patch processor (``convert_bv_naflex``)."""
     from ..processing.image_processing_bv import image_processor_for
+
+    if getattr(config, "image_model", "vit") == NAFLEX_MODEL or config.model_type == "siglip2":
+        from .convert_bv_naflex import naflex_two_tower_processor_for
+
+        return naflex_two_tower_processor_for(config, preprocessing)
 
     return image_processor_for(config.vision_config, preprocessing)
 

@@ -108,14 +108,17 @@ def save_folder(
     model.save_pretrained(out_dir, max_shard_size=max_shard_size)
     ours = type(model.config).__module__.startswith("big_vision_hf.")  # a transformers model (SiglipModel): no code
     modules = [type(model).__module__, type(model.config).__module__] if ours else []
+    # transformers' own processors (Siglip2ImageProcessorPil of a Siglip2Model folder) need no code either
+    our_processor = image_processor is not None and type(image_processor).__module__.startswith("big_vision_hf.")
     if image_processor is not None:
         image_processor.save_pretrained(out_dir)
-        modules.append(type(image_processor).__module__)
+        if our_processor:
+            modules.append(type(image_processor).__module__)
     if remote_code:
         write_code(out_dir, remote_code_files(*modules))
         if ours:
             add_auto_map(os.path.join(out_dir, "config.json"), auto_map_for(model))
-        if image_processor is not None:
+        if our_processor:
             proc_cls = type(image_processor)
             stem = proc_cls.__module__.rsplit(".", 1)[-1]
             add_auto_map(

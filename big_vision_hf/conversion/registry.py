@@ -1,10 +1,16 @@
 """The named public big_vision checkpoints: what their arrays cannot tell.
 
 Keyed by big_vision's vanity names (``VANITY_NAMES`` in ``models/vit.py``, ``models/bit.py``,
-``models/mlp_mixer.py``, ``configs/proj/flexivit``); each entry gives the file, the big_vision
-``config.model_name`` and ``config.model`` kwargs, the input resolution and the evaluation preprocessing.
-This is the only place that holds facts about particular checkpoints; nothing infers them from file names,
-except that :func:`find_entry` recognises a registered file by its exact basename.
+``models/mlp_mixer.py``, ``models/proj/image_text/two_towers.py``, ``configs/proj/flexivit``); each entry gives
+the file, the big_vision ``config.model_name`` and ``config.model`` kwargs, the input resolution and the
+evaluation preprocessing, and for image-text models the text pp (tokenizer, text length). This is the only place
+that holds facts about particular checkpoints; nothing infers them from file names, except that
+:func:`find_entry` recognises a registered file by its exact basename.
+
+SigLIP / SigLIP 2 files hold two towers. big_vision names the whole model (``two_towers.VANITY_NAMES``) and its
+image tower (``vit.VANITY_NAMES``, ``file.npz:img``) alike; here the two-tower entry has the name and the image
+tower is ``"<name>:img"``. A bare file name finds the two towers, ``file.npz:img`` (or ``--model-name vit``) the
+image tower.
 """
 
 from __future__ import annotations
@@ -25,6 +31,13 @@ class CheckpointEntry:
     preprocessing: str = "resize"
     license: str = "apache-2.0"
     paper: str = ""
+    # Image-text models: big_vision's text pp (`tokenizer` is its KNOWN_TOKENIZERS / tokenizers.gemma name, whose
+    # file is `tokenizer_url`; `text_preset` the `--text-preset` reproducing the pp string; `text_length` the
+    # `tokenize(max_len=...)` length = the text tower's posemb length).
+    tokenizer: str = ""
+    tokenizer_url: str = ""
+    text_preset: str = ""
+    text_length: int = 0
 
     @property
     def filename(self) -> str:
@@ -73,37 +86,82 @@ for _size, _long in (("S", "small"), ("B", "base"), ("L", "large")):
                                  "resize_small", license="apache-2.0",
                                  paper="https://arxiv.org/abs/2204.07118"))
 
-_SIGLIP = {
-    "SigLIP B/16 224": ("siglip/webli_en_b16_224_63724782.npz", "B/16", 224),
-    "SigLIP B/16 256": ("siglip/webli_en_b16_256_60500360.npz", "B/16", 256),
-    "SigLIP B/16 384": ("siglip/webli_en_b16_384_68578854.npz", "B/16", 384),
-    "SigLIP B/16 512": ("siglip/webli_en_b16_512_68580893.npz", "B/16", 512),
-    "SigLIP L/16 256": ("siglip/webli_en_l16_256_60552751.npz", "L/16", 256),
-    "SigLIP L/16 384": ("siglip/webli_en_l16_384_63634585.npz", "L/16", 384),
-    "SigLIP So400m/14 224": ("siglip/webli_en_so400m_224_57633886.npz", "So400m/14", 224),
-    "SigLIP So400m/14 384": ("siglip/webli_en_so400m_384_58765454.npz", "So400m/14", 384),
-    "SigLIP B/16-i18n 256": ("siglip/webli_i18n_b16_256_66117334.npz", "B/16", 256),
-    "SigLIP2 B/16 224": ("siglip2/siglip2_b16_224.npz", "B/16", 224),
-    "SigLIP2 B/16 256": ("siglip2/siglip2_b16_256.npz", "B/16", 256),
-    "SigLIP2 B/16 384": ("siglip2/siglip2_b16_384.npz", "B/16", 384),
-    "SigLIP2 B/16 512": ("siglip2/siglip2_b16_512.npz", "B/16", 512),
-    "SigLIP2 B/32 256": ("siglip2/siglip2_b32_256.npz", "B/32", 256),
-    "SigLIP2 L/16 256": ("siglip2/siglip2_l16_256.npz", "L/16", 256),
-    "SigLIP2 L/16 384": ("siglip2/siglip2_l16_384.npz", "L/16", 384),
-    "SigLIP2 L/16 512": ("siglip2/siglip2_l16_512.npz", "L/16", 512),
-    "SigLIP2 So400m/14 224": ("siglip2/siglip2_so400m14_224.npz", "So400m/14", 224),
-    "SigLIP2 So400m/14 384": ("siglip2/siglip2_so400m14_384.npz", "So400m/14", 384),
-    "SigLIP2 So400m/16 256": ("siglip2/siglip2_so400m16_256.npz", "So400m/16", 256),
-    "SigLIP2 So400m/16 384": ("siglip2/siglip2_so400m16_384.npz", "So400m/16", 384),
-    "SigLIP2 So400m/16 512": ("siglip2/siglip2_so400m16_512.npz", "So400m/16", 512),
-    "SigLIP2 g-opt/16 256": ("siglip2/siglip2_g-opt16_256.npz", "g-opt/16", 256),
-    "SigLIP2 g-opt/16 384": ("siglip2/siglip2_g-opt16_384.npz", "g-opt/16", 384),
+# SigLIP (https://arxiv.org/abs/2303.15343): big_vision configs/proj/image_text/SigLIP_demo.ipynb (file, text
+# variant, embedding dim, text length, vocab) and two_towers.VANITY_NAMES. Text pp: `tokenize(max_len=L,
+# model=c4_en|mc4, eos="sticky", pad_value=1)`.
+_TOKENIZERS = {  # big_vision pp/ops_text.py KNOWN_TOKENIZERS, pp/proj/paligemma/ops.py tokenizers.gemma
+    "c4_en": "gs://t5-data/vocabs/cc_en.32000/sentencepiece.model",
+    "mc4": "gs://t5-data/vocabs/mc4.250000.100extra/sentencepiece.model",
+    "gemma": "gs://big_vision/gemma_tokenizer.model",
 }
-for _name, (_file, _v, _res) in _SIGLIP.items():
-    # Image towers of the two-tower checkpoints (`file.npz:img`): MAP pool, no head.
-    _add(CheckpointEntry(_name, f"gs://big_vision/{_file}:img", "vit", {"variant": _v, "pool_type": "map"},
-                         _res, "resize", paper="https://arxiv.org/abs/2502.14786" if _name.startswith("SigLIP2")
-                         else "https://arxiv.org/abs/2303.15343"))
+_SIGLIP = {
+    # name: (file, image variant, resolution, text variant, out_dim[1], text length, vocab)
+    "SigLIP B/16 224": ("siglip/webli_en_b16_224_63724782.npz", "B/16", 224, "B", 768, 64, 32_000),
+    "SigLIP B/16 256": ("siglip/webli_en_b16_256_60500360.npz", "B/16", 256, "B", 768, 64, 32_000),
+    "SigLIP B/16 384": ("siglip/webli_en_b16_384_68578854.npz", "B/16", 384, "B", 768, 64, 32_000),
+    "SigLIP B/16 512": ("siglip/webli_en_b16_512_68580893.npz", "B/16", 512, "B", 768, 64, 32_000),
+    "SigLIP L/16 256": ("siglip/webli_en_l16_256_60552751.npz", "L/16", 256, "L", 1024, 64, 32_000),
+    "SigLIP L/16 384": ("siglip/webli_en_l16_384_63634585.npz", "L/16", 384, "L", 1024, 64, 32_000),
+    "SigLIP So400m/14 224": ("siglip/webli_en_so400m_224_57633886.npz", "So400m/14", 224, "So400m", 1152, 16, 32_000),
+    "SigLIP So400m/14 384": ("siglip/webli_en_so400m_384_58765454.npz", "So400m/14", 384, "So400m", 1152, 64, 32_000),
+    "SigLIP B/16-i18n 256": ("siglip/webli_i18n_b16_256_66117334.npz", "B/16", 256, "B", 768, 64, 250_000),
+    # Only in SigLIP_demo.ipynb (not in VANITY_NAMES), with EMBDIM None: out_dim=(None, None), no text head.
+    "SigLIP So400m/16-i18n 256": ("siglip/webli_i18n_so400m_16_256_78061115.npz", "So400m/16", 256, "So400m", None,
+                                  64, 250_000),
+}
+# SigLIP 2 (https://arxiv.org/abs/2502.14786): configs/proj/image_text/README_siglip2.md (files) and
+# SigLIP2_demo.ipynb (model config: `out_dim=[None, EMBDIM]`, EMBDIM = the image width, the g-opt image tower with
+# a So400m text tower; vocab 256_000; text pp `lower|tok(length=64, model="gemma", bos="no", eos="sticky")`).
+_SIGLIP2 = {
+    # name: (file, image variant, resolution, text variant, out_dim[1])
+    "SigLIP2 B/16 224": ("siglip2/siglip2_b16_224.npz", "B/16", 224, "B", 768),
+    "SigLIP2 B/16 256": ("siglip2/siglip2_b16_256.npz", "B/16", 256, "B", 768),
+    "SigLIP2 B/16 384": ("siglip2/siglip2_b16_384.npz", "B/16", 384, "B", 768),
+    "SigLIP2 B/16 512": ("siglip2/siglip2_b16_512.npz", "B/16", 512, "B", 768),
+    "SigLIP2 B/32 256": ("siglip2/siglip2_b32_256.npz", "B/32", 256, "B", 768),
+    "SigLIP2 L/16 256": ("siglip2/siglip2_l16_256.npz", "L/16", 256, "L", 1024),
+    "SigLIP2 L/16 384": ("siglip2/siglip2_l16_384.npz", "L/16", 384, "L", 1024),
+    "SigLIP2 L/16 512": ("siglip2/siglip2_l16_512.npz", "L/16", 512, "L", 1024),
+    "SigLIP2 So400m/14 224": ("siglip2/siglip2_so400m14_224.npz", "So400m/14", 224, "So400m", 1152),
+    "SigLIP2 So400m/14 384": ("siglip2/siglip2_so400m14_384.npz", "So400m/14", 384, "So400m", 1152),
+    "SigLIP2 So400m/16 256": ("siglip2/siglip2_so400m16_256.npz", "So400m/16", 256, "So400m", 1152),
+    "SigLIP2 So400m/16 384": ("siglip2/siglip2_so400m16_384.npz", "So400m/16", 384, "So400m", 1152),
+    "SigLIP2 So400m/16 512": ("siglip2/siglip2_so400m16_512.npz", "So400m/16", 512, "So400m", 1152),
+    "SigLIP2 g-opt/16 256": ("siglip2/siglip2_g-opt16_256.npz", "g-opt/16", 256, "So400m", 1536),
+    "SigLIP2 g-opt/16 384": ("siglip2/siglip2_g-opt16_384.npz", "g-opt/16", 384, "So400m", 1536),
+    # NaFlex (image_model="proj.image_text.naflex_vit", image=dict(pool_type="map", nposemb=16,
+    # posemb="learn_2d", variant=...)): naflex_vit takes no patch size (its Model rejects "B/16"; the patch, 16 in
+    # the README table, is read from the arrays). The notebook passes variant="B" for both (it loads without
+    # checks); So400m/16 NaFlex needs "So400m". Resolution: any; the README's results use 256 patches (the
+    # processor's default), `image_size` 256 below is only what `list` shows.
+    "SigLIP2 B/16 NaFlex": ("siglip2/siglip2_b16_naflex.npz", "B", 0, "B", 768),
+    "SigLIP2 So400m/16 NaFlex": ("siglip2/siglip2_so400m16_naflex.npz", "So400m", 0, "So400m", 1152),
+}
+_NAFLEX = "proj.image_text.naflex_vit"
+
+
+def _add_siglip(name, file, image_variant, res, text_variant, text_dim, text_length, vocab, tokenizer, preset, paper):
+    naflex = res == 0
+    image = ({"variant": image_variant, "pool_type": "map", "posemb": "learn_2d", "nposemb": 16} if naflex
+             else {"variant": image_variant, "pool_type": "map"})
+    model = {"image_model": _NAFLEX if naflex else "vit", "image": image,
+             "text_model": "proj.image_text.text_transformer", "text": {"variant": text_variant, "vocab_size": vocab},
+             "out_dim": [None, text_dim], "bias_init": -10.0}
+    if not naflex:
+        model["temperature_init"] = 10.0  # SigLIP_demo.ipynb (only initialises `t`; the file holds its value)
+    text = dict(tokenizer=tokenizer, tokenizer_url=_TOKENIZERS[tokenizer], text_preset=preset, text_length=text_length)
+    url = f"gs://big_vision/{file}"
+    _add(CheckpointEntry(name, url, "proj.image_text.two_towers", model, res or 256, "resize", paper=paper, **text))
+    # The image tower alone (big_vision vit.VANITY_NAMES / naflex: `file.npz:img`): MAP pool, no head.
+    _add(CheckpointEntry(f"{name}:img", f"{url}:img", _NAFLEX if naflex else "vit", image, res or 256, "resize",
+                         paper=paper))
+
+
+for _name, (_file, _v, _res, _tv, _dim, _len, _vocab) in _SIGLIP.items():
+    _add_siglip(_name, _file, _v, _res, _tv, _dim, _len, _vocab, "c4_en" if _vocab == 32_000 else "mc4", "siglip",
+                "https://arxiv.org/abs/2303.15343")
+for _name, (_file, _v, _res, _tv, _dim) in _SIGLIP2.items():
+    _add_siglip(_name, _file, _v, _res, _tv, _dim, 64, 256_000, "gemma", "siglip2", "https://arxiv.org/abs/2502.14786")
 
 for _size in ("s", "b", "l"):
     for _ep in ("", "_90ep", "_300ep", "_600ep"):
@@ -139,12 +197,26 @@ for _res in (160, 224):
                          paper="https://arxiv.org/abs/2106.05237"))
 
 
-def find_entry(name_or_path: str | None) -> CheckpointEntry | None:
-    """A registry entry by vanity name, or by the exact basename of its file (``vit_s16_i1k_300ep.npz``)."""
+def find_entry(name_or_path: str | None, model_name: str | None = None) -> CheckpointEntry | None:
+    """A registry entry by vanity name, or by the exact basename of its file (``vit_s16_i1k_300ep.npz``).
+
+    Of the entries of one file (a SigLIP file's two towers and its ``:img`` image tower): the one whose sub-tree is
+    the path's (``file.npz:img``), or whose family is ``model_name``, else the whole file's.
+    """
     if not name_or_path:
         return None
     if name_or_path in REGISTRY:
-        return REGISTRY[name_or_path]
-    base = os.path.basename(name_or_path.split(":")[0])
-    matches = [e for e in REGISTRY.values() if e.filename == base]
+        entry = REGISTRY[name_or_path]
+        if model_name and entry.model_name != model_name:  # "SigLIP B/16 224" asked for as a vit: its image tower
+            return next((e for e in REGISTRY.values() if e.name.startswith(entry.name + ":")
+                         and e.model_name == model_name), entry)
+        return entry
+    path, _, subtree = os.path.basename(name_or_path).partition(":")
+    matches = [e for e in REGISTRY.values() if e.filename == path]
+    if subtree:
+        matches = [e for e in matches if e.subtree == subtree]
+    elif model_name and any(e.model_name == model_name for e in matches):
+        matches = [e for e in matches if e.model_name == model_name]
+    else:
+        matches = [e for e in matches if e.subtree is None] or matches
     return matches[0] if len(matches) == 1 else None

@@ -5,9 +5,12 @@ contrastive losses (sigmoid: ``trainers/proj/image_text/siglip.py``; softmax: ``
 ``SiglipModel`` represents SigLIP / fixed-res SigLIP 2 exactly (MAP image pool, learned posemb, no image head,
 text pool ``last``); ``conversion/convert_two_towers.py`` puts those there. Everything else lands here: image
 pools ``gap``/``tok``/``0``, sincos posembs, ``rep_size``, an image head (``out_dim[0]``), text pools
-``first``/``gap``/``max``/``map``, softmax-trained (LiT/CLIP-like) models. The image tower is `BvViTModel` and the
-text tower `BvTextTransformer` reuses the shared `BvViTEncoder` and `BvMAPHead` (``modeling_bv_vit``), as
-big_vision's text tower reuses ``vit.Encoder``/``vit.MAPHead``.
+``first``/``gap``/``max``/``map``, softmax-trained (LiT/CLIP-like) models, and SigLIP 2 NaFlex. The image tower
+is `BvViTModel`, or `BvNaFlexViTModel` for ``image_model="proj.image_text.naflex_vit"`` (SigLIP 2 NaFlex: patches,
+``pixel_attention_mask`` and ``spatial_shapes`` in, as transformers' ``Siglip2Model``); the text tower `BvTextTransformer` reuses the shared `BvViTEncoder` and `BvMAPHead` (``modeling_bv_vit``), as
+big_vision's text tower reuses ``vit.Encoder``/``vit.MAPHead``; LiT's BERT text tower (``text_model=
+"proj.flaxformer.bert"``, ``models/proj/flaxformer/bert.py``) is `BvBertTextTransformer`, built from transformers'
+BERT modules.
 
 big_vision ``out`` dict -> outputs (`transformers.models.siglip.modeling_siglip.SiglipOutput`):
     ``out["img/*"]``                        -> ``vision_model_output`` (`BvViTModelOutput`, see ``modeling_bv_vit``;
@@ -37,14 +40,22 @@ from torch.nn import functional as F
 from transformers import initialization as init
 from transformers.masking_utils import create_bidirectional_mask
 from transformers.modeling_outputs import BaseModelOutputWithPooling
+from transformers.models.bert.modeling_bert import BertEmbeddings, BertEncoder, BertPreTrainedModel
 from transformers.models.siglip.modeling_siglip import SiglipOutput
 from transformers.utils import can_return_tuple
 from transformers.utils.output_capturing import capture_outputs
 
-from ..configuration.configuration_bv_two_towers import BvSiglipConfig, BvTextConfig, BvTwoTowerConfig
+from ..configuration.configuration_bv_two_towers import (
+    BvBertTextConfig,
+    BvSiglipConfig,
+    BvTextConfig,
+    BvTwoTowerConfig,
+)
+from .modeling_bv_naflex import BvNaFlexViTModel
 from .modeling_bv_vit import BvMAPHead, BvViTEncoder, BvViTModel, BvViTModelOutput, BvViTPreTrainedModel
 
 __all__ = [
+    "BvBertTextTransformer",
     "BvSiglipModel",
     "BvTextTransformer",
     "BvTwoTowerModel",
@@ -287,6 +298,90 @@ class BvTextTransformer(BvTextPreTrainedModel):
         return BvTextModelOutput(last_hidden_state=encoded, pooler_output=logits, pre_logits=pooled)
 
 
+class BvBertTextTransformer(BertPreTrainedModel):
+    r"""big_vision's BERT text tower (``big_vision/models/proj/flaxformer/bert.py``, LiT): flaxformer's
+    ``BertEncoder`` -> the ``[CLS]`` position (no BERT pooler) -> ``head`` Dense. transformers' BERT modules
+    (`BertEmbeddings`, `BertEncoder`) compute exactly flaxformer's BERT: token + position + segment embeddings,
+    LayerNorm, post-LN layers (attention -> dense -> residual -> LayerNorm; MLP -> dense -> residual -> LayerNorm),
+    queries scaled by ``1/sqrt(head_dim)``, LayerNorm eps 1e-12, tanh GELU (``config.hidden_act``).
+
+    As ``bert.py`` calls it: positions ``0..L-1``, segment ids all 0, and the attention mask is ``input_ids != 0``
+    (token id 0 is padding whatever the tokenizer; an ``attention_mask`` passed in is combined with it). flaxformer
+    also masks padded *queries* (their rows average every position), transformers does not: ``last_hidden_state``
+    differs from big_vision's ``out["transformed"]`` at padded positions only, which nothing downstream reads.
+
+    big_vision ``out`` -> outputs: ``out["transformed"]`` -> ``last_hidden_state``, ``out["pre_logits"]`` ->
+    ``pre_logits``, ``out["logits"]`` -> ``pooler_output`` (= ``pre_logits`` without a head).
+
+    Example:
+        >>> import torch
+        >>> from big_vision_hf.configuration.configuration_bv_two_towers import BvBertTextConfig
+        >>> from big_vision_hf.modeling.modeling_bv_two_towers import BvBertTextTransformer
+        >>> config = BvBertTextConfig(vocab_size=100, hidden_size=32, num_hidden_layers=1, intermediate_size=64,
+        ...                           num_attention_heads=2, max_position_embeddings=16, projection_size=24)
+        >>> BvBertTextTransformer(config)(torch.tensor([[2, 7, 9, 0, 0]])).pooler_output.shape
+        torch.Size([1, 24])
+
+    Parity: as `BvTwoTowerModel` (fixture ``lit_bert``).
+    """
+
+    config: BvBertTextConfig
+    config_class = BvBertTextConfig
+    base_model_prefix = "text_model"
+    main_input_name = "input_ids"
+    input_modalities = ("text",)
+    _no_split_modules = ["BertEmbeddings", "BertLayer"]
+
+    def __init__(self, config: BvBertTextConfig):
+        super().__init__(config)
+        self.embeddings = BertEmbeddings(config)
+        self.encoder = BertEncoder(config)
+        self.head = nn.Linear(config.hidden_size, config.projection_size) if config.projection_size else None
+        self.post_init()
+
+    @torch.no_grad()
+    def _init_weights(self, module):
+        """BERT's initialisers (flaxformer: truncated normal 0.02, as transformers' BERT); big_vision's head."""
+        super()._init_weights(module)
+        if isinstance(module, BvBertTextTransformer) and module.head is not None:
+            if module.config.head_zeroinit:  # bert.py: `kernel_init=zeros if head_zeroinit`, else nn.Dense's
+                init.zeros_(module.head.weight)
+            else:
+                init.lecun_normal_(module.head.weight)
+            init.zeros_(module.head.bias)
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.embeddings.word_embeddings
+
+    def set_input_embeddings(self, value: nn.Module):
+        self.embeddings.word_embeddings = value
+
+    @capture_outputs(tie_last_hidden_states=False)
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs
+    ) -> BvTextModelOutput:
+        r"""
+        input_ids (`torch.LongTensor` of shape `(batch_size, text_length)`):
+            Token ids as big_vision's ``bert_tokenize`` gives them (``[CLS]`` first, 0-padded; `BvBertTokenizer`).
+        attention_mask (`torch.Tensor` of shape `(batch_size, text_length)`, *optional*): 1 for tokens to attend
+            to; combined with big_vision's own mask ``input_ids != 0``.
+        """
+        mask = input_ids != 0  # bert.py: `input_mask=text.astype(jnp.bool_)`
+        if attention_mask is not None:
+            mask = mask & attention_mask.bool()
+        embeddings = self.embeddings(input_ids=input_ids)  # positions arange(L), segment ids 0 (as bert.py)
+        mask = create_bidirectional_mask(config=self.config, inputs_embeds=embeddings, attention_mask=mask)
+        encoded = self.encoder(embeddings, attention_mask=mask, **kwargs).last_hidden_state  # out["transformed"]
+        pooled = encoded[:, 0]  # out["pre_logits"]: the [CLS] token
+        logits = self.head(pooled) if self.head is not None else pooled  # out["logits"]
+        return BvTextModelOutput(last_hidden_state=encoded, pooler_output=logits, pre_logits=pooled)
+
+
+# big_vision two_towers `text_model` -> the text tower's class.
+# Keyed by model_type, not config class: remote code (trust_remote_code) loads its own copy of the config classes.
+TEXT_TOWERS = {BvTextConfig.model_type: BvTextTransformer, BvBertTextConfig.model_type: BvBertTextTransformer}
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Two towers (big_vision proj.image_text.two_towers)
 # ---------------------------------------------------------------------------------------------------------
@@ -298,7 +393,8 @@ class BvTwoTowerPreTrainedModel(BvViTPreTrainedModel):
     base_model_prefix = "two_towers"
     main_input_name = "input_ids"
     input_modalities = ("image", "text")
-    _no_split_modules = ["BvViTEmbeddings", "BvTextEmbeddings", "BvViTEncoderLayer", "BvMAPHead"]
+    _no_split_modules = ["BvViTEmbeddings", "BvNaFlexViTEmbeddings", "BvTextEmbeddings", "BvViTEncoderLayer",
+                         "BvMAPHead", "BertEmbeddings", "BertLayer"]
 
     @torch.no_grad()
     def _init_weights(self, module):
@@ -345,16 +441,21 @@ class BvTwoTowerModel(BvTwoTowerPreTrainedModel):
     fp32, eager and sdpa (``tests/test_two_towers.py``): fixture ``siglip_scan_heads`` (scanned towers, gap + sincos
     image pool, MAP text pool, both heads) max abs error 1.5e-7 on ``zimg``/``ztxt``, 1e-6 on
     ``derived/siglip_logits``, 2.4e-6 on the tower intermediates; fixture ``siglip`` converted into this class
-    (``target="bv"``) 1.9e-7 / 1.9e-6. Without ``b`` (softmax-trained) the class is `BvTwoTowerModel`.
+    (``target="bv"``) 1.9e-7 / 1.9e-6. Without ``b`` (softmax-trained) the class is `BvTwoTowerModel`. With the
+    NaFlex image tower (``tests/test_siglip2_naflex_two_towers.py``, fixture ``siglip2_naflex``: ``learn_2d``
+    posemb, ``nposemb=4``, big_vision's NaFlex pp inputs with pads, through the CLI): 1.5e-7 on ``zimg``/``ztxt``,
+    9.5e-7 on ``derived/siglip_logits``, 1.7e-6 on the image tower's patch tokens.
     """
 
     def __init__(self, config: BvTwoTowerConfig):
         super().__init__(config)
         vision = config.vision_config
-        self.vision_model = BvViTModel._from_config(vision)
+        # big_vision `image_model`: "vit", or "proj.image_text.naflex_vit" (SigLIP 2 NaFlex; patches + masks in)
+        self.is_naflex = config.image_model == "proj.image_text.naflex_vit"
+        self.vision_model = (BvNaFlexViTModel if self.is_naflex else BvViTModel)._from_config(vision)
         width = vision.representation_size or vision.hidden_size
         self.vision_head = nn.Linear(width, config.vision_projection_size) if config.vision_projection_size else None
-        self.text_model = BvTextTransformer._from_config(config.text_config)
+        self.text_model = TEXT_TOWERS[config.text_config.model_type]._from_config(config.text_config)
         if config.embed_dim_image != config.text_config.embed_dim:
             raise ValueError(
                 f"image embeddings have {config.embed_dim_image} dims but text embeddings "
@@ -381,26 +482,42 @@ class BvTwoTowerModel(BvTwoTowerPreTrainedModel):
         return self
 
     def get_input_embeddings(self) -> nn.Module:
-        return self.text_model.embeddings.token_embedding
+        return self.text_model.get_input_embeddings()
 
     def set_input_embeddings(self, value: nn.Module):
-        self.text_model.embeddings.token_embedding = value
+        self.text_model.set_input_embeddings(value)
 
-    def _vision(self, pixel_values: torch.Tensor, interpolate_pos_encoding: bool, **kwargs):
-        """``(image tower outputs, unnormalised image embedding)``; no gradients with a locked image tower."""
+    def _vision(self, pixel_values: torch.Tensor, interpolate_pos_encoding: bool, naflex_inputs=None, **kwargs):
+        """``(image tower outputs, unnormalised image embedding)``; no gradients with a locked image tower.
+
+        ``naflex_inputs``: a NaFlex tower's ``pixel_attention_mask``/``spatial_shapes``/``patch_coords``."""
+        naflex_inputs = {k: v for k, v in (naflex_inputs or {}).items() if v is not None}
+        if naflex_inputs and not self.is_naflex:
+            raise ValueError(f"{', '.join(naflex_inputs)} are NaFlex image inputs; this image tower is a ViT")
         with torch.no_grad() if self.config.lock_image_tower else nullcontext():
-            outputs = self.vision_model(pixel_values, interpolate_pos_encoding=interpolate_pos_encoding, **kwargs)
+            if self.is_naflex:
+                outputs = self.vision_model(pixel_values, **naflex_inputs, **kwargs)
+            else:
+                outputs = self.vision_model(pixel_values, interpolate_pos_encoding=interpolate_pos_encoding, **kwargs)
             pooled = outputs.pooler_output  # out["img/pre_logits"]
             embedding = self.vision_head(pooled) if self.vision_head is not None else pooled  # out["img/logits"]
         return outputs, embedding
 
     @can_return_tuple
     def get_image_features(
-        self, pixel_values: torch.Tensor, interpolate_pos_encoding: bool = False, **kwargs
+        self,
+        pixel_values: torch.Tensor,
+        interpolate_pos_encoding: bool = False,
+        pixel_attention_mask: torch.Tensor | None = None,
+        spatial_shapes: torch.Tensor | None = None,
+        patch_coords: torch.Tensor | None = None,
+        **kwargs,
     ) -> BvViTModelOutput:
         """The image tower's outputs with ``pooler_output`` = the image embedding before normalisation
-        (big_vision ``img/logits``, or ``img/pre_logits`` without an image head)."""
-        outputs, embedding = self._vision(pixel_values, interpolate_pos_encoding, **kwargs)
+        (big_vision ``img/logits``, or ``img/pre_logits`` without an image head). A NaFlex tower takes
+        ``pixel_attention_mask``/``spatial_shapes``/``patch_coords`` (see `BvNaFlexViTModel`)."""
+        naflex = dict(pixel_attention_mask=pixel_attention_mask, spatial_shapes=spatial_shapes, patch_coords=patch_coords)
+        outputs, embedding = self._vision(pixel_values, interpolate_pos_encoding, naflex, **kwargs)
         outputs.pooler_output = embedding
         return outputs
 
@@ -426,6 +543,9 @@ class BvTwoTowerModel(BvTwoTowerPreTrainedModel):
         attention_mask: torch.Tensor | None = None,
         return_loss: bool | None = None,
         interpolate_pos_encoding: bool = False,
+        pixel_attention_mask: torch.Tensor | None = None,
+        spatial_shapes: torch.Tensor | None = None,
+        patch_coords: torch.Tensor | None = None,
         **kwargs,
     ) -> SiglipOutput:
         r"""
@@ -437,12 +557,17 @@ class BvTwoTowerModel(BvTwoTowerPreTrainedModel):
         return_loss (`bool`, *optional*): also return ``config.loss`` (needs matched pairs: row ``i`` of the images
             goes with row ``i`` of the texts).
         interpolate_pos_encoding (`bool`): resample a learned image posemb to the input's grid (see `BvViTModel`).
+        pixel_attention_mask, spatial_shapes, patch_coords: the inputs of a NaFlex image tower (``image_model=
+            "proj.image_text.naflex_vit"``; then ``pixel_values`` are patches ``[B, N, p*p*3]``), as
+            `BvNaFlexImageProcessor` / transformers' ``Siglip2Model`` take them (see `BvNaFlexViTModel`).
         """
         if input_ids is None and pixel_values is None:
             raise ValueError("pass input_ids and/or pixel_values")
         vision_outputs = text_outputs = image_embeds = text_embeds = None
         if pixel_values is not None:
-            vision_outputs, embedding = self._vision(pixel_values, interpolate_pos_encoding, **kwargs)
+            naflex = dict(pixel_attention_mask=pixel_attention_mask, spatial_shapes=spatial_shapes,
+                          patch_coords=patch_coords)
+            vision_outputs, embedding = self._vision(pixel_values, interpolate_pos_encoding, naflex, **kwargs)
             image_embeds = l2_normalize(embedding)  # zimg
         if input_ids is not None:
             text_outputs = self.text_model(input_ids, attention_mask=attention_mask, **kwargs)
