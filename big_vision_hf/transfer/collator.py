@@ -57,29 +57,41 @@ def paligemma_loss(
         raise ValueError(f"logits {tuple(logits.shape)} and labels {tuple(labels.shape)} do not line up")
     if not 0.0 <= label_smoothing < 1.0:
         raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
-    if vocab_size is not None:
-        logits = logits[..., :vocab_size]
-    logits = logits[:, :-1].float()
     targets = labels[:, 1:]
-    mask = (targets != -100).to(logits.dtype)
-    safe = targets.clamp(min=0)
-    logp = F.log_softmax(logits, dim=-1)
-    target_logp = logp.gather(-1, safe.unsqueeze(-1)).squeeze(-1)
+    mask = targets != -100
+    # Only the supervised positions enter the softmax (a PaliGemma sequence is mostly image tokens): the same
+    # per-token values as the dense computation, without a [B, T, V] float copy / log-softmax / gradient of it.
+    rows = logits[:, :-1][mask]
+    return _reduce(_token_logp(rows, targets[mask], label_smoothing, vocab_size), mask, reduction)
+
+
+def _token_logp(rows: torch.Tensor, targets: torch.Tensor, label_smoothing: float = 0.0,
+                vocab_size: int | None = None) -> torch.Tensor:
+    """``sum_v log_softmax(row)_v * target_v`` per row (``[N, V]`` logits, ``[N]`` target ids): big_vision's
+    token value, label smoothing as in :func:`paligemma_loss`. Computed in float32."""
+    if vocab_size is not None:
+        rows = rows[..., :vocab_size]
+    logp = F.log_softmax(rows.float(), dim=-1)
+    target_logp = logp.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
     if label_smoothing > 0:
-        n = logits.shape[-1]
-        off = label_smoothing / (n - 1)
+        off = label_smoothing / (rows.shape[-1] - 1)
         # sum_v logp_v * target_v with target = off everywhere but (1 - ls) at the label:
-        token = off * (logp.sum(-1) - target_logp) + (1.0 - label_smoothing) * target_logp
-    else:
-        token = target_logp
-    per_example = -(token * mask).sum(-1) / mask.sum(-1).clamp(min=1)
+        return off * (logp.sum(-1) - target_logp) + (1.0 - label_smoothing) * target_logp
+    return target_logp
+
+
+def _reduce(token: torch.Tensor, mask: torch.Tensor, reduction: str) -> torch.Tensor:
+    """Per-example mean of the token values (``token``: ``[N]``, the ``True`` positions of the ``[B, T]``
+    ``mask`` in row-major order; no token -> 0), then ``reduction`` over the batch. Deterministic (no atomics)."""
+    if reduction not in ("mean", "sum", "none"):
+        raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
+    sums = token.new_zeros(mask.shape).masked_scatter(mask, token).sum(-1)
+    per_example = -sums / mask.sum(-1).clamp(min=1).to(sums.dtype)
     if reduction == "none":
         return per_example
     if reduction == "sum":
         return per_example.sum()
-    if reduction == "mean":
-        return per_example.mean()
-    raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
+    return per_example.mean()
 
 
 class PaliGemmaCollator:

@@ -27,6 +27,7 @@ Not in big_vision (it has no LoRA): LoRA/QLoRA through PEFT with presets that ad
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import os
 import re
@@ -34,7 +35,7 @@ import re
 import torch
 from torch import nn
 
-from .collator import PaliGemmaCollator, paligemma_loss
+from .collator import PaliGemmaCollator, _reduce, _token_logp, paligemma_loss
 
 __all__ = [
     "LORA_PRESETS",
@@ -178,6 +179,18 @@ def build_optimizer(model, lr: float, wd: float = 0.0, b2: float = 0.999) -> BvA
     return BvAdam(groups, lr=lr, betas=(0.9, b2), eps=1e-8)
 
 
+@functools.cache
+def _bool_logits_to_keep() -> bool:
+    """Whether this transformers takes a boolean ``[B, T]`` ``logits_to_keep`` (rows flattened to ``[N, V]``;
+    ``slice_logits_to_keep`` in ``modeling_utils``, transformers >= 5)."""
+    import inspect
+
+    from transformers import modeling_utils
+
+    fn = getattr(modeling_utils, "slice_logits_to_keep", None)
+    return fn is not None and "torch.bool" in inspect.getsource(fn)
+
+
 def _trainer_class():
     from transformers import PreTrainedModel, Trainer
 
@@ -231,6 +244,17 @@ def _trainer_class():
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             inputs = dict(inputs)
             labels = inputs.pop("labels")
+            if not return_outputs and _bool_logits_to_keep():
+                # Logits only where a supervised token is predicted (position t predicts labels[:, t + 1]): the
+                # image part of a PaliGemma sequence is most of it, and so are prefixes and padding; lm_head over
+                # a 257k vocabulary there is wasted compute and memory. transformers flattens the kept rows to
+                # [N, V]; the per-token values and big_vision's per-example mean are those of paligemma_loss.
+                targets = labels[:, 1:]
+                mask = targets != -100
+                keep = nn.functional.pad(mask, (0, 1))
+                logits = model(**inputs, logits_to_keep=keep).logits
+                return _reduce(_token_logp(logits, targets[mask], self.label_smoothing, self.loss_vocab_size),
+                               mask, "mean")
             # Only positions from the one before the first supervised token get logits (the image part of a
             # PaliGemma sequence is most of it; lm_head over a 257k vocabulary there is wasted work).
             supervised = (labels != -100).any(0).nonzero()
