@@ -8,13 +8,15 @@ So400m/14 + gemma_2b, 257,152-row vocabulary, bfloat16 stored as numpy ``V2`` li
    reports its peak RSS (``resource.getrusage``) and its RSS right after the imports;
 2. copies the file with ``shutil.copyfile`` (the floor for anything that reads and writes every byte).
 
-Prints the peak RSS against the checkpoint size and the largest stacked array (what the streamed writer holds),
-and the conversion time against the copy time. The checkpoint is generated tensor by tensor, so the generator
+Prints the peak RSS against the checkpoint size and the largest per-layer tensor (what the streamed writer holds:
+stacked arrays are read one layer, fused einsums one part, at a time; the embedding in row chunks), and the
+conversion time against the copy time. The checkpoint is generated tensor by tensor, so the generator
 stays small too. Files go to a temporary folder, deleted at the end unless ``--keep``.
 
     python benchmarks/bench_paligemma_conversion.py --layers 2      # quick: 2 LLM + 2 ViT layers (~1.5 GB)
     python benchmarks/bench_paligemma_conversion.py                 # PaliGemma 3B, bf16 (needs ~18 GB of disk)
     python benchmarks/bench_paligemma_conversion.py --llm gemma2_2b --res 448   # PaliGemma 2 3B at 448px
+    python benchmarks/bench_paligemma_conversion.py --layers 2 --llm gemma2_27b # PaliGemma 2 28B layer shapes
 """
 
 from __future__ import annotations
@@ -56,16 +58,51 @@ def write_random_checkpoint(path: str, shapes: dict[str, tuple[int, ...]], dtype
                     f.write(x.tobytes())
 
 
+def _proc_status_bytes(field: str) -> int | None:
+    """``VmRSS`` / ``VmHWM`` of this process from ``/proc/self/status`` (Linux), in bytes."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
 def child_convert(argv: list[str]) -> None:
-    """Runs in the child: the CLI conversion, then its own peak RSS and times as JSON on the last line."""
+    """Runs in the child: the CLI conversion, then its own peak RSS and times as JSON on the last line.
+
+    ``ru_maxrss`` is kept across ``fork``/``exec`` on Linux (it would report the parent's generator), so the peak is
+    the child's ``VmHWM``, reset after the imports (``/proc/self/clear_refs``) so that it is the conversion's own
+    peak; without ``/proc``, ``ru_maxrss``.
+    """
     from big_vision_hf.cli import main
 
-    rss_imports = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    rss_imports = _proc_status_bytes("VmRSS") or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    peak_imports = _proc_status_bytes("VmHWM")
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # reset VmHWM to the current RSS
+    except OSError:
+        pass
     t0 = time.perf_counter()
     rc = main(["convert", *argv, "--quiet"])
     seconds = time.perf_counter() - t0
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: kilobytes
-    print(json.dumps({"rc": rc, "seconds": seconds, "peak_rss": peak, "rss_after_imports": rss_imports}))
+    peak = _proc_status_bytes("VmHWM") or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    print(json.dumps({"rc": rc, "seconds": seconds, "peak_rss": peak, "rss_after_imports": rss_imports,
+                      "peak_rss_imports": peak_imports}))
+
+
+_FUSED = ("mlp/gating_einsum", "attn/kv_einsum/w", "attn/qkv_einsum/w")  # a part along axis 1 of the stack
+
+
+def per_layer_shape(name: str, shape: tuple[int, ...]) -> tuple[int, ...]:
+    """The shape the streamed writer reads at once for ``name``: one layer of a stacked array, one part of a fused
+    einsum, the whole array otherwise (the embedding is even read in chunks)."""
+    if name.startswith("llm/layers/") or "/encoderblock/" in name:
+        return shape[2:] if name.endswith(_FUSED) else shape[1:]
+    return shape
 
 
 def folder_size(path: str) -> int:
@@ -97,6 +134,8 @@ def main() -> None:
     shapes = paligemma_param_shapes(llm, args.res, llm_depth=args.layers, img_depth=args.layers)
     n_params = sum(math.prod(s) for s in shapes.values())
     largest = max(shapes, key=lambda k: math.prod(shapes[k]))
+    layer_shapes = {k: per_layer_shape(k, s) for k, s in shapes.items() if k != "llm/embedder/input_embedding"}
+    largest_layer = max(layer_shapes, key=lambda k: math.prod(layer_shapes[k]))
     model_config = {"img": {"variant": "So400m/14", "pool_type": "none", "scan": True,
                             **({"depth": args.layers} if args.layers else {})},
                     "llm": {"variant": args.llm if not args.layers else llm, "vocab_size": shapes[
@@ -112,6 +151,7 @@ def main() -> None:
         t0 = time.perf_counter()
         write_random_checkpoint(ckpt, shapes, args.dtype)
         print(f"  wrote random checkpoint: {gb(os.path.getsize(ckpt))} in {time.perf_counter() - t0:.1f} s")
+        os.sync()  # both timings below start with no dirty pages to flush (the disk is shared with them)
 
         result = subprocess.run(
             [sys.executable, os.path.abspath(__file__), "_child", ckpt, out, "--model-name",
@@ -125,21 +165,27 @@ def main() -> None:
         if conv["rc"] != 0:
             sys.exit(f"conversion failed:\n{result.stdout}\n{result.stderr}")
 
+        os.sync()
         t0 = time.perf_counter()
         shutil.copyfile(ckpt, copy)
         copy_seconds = time.perf_counter() - t0
         os.remove(copy)
 
         size, out_size = os.path.getsize(ckpt), folder_size(out)
-        stacked = math.prod(shapes[largest]) * 4  # the reader returns float32
+        out_bytes = 2 if out_dtype == "bfloat16" else 4
+        stacked = math.prod(shapes[largest]) * out_bytes
+        layer = math.prod(layer_shapes[largest_layer]) * out_bytes
+        above = conv["peak_rss"] - conv["rss_after_imports"]
         print(f"  converted folder: {gb(out_size)} ({len([f for f in os.listdir(out) if f.endswith('.safetensors')])}"
               " safetensors files)")
         print(f"  peak RSS (conversion child): {gb(conv['peak_rss'])}  "
               f"[after imports {gb(conv['rss_after_imports'])}; "
               f"above imports {gb(conv['peak_rss'] - conv['rss_after_imports'])}]")
         print(f"  peak RSS / checkpoint size: {conv['peak_rss'] / size:.2f}   "
-              f"largest stacked array {largest} {shapes[largest]}: {gb(stacked)} as float32 "
-              f"(peak above imports / that: {(conv['peak_rss'] - conv['rss_after_imports']) / stacked:.2f})")
+              f"peak above imports / checkpoint size: {above / size:.3f}")
+        print(f"  largest per-layer tensor {largest_layer}[i] {layer_shapes[largest_layer]}: {gb(layer)} as "
+              f"{out_dtype} (peak above imports / that: {above / layer:.2f}); largest array {largest} "
+              f"{shapes[largest]}: {gb(stacked)} as {out_dtype}, never held whole")
         print(f"  conversion time: {conv['seconds']:.1f} s   plain copy: {copy_seconds:.1f} s   "
               f"ratio {conv['seconds'] / copy_seconds:.1f}x   ({size / conv['seconds'] / 1e6:.0f} MB/s of checkpoint)")
     finally:

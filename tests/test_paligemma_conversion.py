@@ -170,22 +170,66 @@ def test_streamed_folder_equals_save_pretrained(tmp_path):
         assert json.load(open(tmp_path / "ours" / file)) == json.load(open(tmp_path / "ref" / file)), file
 
 
-def test_streaming_reads_each_array_once(tmp_path, monkeypatch):
-    """Every npz member (a stacked array holds all layers) is read exactly once."""
+def _count_reads(monkeypatch) -> dict[str, list[tuple[int, int]]]:
+    """Records every data read of the checkpoint reader: ``{member: [(first element, element count), ...]}``."""
     from big_vision_hf.conversion import checkpoint
 
-    reads: dict[str, int] = {}
-    original = checkpoint._read_member
+    reads: dict[str, list[tuple[int, int]]] = {}
+    original = checkpoint._read_block
 
-    def counting(path, member):
-        reads[member] = reads.get(member, 0) + 1
-        return original(path, member)
+    def counting(m, start, shape):
+        reads.setdefault(m.member, []).append((start, int(np.prod(shape, dtype=np.int64))))
+        return original(m, start, shape)
 
-    monkeypatch.setattr(checkpoint, "_read_member", counting)
+    monkeypatch.setattr(checkpoint, "_read_block", counting)
+    return reads
+
+
+def _check_layer_by_layer(reads: dict, params: str) -> None:
+    """Every byte of every member read exactly once, and no read of a stacked member larger than one layer."""
+    arrays = np.load(params)
+    assert set(reads) == {m + ".npy" for m in arrays.files}
+    for name in arrays.files:
+        shape, spans = arrays[name].shape, sorted(reads[name + ".npy"])
+        assert [s for s, _ in spans] == [0] + list(np.cumsum([n for _, n in spans])[:-1]), f"{name}: {spans}"
+        assert sum(n for _, n in spans) == int(np.prod(shape)), f"{name}: {spans}"
+        if "llm/layers/" in name or "encoderblock/" in name:  # scan-stacked: depth on axis 0
+            assert max(n for _, n in spans) <= int(np.prod(shape[1:])), f"{name} {shape}: {spans}"
+
+
+def test_streaming_reads_layer_by_layer(tmp_path, monkeypatch):
+    """The streamed writer reads every npz member's bytes exactly once, a stacked array one layer (a fused einsum
+    one part) at a time, and a row-wise tensor (the embedding) in row chunks; the result is unchanged."""
+    from big_vision_hf.conversion import convert_paligemma
+
     g = Golden("paligemma")
+    expected = convert_checkpoint(g.params, FAMILY, model_config(g)).state_dict()
+    reads = _count_reads(monkeypatch)
+    monkeypatch.setattr(convert_paligemma, "_WRITE_CHUNK_BYTES", 4096)
     convert_paligemma_to_folder(g.params, str(tmp_path / "out"), model_config(g), max_shard_size="100KB")
-    members = {m + ".npy" for m in np.load(g.params).files}
-    assert reads == {m: 1 for m in members}, f"read counts: { {k: v for k, v in reads.items() if v != 1} }"
+    _check_layer_by_layer(reads, g.params)
+    gating = np.load(g.params)["llm/layers/mlp/gating_einsum"].shape
+    assert len(reads["llm/layers/mlp/gating_einsum.npy"]) == gating[0] * 2  # one read per layer and part
+    assert len(reads["llm/embedder/input_embedding.npy"]) > 1  # chunked
+    model = PaliGemmaForConditionalGeneration.from_pretrained(str(tmp_path / "out"))
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(tensor, expected[name]), name
+
+
+def test_transposed_gating_einsum_reads_layer_by_layer(tmp_path, monkeypatch):
+    """A ``gating_einsum`` stored ``[L, 2, F, D]`` (big_vision ``transpose_gating_einsum``) converts to the same
+    weights, still read one layer part at a time."""
+    g = Golden("paligemma2")
+    expected = convert_checkpoint(g.params, FAMILY, model_config(g)).state_dict()
+    key = "llm/layers/mlp/gating_einsum"
+    src = rewrite_npz(g.params, str(tmp_path / "t.npz"),
+                      lambda a: {**a, key: np.ascontiguousarray(np.swapaxes(a[key], -1, -2))})
+    reads = _count_reads(monkeypatch)
+    convert_paligemma_to_folder(src, str(tmp_path / "out"), model_config(g), max_shard_size="100KB")
+    _check_layer_by_layer(reads, src)
+    model = PaliGemmaForConditionalGeneration.from_pretrained(str(tmp_path / "out"))
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(tensor, expected[name]), name
 
 
 @pytest.mark.parametrize("storage", ["bfloat16", "float16"])

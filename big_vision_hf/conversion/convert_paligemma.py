@@ -61,9 +61,11 @@ What the conversion has to get right (each checked against the golden outputs of
   says what to pass.
 
 Conversion is streamed (:func:`write_streamed_safetensors`): names and shapes are checked against the model
-built on the ``meta`` device, then every tensor is read, converted and appended to its safetensors shard, so
-memory stays near one stacked array (e.g. all 18 layers' ``gating_einsum`` of PaliGemma 3B) whatever the model
-size. ``big-vision-hf convert ckpt.npz OUT --model-name proj.paligemma.paligemma --model-config JSON`` takes
+built on the ``meta`` device, then every tensor is read, converted and appended to its safetensors shard. A
+scan-stacked array is read layer by layer and a fused einsum part by part (each a contiguous byte range of the
+npz member, ``LazyArray.take``), and big row-wise tensors (the embedding) in row chunks, so memory stays near one
+layer's largest tensor (``gating_einsum`` gate or up: 2048 x 16384 for PaliGemma 3B, 4608 x 36864 for PaliGemma 2
+28B) whatever the model size; bfloat16 is copied as bfloat16 bits when the output is bfloat16. ``big-vision-hf convert ckpt.npz OUT --model-name proj.paligemma.paligemma --model-config JSON`` takes
 this path (``api.FOLDER_WRITERS``).
 
 Parity: big_vision ``proj.paligemma.paligemma.Model`` (``img``: scanned ViT, ``pool_type="none"``; ``llm``:
@@ -92,7 +94,7 @@ from transformers import (
 )
 
 from .api import FOLDER_WRITERS, build, register_family
-from .checkpoint import CheckpointError, LazyArray
+from .checkpoint import CheckpointError, LazyArray, to_torch
 from .convert_bv_vit import attention, infer_vit_config, layer_norm, linear, prefixed, prepare_vit_params
 from .mapping import Rule, Transform, check_fits, conv, dense, heads_out, map_params, unstack_scan
 
@@ -131,10 +133,12 @@ _SIGLIP_LN_EPS = 1e-6  # flax nn.LayerNorm default
 
 #: Gemma ``q|k|v_einsum`` ``[heads, D, head_dim]`` -> ``Linear.weight`` ``[heads*head_dim, D]``.
 einsum_heads_in = Transform(
-    "einsum_heads_in", lambda x: x.transpose(0, 2, 1).reshape(-1, x.shape[1]), lambda s: (s[0] * s[2], s[1])
+    "einsum_heads_in", lambda x: x.transpose(0, 2, 1).reshape(-1, x.shape[1]), lambda s: (s[0] * s[2], s[1]),
+    layout_only=True,
 )
 #: ViT learned ``pos_embedding`` ``[1, N, D]`` -> ``nn.Embedding.weight`` ``[N, D]``.
-posemb_rows = Transform("posemb_rows", lambda x: x.reshape(-1, x.shape[-1]), lambda s: (math.prod(s[:-1]), s[-1]))
+posemb_rows = Transform("posemb_rows", lambda x: x.reshape(-1, x.shape[-1]), lambda s: (math.prod(s[:-1]), s[-1]),
+                        layout_only=True)
 
 # ---------------------------------------------------------------------------------------------------------
 # Rule tables
@@ -207,7 +211,8 @@ def maybe_transpose_gating_einsum(params: dict[str, LazyArray]) -> dict[str, Laz
         array = params[name]
         *lead, d1, d2 = array.shape
         if d1 > d2:
-            params[name] = array.derive(lambda x: np.swapaxes(x, -1, -2), (*lead, d2, d1), "(transposed)")
+            params[name] = array.derive(lambda x: np.swapaxes(x, -1, -2), (*lead, d2, d1), "(transposed)",
+                                        layout_only=True, row_wise=True)
     return params
 
 
@@ -222,8 +227,8 @@ def to_gemma_loop_layout(params: dict[str, LazyArray]) -> dict[str, LazyArray]:
 def split_fused_einsums(params: dict[str, LazyArray]) -> dict[str, LazyArray]:
     """``kv_einsum`` -> k, v; ``qkv_einsum`` -> q, k, v; ``gating_einsum`` -> gate, up (per layer, along axis 0).
 
-    The parts keep the array's place and source, so reading them in order reads each layer once (the split is
-    ``unstack_scan`` on one array: its cache frees the layer when every part was taken).
+    The parts keep the array's place and source; each reads only its own bytes (the split is ``unstack_scan`` on
+    one layer's array, and a part is a contiguous range of it).
     """
     out: dict[str, LazyArray] = {}
     for name, array in params.items():
@@ -530,6 +535,26 @@ def _header(entries: list[tuple[str, torch.dtype, tuple[int, ...], int]]) -> tup
     return len(header).to_bytes(8, "little") + header, offset
 
 
+#: Tensors that can be read by rows (``LazyArray.sliceable`` after their transform) are written in chunks of this size.
+_WRITE_CHUNK_BYTES = 64 << 20
+
+
+def _write_tensor(f, array: LazyArray, dtype: torch.dtype, scratch: list[torch.Tensor]) -> None:
+    """Reads ``array`` (as stored: bf16 stays bf16), converts it to ``dtype`` in torch's C-contiguous layout and
+    appends its bytes to ``f``. ``scratch`` holds one reused byte buffer (fresh pages cost more than the copy)."""
+    source = to_torch(array.load_stored())  # often a strided view (a transposed kernel)
+    if source.dtype == dtype and source.is_contiguous():
+        tensor = source
+    else:
+        nbytes = source.numel() * torch.empty(0, dtype=dtype).element_size()
+        if not scratch or scratch[0].numel() < nbytes:
+            scratch[:] = [torch.empty(nbytes, dtype=torch.uint8)]
+        tensor = scratch[0][:nbytes].view(dtype).view(source.shape)
+        tensor.copy_(source)  # layout and dtype in one (multi-threaded) pass; bf16/f16 -> f32 is exact
+    del source
+    f.write(tensor.reshape(-1).view(torch.uint8).numpy().data)
+
+
 def write_streamed_safetensors(
     mapped: dict[str, LazyArray],
     model: torch.nn.Module,
@@ -543,9 +568,11 @@ def write_streamed_safetensors(
     ``model`` may live on the ``meta`` device: it gives the names, the shapes (``check_fits``), the tied weights
     and the saved names. Shards are planned like ``save_pretrained`` (``split_torch_state_dict_into_shards``, the
     same file names and index), but ``safetensors.torch.save_file`` needs a whole shard in memory, so each shard's
-    header is computed from the shapes and the tensors are appended as they are read. Arrays are read in source
-    order, so a stacked (scanned) array is read once and freed once all its layers are written. Returns the
-    weight files written.
+    header is computed from the shapes and the tensors are appended to the open files as they are read (nothing of
+    a shard stays in memory). Each layer of a stacked (scanned) array reads only its own bytes; a tensor whose
+    transform is row-wise (identity: embedding, norms) is read and written in chunks of about
+    ``_WRITE_CHUNK_BYTES``. Arrays are read in source order (the file sequentially). Returns the weight files
+    written.
     """
     from huggingface_hub import split_torch_state_dict_into_shards
     from tqdm.auto import tqdm
@@ -568,7 +595,7 @@ def write_streamed_safetensors(
     for stale in os.listdir(out_dir):  # weight files of an earlier save that are not rewritten
         if re.fullmatch(r"model(-\d{5}-of-\d{5})?\.safetensors", stale) and stale not in plan.filename_to_tensors:
             os.remove(os.path.join(out_dir, stale))
-    files, expected = {}, {}
+    files, expected, scratch = {}, {}, []
     try:
         for filename in plan.filename_to_tensors:
             entries = [(names[k], dtype, mapped[k].shape, math.prod(mapped[k].shape) * element)
@@ -578,12 +605,14 @@ def write_streamed_safetensors(
             files[filename].write(header)
             expected[filename] = len(header) + size
         for key in tqdm(order, desc="converting", unit="tensor", disable=not progress):
-            array = mapped[key].load()  # often a strided view (a transposed kernel)
-            tensor = torch.empty(array.shape, dtype=dtype)
-            tensor.copy_(torch.from_numpy(array))  # layout and dtype in one (multi-threaded) pass
-            del array
-            files[shard_of[names[key]]].write(tensor.reshape(-1).view(torch.uint8).numpy().data)
-            del tensor
+            array, f = mapped[key], files[shard_of[names[key]]]
+            nbytes = math.prod(array.shape) * element
+            if array.sliceable and array.shape and nbytes > _WRITE_CHUNK_BYTES:
+                step = max(1, _WRITE_CHUNK_BYTES * array.shape[0] // nbytes)  # rows per chunk
+                for start in range(0, array.shape[0], step):
+                    _write_tensor(f, array.rows(start, start + step), dtype, scratch)
+            else:
+                _write_tensor(f, array, dtype, scratch)
     finally:
         for f in files.values():
             f.close()
@@ -693,7 +722,7 @@ def convert_paligemma_to_folder(
     Writes the safetensors shards (+ index), ``config.json``, ``generation_config.json``, a model card and, with
     ``tokenizer_file``, the processor (:func:`save_paligemma_processor`). ``options`` go to
     :func:`build_paligemma` (``apply_final_logits_softcap``, ``pad_vocab_to_multiple_of``). Peak memory is about
-    one stacked array, whatever the model size.
+    one layer's largest tensor, whatever the model size (``pad_vocab_to_multiple_of`` adds the embedding).
     """
     _, config, mapped, family = build(checkpoint, FAMILY, model_config, image_size=image_size, **options)
     with torch.device("meta"):  # not under no_init_weights: that would also skip tying lm_head to the embedding

@@ -30,26 +30,36 @@ from .checkpoint import CheckpointError, LazyArray
 
 @dataclass(frozen=True)
 class Transform:
+    """``array`` maps the flax array to the torch one, ``shape`` does the same on shapes.
+
+    ``layout_only``: ``array`` only moves elements, so it also runs on bfloat16 bits (``LazyArray.load_stored``).
+    ``row_wise``: it keeps axis 0 and commutes with slicing it, so the result can be read (written) in row chunks.
+    """
+
     name: str
     array: Callable[[np.ndarray], np.ndarray]
     shape: Callable[[tuple[int, ...]], tuple[int, ...]]
+    layout_only: bool = False
+    row_wise: bool = False
 
 
 def _prod(shape: Iterable[int]) -> int:
     return int(np.prod(tuple(shape), dtype=np.int64))
 
 
-identity = Transform("identity", lambda x: x, lambda s: tuple(s))
+identity = Transform("identity", lambda x: x, lambda s: tuple(s), layout_only=True, row_wise=True)
 #: flax ``nn.Dense`` kernel ``[in, out]`` -> torch ``Linear.weight`` ``[out, in]``.
-dense = Transform("dense", lambda x: x.T, lambda s: tuple(s[::-1]))
+dense = Transform("dense", lambda x: x.T, lambda s: tuple(s[::-1]), layout_only=True)
 #: flax ``nn.Conv`` kernel HWIO ``[kh, kw, in, out]`` -> torch ``Conv2d.weight`` OIHW.
-conv = Transform("conv", lambda x: x.transpose(3, 2, 0, 1), lambda s: (s[3], s[2], s[0], s[1]))
+conv = Transform("conv", lambda x: x.transpose(3, 2, 0, 1), lambda s: (s[3], s[2], s[0], s[1]), layout_only=True)
 #: MHA ``query|key|value/kernel`` ``[D, heads, head_dim]`` -> ``Linear.weight`` ``[heads*head_dim, D]``.
-heads_in = Transform("heads_in", lambda x: x.reshape(x.shape[0], -1).T, lambda s: (_prod(s[1:]), s[0]))
+heads_in = Transform("heads_in", lambda x: x.reshape(x.shape[0], -1).T, lambda s: (_prod(s[1:]), s[0]),
+                     layout_only=True)
 #: MHA ``out/kernel`` ``[heads, head_dim, D]`` -> ``Linear.weight`` ``[D, heads*head_dim]``.
-heads_out = Transform("heads_out", lambda x: x.reshape(-1, x.shape[-1]).T, lambda s: (s[-1], _prod(s[:-1])))
+heads_out = Transform("heads_out", lambda x: x.reshape(-1, x.shape[-1]).T, lambda s: (s[-1], _prod(s[:-1])),
+                      layout_only=True)
 #: Any array -> 1-D (MHA biases ``[heads, head_dim]``, old GroupNorm scales ``[1, 1, 1, C]``).
-flat = Transform("flat", lambda x: x.reshape(-1), lambda s: (_prod(s),))
+flat = Transform("flat", lambda x: x.reshape(-1), lambda s: (_prod(s),), layout_only=True)
 
 
 @dataclass(frozen=True)
@@ -85,7 +95,8 @@ def map_params(
         target = rule.hf.format(*match.groups())
         if target in mapped:
             raise CheckpointError(f"two checkpoint arrays map to {target!r} (second: {name!r})")
-        mapped[target] = array.derive(rule.transform.array, rule.transform.shape(array.shape))
+        t = rule.transform
+        mapped[target] = array.derive(t.array, t.shape(array.shape), layout_only=t.layout_only, row_wise=t.row_wise)
         mapped[target].name = name
     if ambiguous:
         raise CheckpointError(f"converter bug: names matched by several rules: {_listing(ambiguous)}")
@@ -180,7 +191,8 @@ def convert_pre_linen(params: dict[str, LazyArray]) -> dict[str, LazyArray]:
 
 
 class _StackedSource:
-    """Holds the last stacked array read, so that slicing N layers out of it reads the file once."""
+    """Holds a stacked array that cannot be read layer by layer (computed, or stacked on another axis than 0), so
+    that slicing N layers out of it reads it once."""
 
     def __init__(self, array: LazyArray, axis: int):
         self.array, self.axis = array, axis
@@ -202,6 +214,9 @@ def unstack_scan(params: dict[str, LazyArray], stacked: str, looped: str, axis: 
 
     Names under ``stacked`` (e.g. ``"Transformer/encoderblock/"``) carry the depth on ``axis``; they become
     ``looped.format(i)`` + rest (e.g. ``"Transformer/encoderblock_{}/"``), sliced lazily.
+
+    On axis 0 of a file-backed array, each layer reads only its own bytes (``LazyArray.take``); otherwise the
+    stacked array is read once and freed when every layer was taken.
     """
     out = {}
     for name, array in params.items():
@@ -209,6 +224,12 @@ def unstack_scan(params: dict[str, LazyArray], stacked: str, looped: str, axis: 
             out[name] = array
             continue
         rest = name[len(stacked):]
+        if axis == 0 and array.sliceable:
+            for i in range(array.shape[0]):
+                name_i = looped.format(i) + rest
+                out[name_i] = array.take(i)
+                out[name_i].name = name_i
+            continue
         source = _StackedSource(array, axis)
         shape = tuple(s for i, s in enumerate(array.shape) if i != axis)
         for i in range(array.shape[axis]):
