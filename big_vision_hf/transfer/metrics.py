@@ -651,10 +651,12 @@ def segmentation(predictions, references=None, examples=None, *, vqvae=None,
     box = ``tokens / 1023``) and ``invalid`` (count).
 
     ``examples`` need ``bbox`` (``objects/bbox``: normalised ``y1, x1, y2, x2``) and, for ``miou``, ``mask``
-    (``objects/mask``: ``[H, W]`` or ``[H, W, 1]``, object where ``> 0``) plus ``vqvae`` (a ``BvSegVQVAEModel``);
+    (``objects/mask``: ``[H, W]`` or ``[H, W, 1]``, object where ``> 0``; an array, or a file path / PIL image /
+    ``datasets`` image dict as :func:`~big_vision_hf.transfer.tasks.load_mask` reads) plus ``vqvae`` (a ``BvSegVQVAEModel``);
     without ``vqvae`` only the box metrics are computed. ``references`` are unused (the targets are in the rows).
     """
     from ..processing.paligemma_decoding import LOC_BINS, paste_mask
+    from .tasks import load_mask
 
     n = len(predictions)
     bboxes = _field(examples, ("bbox", "objects/bbox"), n, required=True)
@@ -675,7 +677,7 @@ def segmentation(predictions, references=None, examples=None, *, vqvae=None,
             masks64 = vqvae.decode(codes).float().cpu().numpy() if n else np.zeros((0, 64, 64))
         ious = []
         for (valid, tokens), m64, gt in zip(parsed, masks64, masks):
-            gtm = np.asarray(gt)
+            gtm = load_mask(gt)  # an array, or a path / PIL image / datasets image dict as records keep it
             gtm = (gtm[..., 0] if gtm.ndim == 3 else gtm) > 0
             h, w = gtm.shape
             box = tokens[:4] / LOC_BINS
