@@ -333,3 +333,17 @@ def test_evaluate_beam_and_caption_metric(tiny, tmp_path):
         evaluate(model, processor, rows, metric="vqa", max_new_tokens=4, num_beams=3)
     with pytest.raises(ValueError, match="max_new_tokens is required"):
         evaluate(model, processor, rows, metric="vqa")
+
+
+def test_segmentation_reads_masks_kept_as_paths(tmp_path):
+    """Records from JSONL keep the mask as a file path (tasks.load_mask reads it), as refcoco_seg data does."""
+    from PIL import Image
+
+    quarter = np.zeros((100, 100), np.uint8)
+    quarter[:50, :50] = 255
+    Image.fromarray(quarter).save(tmp_path / "m.png")
+    pred = [_refcoco_text((0, 0, 1023, 1023))]
+    from_path = M.segmentation(pred, None, [{"bbox": [0, 0, 0.5, 0.5], "mask": str(tmp_path / "m.png")}],
+                               vqvae=_OnesVQVAE())
+    from_array = M.segmentation(pred, None, [{"bbox": [0, 0, 0.5, 0.5], "mask": quarter}], vqvae=_OnesVQVAE())
+    assert from_path["miou"] == from_array["miou"] == pytest.approx(0.25)
