@@ -213,19 +213,7 @@ def to_siglip2_vision_model(model: BvNaFlexViTModel):
     problems = _siglip2_unsupported(config)
     if problems:
         raise ValueError("Siglip2VisionModel cannot represent: " + "; ".join(problems))
-    s2_config = Siglip2VisionConfig(
-        hidden_size=config.hidden_size,
-        intermediate_size=config.intermediate_size,
-        num_hidden_layers=config.num_hidden_layers,
-        num_attention_heads=config.num_attention_heads,
-        num_channels=config.num_channels,
-        patch_size=config.patch_size[0],
-        num_patches=config.nposemb**2,
-        hidden_act=config.hidden_act,
-        layer_norm_eps=config.layer_norm_eps,
-        attention_dropout=config.attention_dropout,
-        vision_use_head=config.pool_type == "map",
-    )
+    s2_config = Siglip2VisionConfig(**_siglip2_vision_kwargs(config))
     s2 = Siglip2VisionModel(s2_config).eval()
     s2.load_state_dict(siglip2_vision_state_dict(model), strict=True)
     return s2.to(model.dtype)
