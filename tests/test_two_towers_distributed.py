@@ -46,7 +46,7 @@ def _grads(model) -> dict[str, torch.Tensor]:
 
 
 def _worker(rank: int, world: int, init_file: str, out_file: str):
-    torch.set_num_threads(1)  # 2 processes on a small machine; also keeps a forked child off the parent's thread pool
+    torch.set_num_threads(1)  # 2 processes on a small machine
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     results = []
     batch = _batch()
@@ -69,9 +69,9 @@ def _worker(rank: int, world: int, init_file: str, out_file: str):
 @pytest.mark.skipif(not dist.is_available(), reason="torch.distributed is not available")
 def test_two_process_loss_and_gradients_equal_single_process(tmp_path):
     out_file = str(tmp_path / "results.pt")
-    # torch.multiprocessing.spawn's machinery with "fork": the children inherit the imported modules (importing
-    # transformers afresh costs seconds per process on a small CPU machine).
-    mp.start_processes(_worker, args=(2, str(tmp_path / "init"), out_file), nprocs=2, join=True, start_method="fork")
+    # "spawn", not "fork": forking the multi-threaded pytest process can leave a child waiting forever on a lock
+    # some other thread held at fork time (seen on CI-sized machines); spawned children import afresh instead.
+    mp.start_processes(_worker, args=(2, str(tmp_path / "init"), out_file), nprocs=2, join=True, start_method="spawn")
     results = torch.load(out_file)
     batch = _batch()
     for (loss, sizes, lock), got in zip(CASES, results):
