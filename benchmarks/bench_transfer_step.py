@@ -44,6 +44,8 @@ import tempfile
 import time
 
 ARMS = ("notebook", "ours")
+# target_modules of the HF PaliGemma LoRA notebooks / blog (also adapts SigLIP's q/k/v_proj)
+NOTEBOOK_TARGETS = ["q_proj", "o_proj", "k_proj", "v_proj", "gate_proj", "up_proj", "down_proj"]
 
 
 def _rss_kib(field: str) -> int | None:
@@ -66,17 +68,19 @@ def _reset_peak_rss() -> bool:
         return False
 
 
-def step_gmacs(text: dict, vision: dict, n_img: int, seq: int, batch: int, logit_rows: int, full: bool) -> float:
+def step_gmacs(text: dict, vision: dict, n_img: int, seq: int, batch: int, logit_rows: int, full: bool,
+               vision_lora: bool = False) -> float:
     """Matmul GMACs of one training step (forward + backward), analytically: SigLIP on ``n_img`` tokens, Gemma
     on ``seq`` tokens, ``lm_head`` on ``logit_rows`` rows in all. Backward = 1x forward for frozen weights
-    (input gradients only), 2x when trained (``full``). LoRA factors and norms are ignored."""
+    (input gradients only), 2x when trained (``full``). ``vision_lora``: LoRA inside SigLIP (the notebooks'
+    q/k/v list), so the frozen tower needs its input-gradient backward too. LoRA factors and norms are ignored."""
     d, i, h, kv, hd, layers = (text[k] for k in ("d", "i", "h", "kv", "hd", "layers"))
     w, vi, vlayers = vision["d"], vision["i"], vision["layers"]
     per_tok = layers * (2 * d * h * hd + 2 * d * kv * hd + 3 * d * i + 2 * seq * h * hd)
     vis_tok = vlayers * (4 * w * w + 2 * w * vi + 2 * n_img * w) + w * d
     bwd = 2 if full else 1
     llm = batch * seq * per_tok * (1 + bwd)
-    vis = batch * n_img * vis_tok * (1 + (2 if full else 0))  # frozen tower under LoRA: no backward
+    vis = batch * n_img * vis_tok * (1 + (2 if full else 1 if vision_lora else 0))  # frozen, no LoRA: no backward
     head = logit_rows * text["v"] * d * (1 + bwd)
     return (llm + vis + head) / 1e9, head / 1e9
 
@@ -139,7 +143,13 @@ def run_arm(args) -> dict:
     model.config._attn_implementation = args.attn
     for sub in (model.config.text_config, model.config.vision_config):
         sub._attn_implementation = args.attn
-    if not args.full:
+    if not args.full and args.arm == "notebook" and args.notebook_targets == "usual":
+        from peft import LoraConfig, get_peft_model
+
+        # The HF PaliGemma fine-tuning blog / notebooks: these names also match SigLIP's q/k/v_proj.
+        model = get_peft_model(model, LoraConfig(r=args.rank, lora_alpha=2 * args.rank, task_type="CAUSAL_LM",
+                                                 target_modules=NOTEBOOK_TARGETS))
+    elif not args.full:
         model = apply_lora(model, "llm", r=args.rank)
     model.to(device=device, dtype=dtype)
     model.train()
@@ -248,6 +258,10 @@ def main() -> None:
                              "would be 32,256 at width 256, but overweights lm_head on so shallow a model)")
     parser.add_argument("--rank", type=int, default=8, help="LoRA rank, both arms (default 8)")
     parser.add_argument("--full", action="store_true", help="full fine-tuning instead of LoRA preset 'llm'")
+    parser.add_argument("--notebook-targets", choices=["usual", "llm"], default="usual",
+                        help="LoRA targets of the notebook arm: usual = the notebooks' [q,o,k,v,gate,up,down]_proj "
+                        "list, which also adapts SigLIP's q/k/v (so its backward runs); llm = our 'llm' preset, "
+                        "the same modules as ours (default usual)")
     parser.add_argument("--lr", type=float, default=1e-4)
     parser.add_argument("--attn", default="sdpa", choices=["sdpa", "eager"], help="attention (default sdpa)")
     parser.add_argument("--threads", type=int, default=1,
@@ -291,12 +305,14 @@ def main() -> None:
                          work_bytes=min(x["work_bytes"] for x in rs))
     nb, ours = best["notebook"], best["ours"]
 
-    mode = "full fine-tuning" if args.full else f"LoRA 'llm' r={args.rank}"
+    vision_lora = not args.full and args.notebook_targets == "usual"
+    mode = ("full fine-tuning" if args.full else f"LoRA r={args.rank}: ours preset 'llm', notebook "
+            + ("the usual q/k/v/o/gate/up/down list (SigLIP q/k/v adapted too)" if vision_lora else "preset 'llm'"))
     print()
     print(f"PaliGemma transfer training step, {args.device} {args.dtype}, {mode}, batch {args.batch}, "
           f"seq {nb['seq_len']} ({(args.res // args.patch) ** 2} image tokens), "
           f"{nb['supervised_tokens']} supervised tokens, vocab {nb['vocab']:,}, "
-          f"{nb['trainable']:,} / {nb['total']:,} params trainable, {nb['threads']} threads")
+          f"trainable params: notebook {nb['trainable']:,}, ours {ours['trainable']:,} of {nb['total']:,}; {nb['threads']} threads")
     print(f"{args.warmup} warm-up + {args.steps} timed steps per arm, best of {args.rounds} round(s); "
           f"memory: {nb['mem_kind']}")
     print()
@@ -318,11 +334,12 @@ def main() -> None:
         print(f"                 throughput by process CPU time {cpu_thr:.2f}x (less sensitive to other load)")
     print("(losses differ by definition: transformers' token mean vs big_vision's per-example mean)")
     b, seq, n_img, sup = args.batch, nb["seq_len"], nb["n_img"], nb["supervised_tokens"]
-    tot_nb, head_nb = step_gmacs(nb["text_dims"], nb["vision_dims"], n_img, seq, b, b * seq, args.full)
+    tot_nb, head_nb = step_gmacs(nb["text_dims"], nb["vision_dims"], n_img, seq, b, b * seq, args.full, vision_lora)
     tot_ours, _ = step_gmacs(nb["text_dims"], nb["vision_dims"], n_img, seq, b, sup, args.full)
     text_tokens = seq - n_img
     pg_seq = 256 + text_tokens
-    pg_nb, pg_head = step_gmacs(PALIGEMMA_TEXT, PALIGEMMA_VISION, 256, pg_seq, b, b * pg_seq, args.full)
+    pg_nb, pg_head = step_gmacs(PALIGEMMA_TEXT, PALIGEMMA_VISION, 256, pg_seq, b, b * pg_seq, args.full,
+                                vision_lora)
     pg_ours, _ = step_gmacs(PALIGEMMA_TEXT, PALIGEMMA_VISION, 256, pg_seq, b, sup, args.full)
     print(f"matmul work per step (analytic): notebook {tot_nb:,.1f} GMAC, lm_head {100 * head_nb / tot_nb:.0f}% "
           f"of it; ours {tot_ours:,.1f} GMAC -> FLOP-bound ratio {tot_nb / tot_ours:.2f}x")
