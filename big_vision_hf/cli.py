@@ -207,7 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
             "decay on kernels only, frozen ViT where the paper freezes it), evaluate again with the paper's metric, "
             "and write a Hub-ready folder (weights, processor, model card, metrics.json, training_curves.png). "
             "Without --model and --data it runs the built-in default: a tiny PaliGemma trained from scratch on "
-            "synthetic shapes (captions, counts, boxes) in a few minutes on a CPU."
+            "synthetic shapes (captions, counts, boxes, masks) in a few minutes on a CPU."
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=(

@@ -15,7 +15,7 @@ from PIL import Image
 from big_vision_hf.cli import main
 from big_vision_hf.transfer import synthetic
 
-FAST = ["--max-steps", "2", "--batch-size", "4", "--eval-limit", "4", "--eval-batch-size", "4", "--quiet"]
+FAST = ["--max-steps", "2", "--batch-size", "4", "--eval-limit", "8", "--eval-batch-size", "8", "--quiet"]
 
 
 def _cli(*argv) -> int:
@@ -39,11 +39,16 @@ def test_default_writes_a_hub_ready_folder(default_run):
             "training_curves.png", "eval_before", "eval_after", "samples", "checkpoints"} <= files, files
     metrics = json.load(open(default_run / "metrics.json"))
     assert metrics["steps"] == 2 and set(metrics["after"]) == {"synthetic_caption", "synthetic_count",
-                                                               "synthetic_detect"}
+                                                               "synthetic_detect", "synthetic_segment"}
+    assert "miou" in metrics["after"]["synthetic_segment"]  # the on-the-spot VQ-VAE decodes <seg> tokens
+    from transformers import AutoModel
+
+    assert AutoModel.from_pretrained(default_run / "vqvae").config.num_embeddings == 128
     assert set(metrics["before"]) == set(metrics["after"])
     card = open(default_run / "README.md").read()
     assert card.startswith("---\nlibrary_name: transformers\npipeline_tag: image-text-to-text") and "| before |" in card
-    assert any(f.endswith(".png") for f in os.listdir(default_run / "samples"))
+    samples = os.listdir(default_run / "samples")
+    assert any(f.startswith("detect") for f in samples) and any(f.startswith("segment") for f in samples), samples
     model = PaliGemmaForConditionalGeneration.from_pretrained(default_run)
     processor = BvPaliGemmaProcessor.from_pretrained(default_run)
     from transformers import AutoProcessor
@@ -164,3 +169,20 @@ def test_image_folder_unreadable_path_names_it(tmp_path):
 
     with pytest.raises(BadImageError, match="missing.png"):
         prepare_dataset([{"image": str(tmp_path / "missing.png"), "prefix": "p", "suffix": "s"}], "jsonl")
+
+
+def test_synthetic_vqvae_reconstructs_the_shapes_masks():
+    """The default's on-the-spot VQ-VAE: mask -> 16 <seg> codes -> mask keeps the synthetic shapes (IoU > 0.9)."""
+    from big_vision_hf.processing.paligemma_decoding import mask_crop_64
+
+    vqvae = synthetic.make_vqvae()
+    rng = np.random.default_rng(123)
+    ious = []
+    for _ in range(10):
+        _, objects = synthetic.make_scene(rng, 64)
+        for o in objects:
+            crop = mask_crop_64(o["mask"], o["bbox"])
+            rec = vqvae.decode(vqvae.encode(torch.from_numpy(crop)[None]))[0].numpy() > 0
+            gt = crop > 0.5
+            ious.append((rec & gt).sum() / max(1, (rec | gt).sum()))
+    assert np.mean(ious) > 0.9, np.mean(ious)

@@ -3,14 +3,17 @@ PaliGemma, all made on the spot, so that the whole transfer loop (evaluate, trai
 few minutes on a laptop CPU and visibly learns.
 
 - data (:func:`make_dataset`): ``res x res`` images with 1-3 coloured circles/squares on a grey background,
-  with three tasks in big_vision's ``{image, prefix, suffix}`` format:
+  with four tasks in big_vision's ``{image, prefix, suffix}`` format:
 
   - ``synthetic_caption``: ``"caption en"`` -> ``"a red circle and a blue square"`` (objects left to right);
   - ``synthetic_count``: ``"answer en how many circles?"`` -> ``"2"``;
   - ``synthetic_detect``: ``"detect red circle"`` -> ``"<locY1><locX1><locY2><locX2> red circle"`` (the object
     is unique in its image; ``bbox`` = its normalised ``y1, x1, y2, x2``, ``mask`` its pixels), scored by
     big_vision's ``boxacc`` (``metrics.detection``);
-  - ``synthetic`` = the three, mixed.
+  - ``synthetic_segment``: ``"segment red circle"`` -> ``"<loc>x4<seg>x16 red circle"`` (big_vision
+    ``refcoco_mask2str`` through :func:`make_vqvae`, a tiny mask VQ-VAE trained here on the shapes' masks),
+    scored by ``metrics.segmentation`` (mIoU, boxacc);
+  - ``synthetic`` = the four, mixed.
 
 - tokenizer (:func:`make_tokenizer`): a SentencePiece BPE model trained on the task texts, laid out as Gemma's
   (``<pad>`` 0, ``<eos>`` 1, ``<bos>`` 2, ``<unk>`` 3, ``"\\n"`` a piece) with the 1024 ``<loc>`` + 128 ``<seg>``
@@ -22,13 +25,14 @@ few minutes on a laptop CPU and visibly learns.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import io
 import os
 
 import numpy as np
 from PIL import Image, ImageDraw
 
-from ..processing.paligemma_decoding import box_to_loc_tokens
+from ..processing.paligemma_decoding import box_to_loc_tokens, mask_crop_64, mask_to_tokens
 from ..processing.tokenization_paligemma import BvPaliGemmaTokenizer
 
 __all__ = [
@@ -82,8 +86,10 @@ SYNTHETIC_TASKS = {
     "synthetic_caption": SyntheticTask("synthetic_caption", ("caption",), "cider"),
     "synthetic_count": SyntheticTask("synthetic_count", ("count",), "exact_match"),
     "synthetic_detect": SyntheticTask("synthetic_detect", ("detect",), "detection"),
+    "synthetic_segment": SyntheticTask("synthetic_segment", ("segment",), "segmentation", text_len=32),
 }
-SYNTHETIC_TASKS["synthetic"] = SyntheticTask("synthetic", ("caption", "count", "detect"), "exact_match")
+SYNTHETIC_TASKS["synthetic"] = SyntheticTask("synthetic", ("caption", "count", "detect", "segment"), "exact_match",
+                                             text_len=32)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -133,7 +139,7 @@ def _loc(bbox) -> str:
     return box_to_loc_tokens(bbox)
 
 
-def _rows_for(kind: str, image, objects, rng) -> dict:
+def _rows_for(kind: str, image, objects, rng, vqvae=None) -> dict:
     if kind == "caption":
         return {"image": image, "prefix": "caption en", "suffix": _caption(objects), "task": kind}
     if kind == "count":
@@ -145,12 +151,20 @@ def _rows_for(kind: str, image, objects, rng) -> dict:
         name = f"{obj['color']} {obj['shape']}"
         return {"image": image, "prefix": f"detect {name}", "suffix": f"{_loc(obj['bbox'])} {name}", "task": kind,
                 "bbox": obj["bbox"], "mask": obj["mask"]}
-    raise ValueError(f"unknown synthetic task kind {kind!r}; known: caption, count, detect")
+    if kind == "segment":  # big_vision refcoco_seg's target: <loc>x4 <seg>x16, here followed by the name
+        obj = objects[int(rng.integers(len(objects)))]
+        name = f"{obj['color']} {obj['shape']}"
+        tokens = mask_to_tokens(obj["mask"], vqvae if vqvae is not None else make_vqvae(), obj["bbox"])
+        return {"image": image, "prefix": f"segment {name}", "suffix": f"{tokens} {name}", "task": kind,
+                "bbox": obj["bbox"], "mask": obj["mask"]}
+    raise ValueError(f"unknown synthetic task kind {kind!r}; known: caption, count, detect, segment")
 
 
 def make_dataset(task: str | SyntheticTask = "synthetic", split: str = "train", num_examples: int | None = None,
-                 res: int | None = None, seed: int | None = None) -> list[dict]:
+                 res: int | None = None, seed: int | None = None, vqvae=None) -> list[dict]:
     """Rows ``{"image", "prefix", "suffix", "task", ["bbox", "mask"]}`` for a synthetic task.
+
+    ``segment`` rows encode their mask with ``vqvae`` (default: :func:`make_vqvae`'s, trained once per process).
 
     ``split`` picks the seed (train 0, validation 1, test 2) unless ``seed`` is given; the default sizes are
     2,048 training and 96 evaluation rows (per task kind, cycled for the mix).
@@ -168,13 +182,53 @@ def make_dataset(task: str | SyntheticTask = "synthetic", split: str = "train", 
     rows = []
     for i in range(num_examples):
         image, objects = make_scene(rng, res)
-        rows.append(_rows_for(task.kinds[i % len(task.kinds)], image, objects, rng))
+        rows.append(_rows_for(task.kinds[i % len(task.kinds)], image, objects, rng, vqvae))
     return rows
+
+
+@functools.lru_cache(maxsize=1)
+def make_vqvae(steps: int = 300, seed: int = 0):
+    """A tiny PaliGemma mask VQ-VAE (``BvSegVQVAEModel``: 16 codes of a 128-entry codebook <-> a 64x64 mask),
+    trained here in seconds on the synthetic shapes' masks, cropped to their boxes as ``mask_to_tokens`` feeds the
+    encoder, so that the default's ``<seg>`` targets decode back to real masks. For real data use big_vision's
+    ``vae-oid.npz`` (``big-vision-hf convert vae-oid.npz vqvae/``) instead; this one only knows discs and squares.
+
+    Training: the usual VQ-VAE objective (van den Oord et al.): decoder output against the mask in [-1, 1] (the
+    range big_vision's decoder produces, thresholded at 0), codebook loss and 0.25 x commitment loss, straight-
+    through gradients to the encoder. Cached per process (same arguments -> same model).
+    """
+    import torch
+    import torch.nn.functional as F
+
+    from ..configuration.configuration_bv_vqvae import BvSegVQVAEConfig
+    from ..modeling.modeling_bv_vqvae import BvSegVQVAEModel
+
+    rng = np.random.default_rng(seed + 1000)
+    crops = []
+    while len(crops) < 256:
+        _, objects = make_scene(rng, 64)
+        crops += [mask_crop_64(o["mask"], o["bbox"]) for o in objects]
+    data = torch.from_numpy(np.stack(crops))
+    torch.manual_seed(seed)
+    model = BvSegVQVAEModel(BvSegVQVAEConfig(embedding_dim=16, hidden_size=32, num_res_blocks=1,
+                                             encoder_hidden_sizes=[8, 16, 32, 32]))
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    grid = model.config.codes_grid
+    for step in range(steps):
+        x = data[torch.randint(len(data), (32,))]
+        z = model.encode_latents(x)
+        e = model.quantizer.codes_to_vectors(model.quantizer.nearest(z), grid)
+        decoded = model.decoder((z + (e - z).detach()).permute(0, 3, 1, 2))[:, 0]
+        loss = F.mse_loss(decoded, 2 * x - 1) + F.mse_loss(e, z.detach()) + 0.25 * F.mse_loss(z, e.detach())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return model.eval().requires_grad_(False)
 
 
 def _corpus() -> list[str]:
     texts = ["caption en", "answer en how many circles?", "answer en how many squares?"]
-    texts += [f"detect {c} {s}" for c in COLORS for s in SHAPES]
+    texts += [f"{verb} {c} {s}" for verb in ("detect", "segment") for c in COLORS for s in SHAPES]
     texts += [f"a {c} {s} and a {c2} {s2}" for c in COLORS for s in SHAPES for c2 in COLORS for s2 in SHAPES]
     texts += list(NUMBERS.values())
     return texts * 4
