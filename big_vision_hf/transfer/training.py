@@ -273,6 +273,23 @@ def __getattr__(name):  # PaliGemmaTrainer imports transformers.Trainer lazily
     raise AttributeError(name)
 
 
+def _progress_callback_class():
+    from transformers.trainer_callback import ProgressCallback
+
+    class LossInProgressBar(ProgressCallback):
+        """transformers' progress bar, with the latest loss as its postfix instead of a log dict printed per log."""
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if state.is_world_process_zero and self.training_bar is not None and logs and "loss" in logs:
+                self.training_bar.set_postfix(loss=f"{float(logs['loss']):.4f}", refresh=False)
+
+    return LossInProgressBar
+
+
+def _LossInProgressBar():  # noqa: N802 - a factory: transformers is imported lazily here
+    return _progress_callback_class()()
+
+
 @dataclasses.dataclass
 class TrainResult:
     """What :func:`train` returns."""
@@ -391,6 +408,7 @@ def train(
         data_seed=seed,
         disable_tqdm=not progress,
         dataloader_num_workers=0,
+        dataloader_pin_memory=torch.cuda.is_available(),
     )
     if use_cpu is not None:
         args["use_cpu"] = use_cpu
@@ -408,11 +426,24 @@ def train(
         warmup_percent=warmup_percent,
         loss_vocab_size=loss_vocab_size,
     )
+    if progress:  # the loss in the progress bar instead of a printed dict every logging_steps
+        from transformers.trainer_callback import ProgressCallback
+
+        trainer.remove_callback(ProgressCallback)
+        trainer.add_callback(_LossInProgressBar())
     if resume is True:
         from transformers.trainer_utils import get_last_checkpoint
 
         resume = get_last_checkpoint(str(output_dir)) if os.path.isdir(output_dir) else None
-    trainer.train(resume_from_checkpoint=resume or None)
+    from transformers.utils import logging as hf_logging
+
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # no "Writing model shards" bar at every checkpoint under the training bar
+    try:
+        trainer.train(resume_from_checkpoint=resume or None)
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
     n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
     n_all = sum(p.numel() for p in model.parameters())
     return TrainResult(model, trainer, list(trainer.state.log_history), str(output_dir), n_train, n_all)
