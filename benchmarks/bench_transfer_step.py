@@ -98,6 +98,28 @@ def _dims(model) -> tuple[dict, dict]:
     return text, {"d": vc.hidden_size, "i": vc.intermediate_size, "layers": vc.num_hidden_layers}
 
 
+def _calibrated_vision_layers(model, args, batch) -> int:
+    """The SigLIP depth at which the vision tower's share of the forward matmul work (lm_head aside) equals its
+    share on PaliGemma-3B-224 (So400m/14: 27 layers of width 1152 on 256 tokens) for the same batch layout. The
+    2-layer tiny tower would under-state it, and with it what the notebooks' LoRA list costs (its SigLIP q/k/v
+    adapters need the backward through the whole tower). Same idea as ``--vocab auto`` for lm_head."""
+    text, vision = _dims(model)
+    n_img = (args.res // args.patch) ** 2
+    b, seq = batch["input_ids"].shape
+    pg_seq = 256 + seq - n_img
+
+    def fwd(t, v, layers, n, s):  # forward + LLM backward, no lm_head rows: linear in the vision depth
+        return step_gmacs(t, dict(v, layers=layers), n, s, b, 0, False)[0]
+
+    pg_proj = b * 256 * PALIGEMMA_VISION["d"] * PALIGEMMA_TEXT["d"] / 1e9
+    pg_all = fwd(PALIGEMMA_TEXT, PALIGEMMA_VISION, PALIGEMMA_VISION["layers"], 256, pg_seq)
+    share = (pg_all - fwd(PALIGEMMA_TEXT, PALIGEMMA_VISION, 0, 256, pg_seq) + pg_proj) / pg_all
+    proj = b * n_img * vision["d"] * text["d"] / 1e9
+    base, per_layer = fwd(text, vision, 0, n_img, seq), fwd(text, vision, 1, n_img, seq) - fwd(text, vision, 0, n_img, seq)
+    llm = base - proj
+    return max(1, round((share * (llm + proj) - proj) / (per_layer * (1 - share))))
+
+
 def _calibrated_vocab(model, args, batch) -> int:
     """The vocabulary (a multiple of 64) at which lm_head's share of the notebook step's matmul work equals
     its share on PaliGemma-3B-224 for the same batch layout (the synthetic tokenizer's 1,536 rows make it
@@ -132,9 +154,15 @@ def run_arm(args) -> dict:
     processor = synthetic.make_processor(tok, res=args.res, patch=args.patch, text_len=args.text_len)
     rows = synthetic.make_dataset("synthetic", num_examples=args.batch, res=args.res, seed=0)
     batch = PaliGemmaCollator(processor)(rows)
-    model = synthetic.make_model(tok, res=args.res, patch=args.patch, vision_width=args.vision_width,
-                                 vision_layers=args.vision_layers, text_width=args.text_width,
-                                 text_layers=args.text_layers, seed=0)
+    def build(vision_layers):
+        return synthetic.make_model(tok, res=args.res, patch=args.patch, vision_width=args.vision_width,
+                                    vision_layers=vision_layers, text_width=args.text_width,
+                                    text_layers=args.text_layers, seed=0)
+
+    if args.vision_layers == "auto":
+        model = build(_calibrated_vision_layers(build(1), args, batch))
+    else:
+        model = build(int(args.vision_layers))
     vocab = _calibrated_vocab(model, args, batch) if args.vocab == "auto" else int(args.vocab)
     if vocab and vocab != model.get_input_embeddings().weight.shape[0]:
         # pad the (tied) embedding / lm_head with rows that are never targets
@@ -247,7 +275,9 @@ def main() -> None:
     parser.add_argument("--res", type=int, default=224, help="image size (default 224)")
     parser.add_argument("--patch", type=int, default=14, help="patch size; (res/patch)^2 image tokens (default 14)")
     parser.add_argument("--vision-width", type=int, default=128, help="SigLIP width (default 128)")
-    parser.add_argument("--vision-layers", type=int, default=2, help="SigLIP depth (default 2)")
+    parser.add_argument("--vision-layers", default="auto",
+                        help="SigLIP depth; auto (default): the depth at which the tower's share of the step's "
+                        "matmul work is PaliGemma-3B-224's (as --vocab auto does for lm_head)")
     parser.add_argument("--text-width", type=int, default=256, help="Gemma width (default 256)")
     parser.add_argument("--text-layers", type=int, default=4, help="Gemma depth (default 4)")
     parser.add_argument("--text-len", type=int, default=24, help="big_vision text_len (default 24)")
@@ -310,7 +340,8 @@ def main() -> None:
             + ("the usual q/k/v/o/gate/up/down list (SigLIP q/k/v adapted too)" if vision_lora else "preset 'llm'"))
     print()
     print(f"PaliGemma transfer training step, {args.device} {args.dtype}, {mode}, batch {args.batch}, "
-          f"seq {nb['seq_len']} ({(args.res // args.patch) ** 2} image tokens), "
+          f"seq {nb['seq_len']} ({(args.res // args.patch) ** 2} image tokens), SigLIP {nb['vision_dims']['layers']} x {nb['vision_dims']['d']}, "
+          f"Gemma {nb['text_dims']['layers']} x {nb['text_dims']['d']}, "
           f"{nb['supervised_tokens']} supervised tokens, vocab {nb['vocab']:,}, "
           f"trainable params: notebook {nb['trainable']:,}, ours {ours['trainable']:,} of {nb['total']:,}; {nb['threads']} threads")
     print(f"{args.warmup} warm-up + {args.steps} timed steps per arm, best of {args.rounds} round(s); "
