@@ -48,7 +48,32 @@ def _is_false(value) -> bool:
     return value is False or value in ("do_not_truncate", "do_not_pad")
 
 
-class BvTextTokenizer(PreTrainedTokenizer):
+class SentencePieceProtoMixin:
+    """Save / pickle support for tokenizers that hold their SentencePiece model as serialized bytes (``_proto``,
+    loaded into ``sp_model``): ``save_vocabulary`` writes those bytes (PaliGemma: the model WITH its appended
+    ``<loc>``/``<seg>`` pieces), pickling drops the C++ processor and rebuilds it from them."""
+
+    def save_vocabulary(self, save_directory: str, filename_prefix: str | None = None) -> tuple[str]:
+        if not os.path.isdir(save_directory):
+            raise ValueError(f"{save_directory} is not a directory")
+        name = (filename_prefix + "-" if filename_prefix else "") + self.vocab_files_names["vocab_file"]
+        out = os.path.join(save_directory, name)
+        with open(out, "wb") as f:
+            f.write(self._proto)
+        return (out,)
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state["sp_model"] = None
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__ = state
+        self.sp_model = spm.SentencePieceProcessor(**self.sp_model_kwargs)
+        self.sp_model.LoadFromSerializedProto(self._proto)
+
+
+class BvTextTokenizer(SentencePieceProtoMixin, PreTrainedTokenizer):
     r"""big_vision's two-tower text pp: lower -> SentencePiece -> sticky EOS -> pad to the text length.
 
     Args:
@@ -199,21 +224,3 @@ class BvTextTokenizer(PreTrainedTokenizer):
     def num_special_tokens_to_add(self, pair: bool = False) -> int:
         return 1
 
-    def save_vocabulary(self, save_directory: str, filename_prefix: str | None = None) -> tuple[str]:
-        if not os.path.isdir(save_directory):
-            raise ValueError(f"{save_directory} is not a directory")
-        name = (filename_prefix + "-" if filename_prefix else "") + self.vocab_files_names["vocab_file"]
-        out = os.path.join(save_directory, name)
-        with open(out, "wb") as f:
-            f.write(self._proto)
-        return (out,)
-
-    def __getstate__(self):
-        state = self.__dict__.copy()
-        state["sp_model"] = None
-        return state
-
-    def __setstate__(self, state):
-        self.__dict__ = state
-        self.sp_model = spm.SentencePieceProcessor(**self.sp_model_kwargs)
-        self.sp_model.LoadFromSerializedProto(self._proto)

@@ -27,6 +27,8 @@ from transformers import PreTrainedTokenizer
 from transformers.tokenization_utils_base import AddedToken
 from transformers.utils import logging
 
+from .tokenization_bv_text import SentencePieceProtoMixin
+
 logger = logging.get_logger(__name__)
 
 __all__ = ["BvPaliGemmaTokenizer", "LOC_TOKENS", "SEG_TOKENS", "add_pieces"]
@@ -120,7 +122,7 @@ def add_pieces(model_bytes: bytes, extra_pieces: list[str]) -> tuple[bytes, int]
     return b"".join(pieces + append + rest), len(append)
 
 
-class BvPaliGemmaTokenizer(PreTrainedTokenizer):
+class BvPaliGemmaTokenizer(SentencePieceProtoMixin, PreTrainedTokenizer):
     r"""PaliGemma tokenizer: Gemma SentencePiece + ``<loc>``/``<seg>`` (big_vision ``gemma(tokensets=("loc",
     "seg"))``) + ``<image>``.
 
@@ -298,24 +300,3 @@ class BvPaliGemmaTokenizer(PreTrainedTokenizer):
         if token_ids_1 is None:
             return [0] * (first + second)
         return [0] * first + [1] * second
-
-    def save_vocabulary(self, save_directory: str, filename_prefix: str | None = None) -> tuple[str]:
-        """Writes the PATCHED SentencePiece model (with ``<loc>``/``<seg>``) as ``tokenizer.model``."""
-        if not os.path.isdir(save_directory):
-            raise ValueError(f"{save_directory} is not a directory")
-        name = (filename_prefix + "-" if filename_prefix else "") + self.vocab_files_names["vocab_file"]
-        out = os.path.join(save_directory, name)
-        with open(out, "wb") as f:
-            f.write(self._proto)
-        return (out,)
-
-    def __getstate__(self):
-        state = self.__dict__.copy()
-        state["sp_model"] = None
-        return state
-
-    def __setstate__(self, state):
-        self.__dict__ = state
-        self.sp_model = spm.SentencePieceProcessor(**self.sp_model_kwargs)
-        self.sp_model.LoadFromSerializedProto(self._proto)
-
