@@ -24,10 +24,10 @@ import numpy as np
 import torch
 
 from .metrics import METRICS
+from .tasks import DECODINGS, task_value
 
 __all__ = ["EvalResult", "evaluate"]
 
-DECODINGS = ("greedy", "beam")
 
 
 @dataclasses.dataclass
@@ -66,14 +66,6 @@ def _jsonable(value):
     if isinstance(value, dict):
         return {str(k): v for k, v in ((k, _jsonable(v)) for k, v in value.items()) if v is not None}
     return None
-
-
-def _task_value(task, name: str, override, default=None):
-    if override is not None:
-        return override
-    if task is not None and getattr(task, name, None) is not None:
-        return getattr(task, name)
-    return default
 
 
 def evaluate(
@@ -116,21 +108,21 @@ def evaluate(
     Returns:
         An :class:`EvalResult`.
     """
-    metric = _task_value(task, "metric", metric)
+    metric = task_value(task, "metric", metric)
     if metric not in METRICS:
         raise ValueError(f"unknown metric {metric!r}; known: {sorted(METRICS)}")
-    max_new_tokens = _task_value(task, "max_new_tokens", max_new_tokens)
+    max_new_tokens = task_value(task, "max_new_tokens", max_new_tokens)
     if not max_new_tokens or max_new_tokens < 1:
         raise ValueError("max_new_tokens is required (big_vision decodes up to the config's text_len tokens)")
-    decoding = _task_value(task, "decoding", decoding, "greedy")
+    decoding = task_value(task, "decoding", decoding, "greedy")
     if decoding not in DECODINGS:
         raise ValueError(f"decoding must be one of {DECODINGS}, got {decoding!r}")
-    num_beams = _task_value(task, "num_beams", num_beams, 2 if decoding == "beam" else 1)
+    num_beams = task_value(task, "num_beams", num_beams, 2 if decoding == "beam" else 1)
     if decoding == "greedy" and num_beams != 1:
         raise ValueError(f"decoding='greedy' with num_beams={num_beams}: use decoding='beam'")
     if decoding == "beam" and num_beams < 2:
         raise ValueError(f"decoding='beam' needs num_beams >= 2, got {num_beams}")
-    metric_kwargs = dict(_task_value(task, "metric_kwargs", metric_kwargs, {}) or {})
+    metric_kwargs = dict(task_value(task, "metric_kwargs", metric_kwargs, {}) or {})
     if batch_size < 1:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
 

@@ -39,7 +39,7 @@ import torch
 from PIL import Image
 
 from . import synthetic
-from .tasks import get_task
+from .tasks import get_task, task_value
 
 __all__ = ["TransferOutcome", "load_model_and_processor", "run_evaluate", "run_transfer"]
 
@@ -64,18 +64,11 @@ class TransferOutcome:
 
 def _recipe(task, **overrides) -> SimpleNamespace:
     """The task's attributes as a plain namespace, with ``overrides`` (``None`` = keep the task's)."""
-    values = {}
-    for name in _RECIPE_FIELDS:
-        try:
-            values[name] = getattr(task, name)
-        except AttributeError:
-            values[name] = None
-    values.setdefault("num_beams", None)
-    values.update({k: v for k, v in overrides.items() if v is not None})
-    if values.get("num_beams") is None:
-        values["num_beams"] = 1 if values.get("decoding", "greedy") == "greedy" else 2
-    if values.get("max_new_tokens") is None:
-        values["max_new_tokens"] = values.get("text_len")
+    values = {name: task_value(task, name, overrides.get(name)) for name in _RECIPE_FIELDS}
+    if values["num_beams"] is None:
+        values["num_beams"] = 1 if values["decoding"] in (None, "greedy") else 2
+    if values["max_new_tokens"] is None:
+        values["max_new_tokens"] = values["text_len"]
     return SimpleNamespace(**values)
 
 

@@ -53,6 +53,7 @@ __all__ = [
     "get_task",
     "list_tasks",
     "register_task",
+    "task_value",
 ]
 
 BV_CONFIG_DIR = "big_vision/configs/proj/paligemma/transfers"
@@ -219,6 +220,15 @@ class TransferTask:
         """The target, or the list of targets big_vision draws one from (``choice_no_replacement``)."""
         ctx = ctx or BuildContext()
         return _format(self.suffix, record, self.name) if isinstance(self.suffix, str) else self.suffix(record, ctx)
+
+
+def task_value(task, name: str, override, default=None):
+    """``override`` if given, else ``task.<name>`` if the task has it (set), else ``default``: how training and
+    evaluation read a recipe from any task-like object (``TransferTask``, ``SyntheticTask``, a namespace)."""
+    if override is not None:
+        return override
+    value = getattr(task, name, None) if task is not None else None
+    return default if value is None else value
 
 
 def _format(template: str, record: Mapping, task: str) -> str:

@@ -36,6 +36,7 @@ import torch
 from torch import nn
 
 from .collator import PaliGemmaCollator, _reduce, _token_logp, paligemma_loss
+from .tasks import task_value
 
 __all__ = [
     "LORA_PRESETS",
@@ -302,16 +303,6 @@ class TrainResult:
     total_parameters: int
 
 
-def _task_value(task, name, value, default=None):
-    if value is not None:
-        return value
-    if task is not None:
-        for attr in (name, *{"batch_size": ("batch",), "wd": ("weight_decay",)}.get(name, ())):
-            if getattr(task, attr, None) is not None:
-                return getattr(task, attr)
-    return default
-
-
 def train(
     model,
     processor,
@@ -361,15 +352,15 @@ def train(
     """
     from transformers import TrainingArguments
 
-    lr = _task_value(task, "lr", lr, 1e-5)
-    epochs = _task_value(task, "epochs", epochs, 1)
-    batch_size = _task_value(task, "batch_size", batch_size, 32)
-    label_smoothing = _task_value(task, "label_smoothing", label_smoothing, 0.0)
-    dropout = _task_value(task, "dropout", dropout, 0.0)
-    wd = _task_value(task, "wd", wd, 0.0)
-    b2 = _task_value(task, "b2", b2, 0.999)
-    freeze_vit = _task_value(task, "freeze_vit", freeze_vit, False)
-    text_len = _task_value(task, "text_len", text_len, None)
+    lr = task_value(task, "lr", lr, 1e-5)
+    epochs = task_value(task, "epochs", epochs, 1)
+    batch_size = task_value(task, "batch_size", batch_size, 32)
+    label_smoothing = task_value(task, "label_smoothing", label_smoothing, 0.0)
+    dropout = task_value(task, "dropout", dropout, 0.0)
+    wd = task_value(task, "wd", wd, 0.0)
+    b2 = task_value(task, "b2", b2, 0.999)
+    freeze_vit = task_value(task, "freeze_vit", freeze_vit, False)
+    text_len = task_value(task, "text_len", text_len, None)
     if precision not in ("fp32", "bf16"):
         raise ValueError(f"precision must be 'fp32' or 'bf16', got {precision!r}")
 
