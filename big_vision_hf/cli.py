@@ -288,7 +288,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except (CheckpointError, ValueError, FileNotFoundError, KeyError) as e:
-        print(f"big-vision-hf {args.command}: error: {e}", file=sys.stderr)
+        message = e.args[0] if isinstance(e, KeyError) and e.args else e  # str(KeyError) adds quotes
+        print(f"big-vision-hf {args.command}: error: {message}", file=sys.stderr)
         return 2
 
 

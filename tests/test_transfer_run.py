@@ -186,3 +186,11 @@ def test_synthetic_vqvae_reconstructs_the_shapes_masks():
             gt = crop > 0.5
             ious.append((rec & gt).sum() / max(1, (rec | gt).sum()))
     assert np.mean(ious) > 0.9, np.mean(ious)
+
+
+def test_record_missing_a_field_is_a_one_line_error(tmp_path, capsys):
+    Image.new("RGB", (8, 8)).save(tmp_path / "a.png")
+    (tmp_path / "d.jsonl").write_text('{"image": "a.png", "prefix": "p"}\n')
+    assert _cli("--data", str(tmp_path / "d.jsonl"), "--output", str(tmp_path / "o"), *FAST) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("big-vision-hf transfer: error: task 'jsonl' needs fields") and "missing ['suffix']" in err
