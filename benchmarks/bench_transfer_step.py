@@ -1,20 +1,22 @@
 """Training-step throughput and peak memory: our PaliGemma transfer recipe against a PEFT-notebook-style loop.
 
 Both arms train the same tiny random PaliGemma (``big_vision_hf.transfer.synthetic.make_model``, by default
-224 px / patch 14 -> 256 image tokens like real PaliGemma-224, small widths) on the same batch (synthetic rows
+224 px / patch 14 -> 256 image tokens like real PaliGemma-224, Gemma-2B's 18 layers, small widths) on the same batch (synthetic rows
 through our processor/collator: ``input_ids``, ``token_type_ids``, ``attention_mask``, ``pixel_values``,
 ``labels`` = the suffix ids, -100 elsewhere -- what transformers' ``PaliGemmaProcessor(..., suffix=...)`` gives),
 from the same initial weights, with LoRA preset ``llm`` (:func:`apply_lora`, same rank) or ``--full``. The tied
 embedding / ``lm_head`` is padded (``--vocab auto``) so that ``lm_head``'s share of the step's matmul work is
 what it is on PaliGemma-3B-224 (~19%): the synthetic 1,536-row vocabulary would under-state it and PaliGemma's
-vocab/width ratio on a 4-layer model would hugely over-state it.
+vocab/width ratio on a narrow model would hugely over-state it. ``--vision-layers auto`` does the same for the
+SigLIP tower's share.
 
 - notebook: what the HF PaliGemma fine-tuning notebooks / blog do: ``loss = model(**batch).loss`` (transformers'
   loss: ``lm_head`` over *all* positions, image tokens included, full vocabulary, no ``logits_to_keep``),
   ``loss.backward()``, grad-norm clip 1.0 (the ``Trainer`` default), ``torch.optim.AdamW`` step.
-- ours: ``PaliGemmaTrainer.compute_loss`` (``logits_to_keep`` = only the supervised positions get logits,
+- ours: ``PaliGemmaTrainer.compute_loss`` (only the positions that predict a supervised token get logits, and
+  the last decoder layer computes queries / attention / MLP on those rows only -- keys and values on all --,
   big_vision's per-example-mean ``paligemma_loss``), ``loss.backward()``, grad-norm clip 1.0, ``BvAdam`` from
-  ``build_optimizer``.
+  ``build_optimizer``. The default depth is Gemma-2B's so that the last layer weighs what it does there.
 
 Each arm runs in its own subprocess (so peak memory does not mix): ``--warmup`` untimed steps, then ``--steps``
 timed steps; ``--rounds`` alternates the arms (notebook, ours, notebook, ...) and keeps each arm's best round.
@@ -69,17 +71,22 @@ def _reset_peak_rss() -> bool:
 
 
 def step_gmacs(text: dict, vision: dict, n_img: int, seq: int, batch: int, logit_rows: int, full: bool,
-               vision_lora: bool = False) -> float:
+               vision_lora: bool = False, last_layer_rows: int | None = None) -> tuple[float, float]:
     """Matmul GMACs of one training step (forward + backward), analytically: SigLIP on ``n_img`` tokens, Gemma
     on ``seq`` tokens, ``lm_head`` on ``logit_rows`` rows in all. Backward = 1x forward for frozen weights
     (input gradients only), 2x when trained (``full``). ``vision_lora``: LoRA inside SigLIP (the notebooks'
-    q/k/v list), so the frozen tower needs its input-gradient backward too. LoRA factors and norms are ignored."""
+    q/k/v list), so the frozen tower needs its input-gradient backward too. ``last_layer_rows``: the rows (in
+    all) on which the last Gemma layer computes queries, attention and MLP (ours: the loss rows; keys and values
+    on every token); default every token. LoRA factors and norms are ignored. Returns (total, lm_head)."""
     d, i, h, kv, hd, layers = (text[k] for k in ("d", "i", "h", "kv", "hd", "layers"))
     w, vi, vlayers = vision["d"], vision["i"], vision["layers"]
-    per_tok = layers * (2 * d * h * hd + 2 * d * kv * hd + 3 * d * i + 2 * seq * h * hd)
+    kv_tok = 2 * d * kv * hd
+    query_tok = 2 * d * h * hd + 3 * d * i + 2 * seq * h * hd  # q/o projections, MLP, scores and mixing
+    rows = batch * seq if last_layer_rows is None else last_layer_rows
+    llm_fwd = batch * seq * layers * kv_tok + (batch * seq * (layers - 1) + rows) * query_tok
     vis_tok = vlayers * (4 * w * w + 2 * w * vi + 2 * n_img * w) + w * d
     bwd = 2 if full else 1
-    llm = batch * seq * per_tok * (1 + bwd)
+    llm = llm_fwd * (1 + bwd)
     vis = batch * n_img * vis_tok * (1 + (2 if full else 1 if vision_lora else 0))  # frozen, no LoRA: no backward
     head = logit_rows * text["v"] * d * (1 + bwd)
     return (llm + vis + head) / 1e9, head / 1e9
@@ -252,6 +259,8 @@ def run_arm(args) -> dict:
         "work_bytes": peak - base, "mem_kind": mem_kind, "first_loss": losses[0] if losses else None,
         "last_loss": losses[-1], "seq_len": int(batch["input_ids"].shape[1]),
         "supervised_tokens": int((batch["labels"] != -100).sum()),
+        # rows on which ours runs the last layer's queries / MLP: the loss rows, padded to the longest example
+        "last_layer_rows": int((batch["labels"] != -100).sum(-1).max()) * args.batch,
         "vocab": int(model.get_input_embeddings().weight.shape[0]),
         "trainable": sum(p.numel() for p in params), "total": sum(p.numel() for p in model.parameters()),
         "threads": torch.get_num_threads(),
@@ -279,7 +288,9 @@ def main() -> None:
                         help="SigLIP depth; auto (default): the depth at which the tower's share of the step's "
                         "matmul work is PaliGemma-3B-224's (as --vocab auto does for lm_head)")
     parser.add_argument("--text-width", type=int, default=256, help="Gemma width (default 256)")
-    parser.add_argument("--text-layers", type=int, default=4, help="Gemma depth (default 4)")
+    parser.add_argument("--text-layers", type=int, default=18,
+                        help="Gemma depth (default 18, Gemma-2B's: ours runs the last layer's queries and MLP on "
+                        "the loss rows only, so the depth sets that layer's share of the step)")
     parser.add_argument("--text-len", type=int, default=24, help="big_vision text_len (default 24)")
     parser.add_argument("--vocab", default="auto",
                         help="embedding/lm_head rows: 'auto' (default) pads the synthetic tokenizer's 1,536 so that "
@@ -366,12 +377,15 @@ def main() -> None:
     print("(losses differ by definition: transformers' token mean vs big_vision's per-example mean)")
     b, seq, n_img, sup = args.batch, nb["seq_len"], nb["n_img"], nb["supervised_tokens"]
     tot_nb, head_nb = step_gmacs(nb["text_dims"], nb["vision_dims"], n_img, seq, b, b * seq, args.full, vision_lora)
-    tot_ours, _ = step_gmacs(nb["text_dims"], nb["vision_dims"], n_img, seq, b, sup, args.full)
+    rows = ours["last_layer_rows"]
+    tot_ours, _ = step_gmacs(nb["text_dims"], nb["vision_dims"], n_img, seq, b, sup, args.full,
+                             last_layer_rows=rows)
     text_tokens = seq - n_img
     pg_seq = 256 + text_tokens
     pg_nb, pg_head = step_gmacs(PALIGEMMA_TEXT, PALIGEMMA_VISION, 256, pg_seq, b, b * pg_seq, args.full,
                                 vision_lora)
-    pg_ours, _ = step_gmacs(PALIGEMMA_TEXT, PALIGEMMA_VISION, 256, pg_seq, b, sup, args.full)
+    pg_ours, _ = step_gmacs(PALIGEMMA_TEXT, PALIGEMMA_VISION, 256, pg_seq, b, sup, args.full,
+                            last_layer_rows=rows)
     print(f"matmul work per step (analytic): notebook {tot_nb:,.1f} GMAC, lm_head {100 * head_nb / tot_nb:.0f}% "
           f"of it; ours {tot_ours:,.1f} GMAC -> FLOP-bound ratio {tot_nb / tot_ours:.2f}x")
     print(f"  same batch layout on PaliGemma-3B-224 (256 + {text_tokens} tokens, vocab 257,216): lm_head "

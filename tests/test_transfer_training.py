@@ -274,3 +274,72 @@ def test_two_process_cpu_training(tmp_path):
     results = [eval((tmp_path / f"rank{r}.txt").read_text()) for r in range(2)]
     assert results[0][0] == results[1][0] == 2
     assert results[0][1] == pytest.approx(results[1][1], rel=1e-9)  # DDP kept the replicas identical
+
+
+def _gemma2_model(tok, text_layers, attn_softcap=5.0):
+    """A tiny PaliGemma 2 (Gemma 2 decoder: sandwich norms, a sliding window shorter than the sequence,
+    attention and final logit soft-capping, query_pre_attn_scalar != head_dim)."""
+    from transformers import Gemma2Config, PaliGemmaConfig, PaliGemmaForConditionalGeneration
+
+    base = synthetic.make_model(tok, **TINY).config
+    text = Gemma2Config(hidden_size=32, intermediate_size=64, num_hidden_layers=text_layers, num_attention_heads=4,
+                        num_key_value_heads=2, head_dim=8, vocab_size=base.text_config.vocab_size,
+                        sliding_window=3, attn_logit_softcapping=attn_softcap, final_logit_softcapping=3.0,
+                        query_pre_attn_scalar=12, pad_token_id=tok.pad_token_id, max_position_embeddings=512)
+    config = PaliGemmaConfig(vision_config=base.vision_config.to_dict(), text_config=text.to_dict(),
+                             image_token_index=base.image_token_index, projection_dim=32, hidden_size=32,
+                             vocab_size=base.text_config.vocab_size)
+    torch.manual_seed(0)
+    return PaliGemmaForConditionalGeneration(config)
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+@pytest.mark.parametrize("family,text_layers", [("gemma", 2), ("gemma2", 1), ("gemma2", 2)])
+def test_last_layer_on_loss_rows_only_is_exact(tok, processor, rows, family, text_layers, attn):
+    """compute_loss runs the last decoder layer's queries/MLP on the loss rows only: loss and every LoRA gradient
+    equal those of the full forward + paligemma_loss (PaliGemma 1 and 2; the Gemma 2 last layer both sliding and
+    global), and the last layer's q_proj / MLP really see only those rows."""
+    from transformers import TrainingArguments
+
+    from big_vision_hf.transfer.collator import PaliGemmaCollator, paligemma_loss
+    from big_vision_hf.transfer.training import PaliGemmaTrainer
+
+    def model_and_batch():
+        model = synthetic.make_model(tok, **dict(TINY, text_layers=text_layers)) if family == "gemma" \
+            else _gemma2_model(tok, text_layers, attn_softcap=5.0 if attn == "eager" else None)  # sdpa: no softcap
+        model = apply_lora(model, "llm", r=4)
+        for name, p in model.named_parameters():  # LoRA B starts at 0: make every adapter matter
+            if "lora_B" in name:
+                nn.init.normal_(p, std=0.5)
+        model.config._attn_implementation = attn
+        for sub in (model.config.text_config, model.config.vision_config):
+            sub._attn_implementation = attn
+        return model.train()
+
+    batch = PaliGemmaCollator(processor)(rows[:3])
+    assert len({int(n) for n in (batch["labels"] != -100).sum(-1)}) > 1  # ragged loss rows
+    trainer_args = TrainingArguments(output_dir="/tmp/unused_bvhf", report_to="none", use_cpu=True)
+
+    pruned = model_and_batch()
+    seen = []
+    last = pruned.get_base_model().model.language_model.layers[-1]
+    hooks = [m.register_forward_hook(lambda m, a, o: seen.append(a[0].shape[:-1]))
+             for m in (last.self_attn.q_proj, last.mlp.gate_proj)]
+    got = PaliGemmaTrainer(model=pruned, args=trainer_args, label_smoothing=0.1).compute_loss(pruned, batch)
+    got.backward()
+    for h in hooks:
+        h.remove()
+    keep = nn.functional.pad(batch["labels"][:, 1:] != -100, (0, 1))
+    width = int(keep.sum(-1).max())
+    assert seen == [(3, width), (3, width)], seen  # not (3, T): the dead rows were never computed
+
+    full = model_and_batch()
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    want = paligemma_loss(full(**inputs).logits, batch["labels"], 0.1)
+    want.backward()
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    grads = {n: p.grad for n, p in full.named_parameters() if p.requires_grad}
+    assert grads and all(g is not None for g in grads.values())
+    for name, p in pruned.named_parameters():
+        if p.requires_grad:
+            torch.testing.assert_close(p.grad, grads[name], rtol=1e-4, atol=1e-6, msg=name)

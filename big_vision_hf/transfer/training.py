@@ -26,11 +26,13 @@ Not in big_vision (it has no LoRA): LoRA/QLoRA through PEFT with presets that ad
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import math
 import os
 import re
+import sys
 
 import torch
 from torch import nn
@@ -180,6 +182,95 @@ def build_optimizer(model, lr: float, wd: float = 0.0, b2: float = 0.999) -> BvA
     return BvAdam(groups, lr=lr, betas=(0.9, b2), eps=1e-8)
 
 
+# The last decoder layer on the loss rows only ------------------------------------------------------------------
+#
+# A decoder layer's output at position t is used by the next layer's keys/values (every position) or, after the
+# last layer, by lm_head (only the positions that predict a supervised token). So in the last layer the other
+# positions -- the image tokens and prefix, most of a PaliGemma sequence -- need only their keys and values:
+# their queries, attention output, o_proj and MLP are dead work (on PaliGemma-3B about 1/18 of the LLM's step).
+# The same modules run (LoRA wrappers and dropout hooks included); only the rows they see change.
+_ROW_SUBSET_LAYERS = ("GemmaDecoderLayer", "Gemma2DecoderLayer")
+
+
+def _decoder_layers(model):
+    """The Gemma decoder layers of a (PEFT-wrapped) PaliGemma, or ``None`` for any other model."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    language_model = getattr(getattr(base, "model", None), "language_model", None)
+    layers = getattr(language_model, "layers", None)
+    if layers is None or not len(layers):
+        return None
+    return layers[: language_model.config.num_hidden_layers]
+
+
+def _gather_rows(x: torch.Tensor, index: torch.Tensor, dim: int) -> torch.Tensor:
+    """``x`` (batch first, or broadcast over it) at the ``[B, R]`` positions ``index`` along ``dim``."""
+    x = x.expand(index.shape[0], *x.shape[1:])
+    view, size = [index.shape[0]] + [1] * (x.dim() - 1), list(x.shape)
+    view[dim] = size[dim] = index.shape[1]
+    return torch.gather(x, dim, index.view(view).expand(size))
+
+
+def _decoder_layer_on_rows(layer, keep: torch.Tensor, hidden_states: torch.Tensor, attention_mask=None,
+                           position_embeddings=None, cache=None, **kwargs):
+    """``GemmaDecoderLayer`` / ``Gemma2DecoderLayer.forward`` (transformers 5.x) computed for the ``True``
+    positions of ``keep`` (``[B, T]``) only, returned flattened to ``[1, N, D]`` in ``hidden_states[keep]``
+    order. Keys and values come from every position, so those rows are what the full layer gives. Falls back
+    to the full layer where the mask is not a dense tensor (flex attention, pure causal ``None``) or a cache is
+    being filled."""
+    if cache is not None or not isinstance(attention_mask, torch.Tensor) or attention_mask.dim() != 4:
+        return type(layer).forward(layer, hidden_states, attention_mask=attention_mask,
+                                   position_embeddings=position_embeddings, cache=cache, **kwargs)
+    attn = layer.self_attn
+    gemma = sys.modules[type(attn).__module__]  # modeling_gemma / modeling_gemma2: their rope and attention
+    batch, length, _ = hidden_states.shape
+    counts = keep.sum(-1)
+    # each example's kept positions first, in order (a stable sort); shorter rows padded with dead positions
+    rows = torch.argsort((~keep).to(torch.int8), dim=-1, stable=True)[:, : int(counts.max())]
+    live = torch.arange(rows.shape[1], device=rows.device) < counts[:, None]
+
+    normed = layer.input_layernorm(hidden_states)
+    cos, sin = position_embeddings
+    key = attn.k_proj(normed).view(batch, length, -1, attn.head_dim).transpose(1, 2)
+    value = attn.v_proj(normed).view(batch, length, -1, attn.head_dim).transpose(1, 2)
+    key, _ = gemma.apply_rotary_pos_emb(key, key, cos, sin)
+    query = attn.q_proj(_gather_rows(normed, rows, 1)).view(batch, rows.shape[1], -1, attn.head_dim).transpose(1, 2)
+    query, _ = gemma.apply_rotary_pos_emb(query, query, _gather_rows(cos, rows, 1), _gather_rows(sin, rows, 1))
+    extra = {name: getattr(attn, attr) for name, attr in (("sliding_window", "sliding_window"),
+                                                          ("softcap", "attn_logit_softcapping"))
+             if hasattr(attn, attr)}
+    interface = gemma.ALL_ATTENTION_FUNCTIONS.get_interface(attn.config._attn_implementation,
+                                                            gemma.eager_attention_forward)
+    out, _ = interface(attn, query, key, value, _gather_rows(attention_mask, rows, 2),
+                       dropout=attn.attention_dropout if attn.training else 0.0, scaling=attn.scaling, **extra)
+    out = attn.o_proj(out.reshape(batch, rows.shape[1], -1).contiguous())
+
+    residual = _gather_rows(hidden_states, rows, 1)
+    if hasattr(layer, "pre_feedforward_layernorm"):  # Gemma 2: norms around both branches
+        hidden = residual + layer.post_attention_layernorm(out)
+        hidden = hidden + layer.post_feedforward_layernorm(layer.mlp(layer.pre_feedforward_layernorm(hidden)))
+    else:
+        hidden = residual + out
+        hidden = hidden + layer.mlp(layer.post_attention_layernorm(hidden))
+    return hidden[live].unsqueeze(0)
+
+
+@contextlib.contextmanager
+def last_layer_on_rows(model, keep: torch.Tensor):
+    """Within the block, ``model``'s last Gemma layer computes only the ``keep`` positions (``[B, T]`` bool) and the
+    language model's output is ``[1, N, D]``, N = ``keep.sum()`` (call the model with ``logits_to_keep=0``).
+    Yields whether it is active: not for layer classes other than transformers' Gemma / Gemma 2."""
+    layers = _decoder_layers(model)
+    layer = layers[-1] if layers is not None else None
+    if layer is None or type(layer).__name__ not in _ROW_SUBSET_LAYERS or not keep.any():
+        yield False
+        return
+    layer.forward = functools.partial(_decoder_layer_on_rows, layer, keep)
+    try:
+        yield True
+    finally:
+        del layer.forward
+
+
 @functools.cache
 def _bool_logits_to_keep() -> bool:
     """Whether this transformers takes a boolean ``[B, T]`` ``logits_to_keep`` (rows flattened to ``[N, V]``;
@@ -253,7 +344,12 @@ def _trainer_class():
                 targets = labels[:, 1:]
                 mask = targets != -100
                 keep = nn.functional.pad(mask, (0, 1))
-                logits = model(**inputs, logits_to_keep=keep).logits
+                # ... and the last decoder layer runs its queries and MLP on those rows only (keys and values
+                # on all of them): the same values, without the dead work (see last_layer_on_rows).
+                with last_layer_on_rows(model, keep) as rows_only:
+                    logits = model(**inputs, use_cache=False, logits_to_keep=0 if rows_only else keep).logits
+                if rows_only:
+                    logits = logits[0]
                 return _reduce(_token_logp(logits, targets[mask], self.label_smoothing, self.loss_vocab_size),
                                mask, "mean")
             # Only positions from the one before the first supervised token get logits (the image part of a
