@@ -76,11 +76,13 @@ def _write_jsonl(folder, n: int, bad: int | None = None) -> str:
 
 
 @pytest.mark.parametrize("adapter_only", [False, True])
-def test_jsonl_with_lora(tmp_path, adapter_only):
+def test_jsonl_with_lora(tmp_path, adapter_only, capfd):
     data = _write_jsonl(tmp_path / "data", 12)
     out = tmp_path / "out"
     assert _cli("--data", data, "--lora", "--output", str(out), *FAST,
                 *(["--adapter-only"] if adapter_only else [])) == 0
+    printed = "".join(capfd.readouterr())  # --quiet: no bars, no log dicts, no third-party FutureWarning
+    assert not any(s in printed for s in ("it/s]", "examples/s]", "{'loss'", "FutureWarning")), printed
     files = set(os.listdir(out))
     if adapter_only:
         assert {"adapter_config.json", "adapter_model.safetensors"} <= files and "model.safetensors" not in files

@@ -28,6 +28,7 @@ The result folder::
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -317,6 +318,30 @@ def _save_result(trained, processor, out_dir: str, lora, adapter_only: bool) -> 
     processor.save_pretrained(out_dir)
 
 
+def _quiet_unless_progress(fn):
+    """``progress=False`` also silences transformers' and datasets' own bars (shard writing, ``map``) for the call."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, progress: bool = True, **kwargs):
+        if progress:
+            return fn(*args, progress=progress, **kwargs)
+        from datasets.utils import logging as ds_logging
+        from transformers.utils import logging as hf_logging
+
+        states = hf_logging.is_progress_bar_enabled(), ds_logging.is_progress_bar_enabled()
+        hf_logging.disable_progress_bar()
+        ds_logging.disable_progress_bar()
+        try:
+            return fn(*args, progress=progress, **kwargs)
+        finally:
+            if states[0]:
+                hf_logging.enable_progress_bar()
+            if states[1]:
+                ds_logging.enable_progress_bar()
+
+    return wrapper
+
+
 def _losses(log_history) -> list[tuple[int, float]]:
     return [(int(h["step"]), float(h["loss"])) for h in log_history if "loss" in h and "step" in h]
 
@@ -326,6 +351,7 @@ def _losses(log_history) -> list[tuple[int, float]]:
 # ---------------------------------------------------------------------------------------------------------
 
 
+@_quiet_unless_progress
 def run_transfer(
     task: str | None = None,
     model: str | None = None,
@@ -469,6 +495,7 @@ def run_transfer(
     return TransferOutcome(output_dir, before, after, losses, result.trainable_parameters, result.total_parameters)
 
 
+@_quiet_unless_progress
 def run_evaluate(model: str, data, task: str = "jsonl", output_dir: str | None = None, *, split: str | None = None,
                  column_map: Mapping[str, str] | None = None, limit: int | None = None, batch_size: int = 16,
                  decoding: str | None = None, num_beams: int | None = None, skip_bad: bool = False,

@@ -33,6 +33,7 @@ import math
 import os
 import re
 import sys
+import warnings
 
 import torch
 from torch import nn
@@ -77,7 +78,9 @@ def apply_lora(model, preset: str = "llm", r: int = 8, alpha: int | None = None,
 
     config = LoraConfig(r=r, lora_alpha=alpha if alpha is not None else 2 * r, lora_dropout=dropout,
                         target_modules=lora_target_modules(preset), bias="none")
-    return get_peft_model(model, config)
+    with warnings.catch_warnings():  # peft reads transformers' deprecated `is_gradient_checkpointing`
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        return get_peft_model(model, config)
 
 
 def qlora_quantization_config(compute_dtype: torch.dtype = torch.bfloat16):
@@ -513,11 +516,13 @@ def train(
         warmup_percent=warmup_percent,
         loss_vocab_size=loss_vocab_size,
     )
-    if progress:  # the loss in the progress bar instead of a printed dict every logging_steps
-        from transformers.trainer_callback import ProgressCallback
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
+    if progress:  # the loss in the progress bar instead of a printed dict every logging_steps
         trainer.remove_callback(ProgressCallback)
         trainer.add_callback(_LossInProgressBar())
+    else:  # quiet: no dict printed per log either (the losses stay in the log history)
+        trainer.remove_callback(PrinterCallback)
     if resume is True:
         from transformers.trainer_utils import get_last_checkpoint
 
