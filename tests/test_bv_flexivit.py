@@ -205,3 +205,18 @@ def test_flexivit_remote_code_is_flat():
     assert sorted(files) == ["configuration_bv_flexivit.py", "configuration_bv_vit.py",
                              "modeling_bv_flexivit.py", "modeling_bv_vit.py"]
     assert not any("from .." in source for source in files.values())
+
+
+@pytest.mark.parametrize("shape", [(12, 1), (2, 1), (1, 64), (3, 7), (16, 16)])
+def test_posemb_resize_is_jax_resize_on_every_grid(shape):
+    """flexi ``jax.image.resize(pe, ..., "linear")``: references made with jax (``fixtures/naflex_posemb_resize``),
+    1-wide grids included, where torch's ``F.interpolate(antialias=True)`` is wrong."""
+    import os
+
+    from big_vision_hf.modeling.modeling_bv_flexivit import resize_posemb
+
+    ref = np.load(os.path.join(os.path.dirname(__file__), "fixtures", "naflex_posemb_resize", "posemb_resize.npz"))
+    posemb = torch.from_numpy(ref["posemb_4x4"]).reshape(1, 16, -1)
+    ours = resize_posemb(posemb, (4, 4), shape).reshape(*shape, -1)
+    err = float(np.abs(ours.numpy() - ref[f"posemb_4x4_to_{shape[0]}x{shape[1]}"]).max())
+    assert err <= 1e-6, f"{shape}: {err:.2e}"

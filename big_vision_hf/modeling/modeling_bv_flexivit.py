@@ -27,6 +27,7 @@ from .modeling_bv_vit import (
     BvViTModel,
     BvViTModelOutput,
     BvViTPreTrainedModel,
+    resize_grid_antialiased,
 )
 
 # ---------------------------------------------------------------------------------------------------------
@@ -75,16 +76,13 @@ def resize_posemb(posemb: torch.Tensor, old_grid: tuple[int, int], new_grid: tup
     """``[1, h*w, D]`` posemb -> another grid, as big_vision flexi ``jax.image.resize(pe, ..., "linear")``.
 
     ``jax.image.resize`` antialiases when downsampling (a triangle kernel widened by the scale, half-pixel
-    centres); ``F.interpolate(bilinear, align_corners=False, antialias=True)`` is the same. Not the plain ViT's
-    ``resample_posemb`` (scipy zoom, corners aligned).
+    centres): :func:`resize_grid_antialiased`. Not the plain ViT's ``resample_posemb`` (scipy zoom, corners
+    aligned).
     """
     if tuple(old_grid) == tuple(new_grid):
         return posemb
-    d = posemb.shape[-1]
-    grid = posemb.reshape(1, old_grid[0], old_grid[1], d).permute(0, 3, 1, 2)  # (1, D, h, w)
-    compute = torch.promote_types(posemb.dtype, torch.float32)
-    grid = F.interpolate(grid.to(compute), size=tuple(new_grid), mode="bilinear", align_corners=False, antialias=True)
-    return grid.permute(0, 2, 3, 1).reshape(1, new_grid[0] * new_grid[1], d).to(posemb.dtype)
+    grid = posemb.reshape(old_grid[0], old_grid[1], posemb.shape[-1])
+    return resize_grid_antialiased(grid, new_grid).reshape(1, new_grid[0] * new_grid[1], -1)
 
 
 def _pair(x) -> tuple[int, int]:

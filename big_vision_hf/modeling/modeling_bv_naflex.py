@@ -26,14 +26,19 @@ from __future__ import annotations
 import numpy as np
 import torch
 from torch import nn
-from torch.nn import functional as F
 from transformers import initialization as init
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.utils import can_return_tuple, logging
 from transformers.utils.output_capturing import capture_outputs
 
 from ..configuration.configuration_bv_naflex import BvNaFlexViTConfig
-from .modeling_bv_vit import BvImageClassifierOutput, BvMAPHead, BvViTEncoder, BvViTPreTrainedModel
+from .modeling_bv_vit import (
+    BvImageClassifierOutput,
+    BvMAPHead,
+    BvViTEncoder,
+    BvViTPreTrainedModel,
+    resize_grid_antialiased,
+)
 
 logger = logging.get_logger(__name__)
 
@@ -56,17 +61,15 @@ def naflex_position_embeddings(posemb: torch.Tensor, patch_coords: torch.Tensor,
     """big_vision ``naflex_vit._pos_emb_resize``: the posemb of every token ``[B, N, D]``.
 
     Per example, the ``[n, n, D]`` posemb is resized to ``shape = patch_coords.max(1) + 1`` with
-    ``jax.image.scale_and_translate(bilinear, antialias=True)`` (half-pixel centres; a triangle kernel widened by
-    the scale when downsampling), which is ``F.interpolate(bilinear, align_corners=False, antialias=True)``, then
-    gathered at ``(yidx, xidx)``. big_vision resizes onto an ``L x L`` canvas (``L = canvas_size``) and gathers
-    with ``mode="fill"``: tokens at ``yidx >= L`` or ``xidx >= L`` get NaN, reproduced here.
+    ``jax.image.scale_and_translate(bilinear, antialias=True)`` (:func:`resize_grid_antialiased`), then gathered
+    at ``(yidx, xidx)``. big_vision resizes onto an
+    ``L x L`` canvas (``L = canvas_size``) and gathers with ``mode="fill"``: tokens at ``yidx >= L`` or
+    ``xidx >= L`` get NaN, reproduced here.
     """
     n_y, n_x, dim = posemb.shape
     batch, num_tokens, _ = patch_coords.shape
     coords = patch_coords.to(torch.long)
     shapes = coords.amax(dim=1) + 1  # (B, 2), big_vision `coords.max(axis=1) + 1`
-    grid = posemb.permute(2, 0, 1)[None]  # (1, D, n, n)
-    compute = torch.promote_types(posemb.dtype, torch.float32)  # antialias is float32-only on CPU
     out = posemb.new_empty(batch, num_tokens, dim)
     for shape in torch.unique(shapes, dim=0).tolist():
         rows = (shapes == torch.tensor(shape, device=shapes.device)).all(dim=-1).nonzero()[:, 0]
@@ -74,8 +77,7 @@ def naflex_position_embeddings(posemb: torch.Tensor, patch_coords: torch.Tensor,
         if (h, w) == (n_y, n_x):  # scale 1: the identity, as jax's weights at integer offsets
             resized = posemb.reshape(n_y * n_x, dim)
         else:
-            resized = F.interpolate(grid.to(compute), size=(h, w), mode="bilinear", align_corners=False, antialias=True)
-            resized = resized[0].permute(1, 2, 0).reshape(h * w, dim).to(posemb.dtype)
+            resized = resize_grid_antialiased(posemb, (h, w)).reshape(h * w, dim)
         flat = coords[rows, :, 0] * w + coords[rows, :, 1]  # (b, N)
         out[rows] = resized[flat]
     outside = (coords >= canvas_size).any(dim=-1, keepdim=True)

@@ -74,6 +74,38 @@ def resample_posemb(posemb: torch.Tensor, old_grid: tuple[int, int], new_grid: t
     return grid.permute(0, 2, 3, 1).reshape(1, new_grid[0] * new_grid[1], d).to(posemb.dtype)
 
 
+def antialiased_resize_weights(in_size: int, out_size: int, device=None) -> torch.Tensor:
+    """``[out, in]`` weights of ``jax.image.scale_and_translate(method="bilinear", antialias=True)`` along one axis
+    (``jax/_src/image/scale.py compute_weight_mat``, translation 0): half-pixel centres, a triangle kernel widened
+    by ``1 / scale`` when downsampling, each row normalised. Computed in float32 as jax does.
+
+    Not ``F.interpolate(bilinear, antialias=True)``: it agrees in general, but torch 2.13 collapses a height
+    resize when the output is 1 wide (every row gets the first row's value): a tall 1-wide NaFlex or FlexiViT grid.
+    """
+    f32 = torch.float32
+    scale = torch.tensor(out_size, dtype=f32) / torch.tensor(in_size, dtype=f32)
+    inv_scale = 1.0 / scale
+    kernel_scale = torch.clamp(inv_scale, min=1.0)
+    sample = (torch.arange(out_size, dtype=f32, device=device) + 0.5) * inv_scale - 0.5
+    weights = (1.0 - (sample[:, None] - torch.arange(in_size, dtype=f32, device=device)[None, :]).abs()
+               / kernel_scale).clamp(min=0.0)
+    total = weights.sum(-1, keepdim=True)
+    weights = torch.where(total.abs() > 1000.0 * torch.finfo(f32).eps, weights / torch.where(total != 0, total, 1.0),
+                          0.0)
+    inside = (sample >= -0.5) & (sample <= in_size - 0.5)
+    return torch.where(inside[:, None], weights, 0.0)
+
+
+def resize_grid_antialiased(grid: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """``[h, w, D]`` -> ``[H, W, D]`` as ``jax.image.resize(grid, (H, W, D), "linear")`` /
+    ``jax.image.scale_and_translate(bilinear, antialias=True)`` with scale ``(H/h, W/w)``: separable,
+    ``W_y @ grid @ W_x^T`` with :func:`antialiased_resize_weights`. Float32 at least; returns ``grid``'s dtype."""
+    compute = torch.promote_types(grid.dtype, torch.float32)
+    w_y = antialiased_resize_weights(grid.shape[0], int(size[0]), grid.device).to(compute)
+    w_x = antialiased_resize_weights(grid.shape[1], int(size[1]), grid.device).to(compute)
+    return torch.einsum("hy,yxd,wx->hwd", w_y, grid.to(compute), w_x).to(grid.dtype)
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Shared transformer layers (big_vision vit.MlpBlock / Encoder1DBlock / Encoder / MAPHead)
 # ---------------------------------------------------------------------------------------------------------
