@@ -343,3 +343,21 @@ def test_last_layer_on_loss_rows_only_is_exact(tok, processor, rows, family, tex
     for name, p in pruned.named_parameters():
         if p.requires_grad:
             torch.testing.assert_close(p.grad, grads[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_last_layer_rows_found_through_wrappers(tok):
+    """PEFT, DDP (``.module``) or both: the Gemma layers are found, so the row subset is used when distributed."""
+    from big_vision_hf.transfer.training import _decoder_layers
+
+    class Wrapper(nn.Module):  # what DistributedDataParallel looks like from outside
+        def __init__(self, module):
+            super().__init__()
+            self.module = module
+
+    plain = _model(tok)
+    layers = plain.model.language_model.layers
+    for model in (plain, Wrapper(plain), apply_lora(_model(tok), "llm"), Wrapper(apply_lora(_model(tok), "llm"))):
+        found = _decoder_layers(model)
+        assert found is not None and len(found) == len(layers)
+        assert type(found[-1]).__name__ == "GemmaDecoderLayer"
+    assert _decoder_layers(nn.Linear(2, 2)) is None

@@ -196,7 +196,8 @@ _ROW_SUBSET_LAYERS = ("GemmaDecoderLayer", "Gemma2DecoderLayer")
 
 
 def _decoder_layers(model):
-    """The Gemma decoder layers of a (PEFT-wrapped) PaliGemma, or ``None`` for any other model."""
+    """The Gemma decoder layers of a (DDP- and/or PEFT-wrapped) PaliGemma, or ``None`` for any other model."""
+    model = getattr(model, "module", model)  # DistributedDataParallel
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     language_model = getattr(getattr(base, "model", None), "language_model", None)
     layers = getattr(language_model, "layers", None)
