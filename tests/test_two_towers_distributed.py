@@ -8,6 +8,11 @@ for the sigmoid (SigLIP) and softmax (CLIP/LiT) losses, even and uneven splits, 
 
 from __future__ import annotations
 
+import datetime
+import os
+import socket
+import time
+
 import pytest
 import torch
 import torch.distributed as dist
@@ -45,9 +50,10 @@ def _grads(model) -> dict[str, torch.Tensor]:
     return {k: p.grad.detach().clone() for k, p in model.named_parameters() if p.grad is not None}
 
 
-def _worker(rank: int, world: int, init_file: str, out_file: str):
+def _worker(rank: int, world: int, init_method: str, out_file: str):
     torch.set_num_threads(1)  # 2 processes on a small machine
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    dist.init_process_group("gloo", init_method=init_method, rank=rank, world_size=world,
+                            timeout=datetime.timedelta(seconds=120))
     results = []
     batch = _batch()
     for loss, sizes, lock in CASES:
@@ -61,17 +67,41 @@ def _worker(rank: int, world: int, init_file: str, out_file: str):
         dist.all_gather(losses, out.loss.detach().reshape(1))
         results.append({"losses": torch.cat(losses), "grads": _grads(model)})
     if rank == 0:
-        torch.save(results, out_file)
+        torch.save(results, out_file + ".tmp")
+        os.replace(out_file + ".tmp", out_file)  # complete or absent
     dist.barrier()
     dist.destroy_process_group()
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _run_workers(out_file: str, world: int = 2, limit_s: float = 300.0, teardown_s: float = 30.0) -> None:
+    """Spawns the workers and waits for them, never forever: a gloo teardown that hangs after the results are
+    written (seen once on this 2-core VM, in destroy_process_group) is cut short; no results in time is a failure."""
+    # "spawn", not "fork": forking the multi-threaded pytest process can leave a child waiting forever on a lock
+    # some other thread held at fork time; spawned children import afresh instead.
+    ctx = mp.start_processes(_worker, args=(world, f"tcp://127.0.0.1:{_free_port()}", out_file), nprocs=world,
+                             join=False, start_method="spawn")
+    start, written = time.monotonic(), None
+    while not ctx.join(timeout=2):  # raises if a worker raised
+        now = time.monotonic()
+        if written is None and os.path.exists(out_file):
+            written = now
+        if (written is not None and now - written > teardown_s) or now - start > limit_s:
+            for proc in ctx.processes:
+                proc.terminate()
+            assert written is not None, f"the {world} workers produced no results in {limit_s:.0f} s"
+            return
 
 
 @pytest.mark.skipif(not dist.is_available(), reason="torch.distributed is not available")
 def test_two_process_loss_and_gradients_equal_single_process(tmp_path):
     out_file = str(tmp_path / "results.pt")
-    # "spawn", not "fork": forking the multi-threaded pytest process can leave a child waiting forever on a lock
-    # some other thread held at fork time (seen on CI-sized machines); spawned children import afresh instead.
-    mp.start_processes(_worker, args=(2, str(tmp_path / "init"), out_file), nprocs=2, join=True, start_method="spawn")
+    _run_workers(out_file)
     results = torch.load(out_file)
     batch = _batch()
     for (loss, sizes, lock), got in zip(CASES, results):
