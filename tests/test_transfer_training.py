@@ -361,3 +361,24 @@ def test_last_layer_rows_found_through_wrappers(tok):
         assert found is not None and len(found) == len(layers)
         assert type(found[-1]).__name__ == "GemmaDecoderLayer"
     assert _decoder_layers(nn.Linear(2, 2)) is None
+
+
+def test_last_layer_rows_fallback_keeps_the_output_contract(tok):
+    """Without a dense mask (pure causal ``None``, flex attention) the full layer runs, and its ``keep`` rows come
+    back as ``[1, N, D]``, the shape compute_loss expects when the row subset is active."""
+    from big_vision_hf.transfer.training import _decoder_layer_on_rows
+
+    model = _model(tok).eval()
+    language_model = model.model.language_model
+    layer = language_model.layers[-1]
+    hidden = torch.randn(2, 7, 32)
+    position_ids = torch.arange(7)[None].expand(2, -1)
+    position_embeddings = language_model.rotary_emb(hidden, position_ids)
+    keep = torch.zeros(2, 7, dtype=torch.bool)
+    keep[0, 5:] = keep[1, 2] = True
+    with torch.no_grad():
+        full = layer(hidden, attention_mask=None, position_embeddings=position_embeddings, position_ids=position_ids)
+        rows = _decoder_layer_on_rows(layer, keep, hidden, attention_mask=None,
+                                      position_embeddings=position_embeddings, position_ids=position_ids)
+    assert rows.shape == (1, 3, 32)
+    torch.testing.assert_close(rows[0], full[keep])

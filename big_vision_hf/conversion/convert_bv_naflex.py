@@ -265,8 +265,7 @@ def export_to_siglip2(
     The deviation from our exact class (max abs error, fp32, patch tokens only) is measured on ``inputs`` (a
     processor output), or on a synthetic batch (:func:`synthetic_naflex_inputs`), and written into the model card.
     Known differences: transformers resizes the posemb per image (before 5.25 with ``F.interpolate``, which is
-    wrong on 1-wide grids) and has no ``L``-canvas
-    cap (big_vision gives NaN beyond ``L`` patches per side); its pad *queries* attend to patches (only keys are
+    wrong on 1-wide grids) and has no ``L``-canvas cap (big_vision gives NaN beyond ``L`` patches per side); its pad *queries* attend to patches (only keys are
     masked), so pad positions differ; its image processor resizes uint8 images with PIL instead of big_vision's
     float TF antialiased bilinear (the folder holds transformers' ``Siglip2ImageProcessorPil``). Not
     representable (raises): Dual PatchNorm, ``gap``/``max`` pooling, ``rep_size``, a classification head.
@@ -288,8 +287,9 @@ def export_to_siglip2(
     note = (
         f"exported to transformers `Siglip2VisionModel`; max abs difference from the exact big_vision_hf "
         f"`BvNaFlexViTModel` (fp32, patch tokens only, {inputs['pixel_values'].shape[0]} images): {figures}. "
-        "Differences: posemb resize (no L-canvas cap; before transformers 5.25 F.interpolate, wrong on 1-wide grids), pad queries unmasked, and the image processor "
-        "(PIL uint8 bilinear, not big_vision's float antialiased resize_to_sequence)."
+        "Differences: posemb resize (no L-canvas cap; before transformers 5.25 F.interpolate, wrong on 1-wide "
+        "grids), pad queries unmasked, and the image processor (PIL uint8 bilinear, not big_vision's float "
+        "antialiased resize_to_sequence)."
     )
     s2.config.bv_model_name = FAMILY
     s2.config.bv_model_config = getattr(model.config, "bv_model_config", {})
@@ -470,8 +470,8 @@ def siglip2_model_parity_note(siglip2_model, checkpoint: str, kwargs: dict, max_
     return (
         f"converted into transformers `Siglip2Model` (not exact); max abs difference from the exact big_vision_hf "
         f"`BvSiglipModel` (fp32, 4 synthetic images and 3 texts): {figures}. Differences: posemb resize "
-        "(no L-canvas cap; before transformers 5.25 F.interpolate, wrong on 1-wide grids), pad queries unmasked, no 1e-8 in the embedding normalisation, and the "
-        "image processor (PIL uint8 bilinear, not big_vision's float antialiased resize_to_sequence). Convert "
+        "(no L-canvas cap; before transformers 5.25 F.interpolate, wrong on 1-wide grids), pad queries unmasked, "
+        "no 1e-8 in the embedding normalisation, and the image processor (PIL uint8 bilinear, not big_vision's float antialiased resize_to_sequence). Convert "
         "without --target transformers for the exact class."
     )
 

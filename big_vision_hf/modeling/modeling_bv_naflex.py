@@ -62,9 +62,8 @@ def naflex_position_embeddings(posemb: torch.Tensor, patch_coords: torch.Tensor,
 
     Per example, the ``[n, n, D]`` posemb is resized to ``shape = patch_coords.max(1) + 1`` with
     ``jax.image.scale_and_translate(bilinear, antialias=True)`` (:func:`resize_grid_antialiased`), then gathered
-    at ``(yidx, xidx)``. big_vision resizes onto an
-    ``L x L`` canvas (``L = canvas_size``) and gathers with ``mode="fill"``: tokens at ``yidx >= L`` or
-    ``xidx >= L`` get NaN, reproduced here.
+    at ``(yidx, xidx)``. big_vision resizes onto an ``L x L`` canvas (``L = canvas_size``) and gathers with
+    ``mode="fill"``: tokens at ``yidx >= L`` or ``xidx >= L`` get NaN, reproduced here.
     """
     n_y, n_x, dim = posemb.shape
     batch, num_tokens, _ = patch_coords.shape

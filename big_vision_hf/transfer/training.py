@@ -218,12 +218,13 @@ def _decoder_layer_on_rows(layer, keep: torch.Tensor, hidden_states: torch.Tenso
                            position_embeddings=None, cache=None, **kwargs):
     """``GemmaDecoderLayer`` / ``Gemma2DecoderLayer.forward`` (transformers 5.x) computed for the ``True``
     positions of ``keep`` (``[B, T]``) only, returned flattened to ``[1, N, D]`` in ``hidden_states[keep]``
-    order. Keys and values come from every position, so those rows are what the full layer gives. Falls back
-    to the full layer where the mask is not a dense tensor (flex attention, pure causal ``None``) or a cache is
-    being filled."""
+    order. Keys and values come from every position, so those rows are what the full layer gives. Where the mask
+    is not a dense tensor (flex attention, pure causal ``None``) or a cache is being filled, the full layer runs
+    and its ``keep`` rows are returned: the same output contract either way."""
     if cache is not None or not isinstance(attention_mask, torch.Tensor) or attention_mask.dim() != 4:
-        return type(layer).forward(layer, hidden_states, attention_mask=attention_mask,
+        full = type(layer).forward(layer, hidden_states, attention_mask=attention_mask,
                                    position_embeddings=position_embeddings, cache=cache, **kwargs)
+        return full[keep].unsqueeze(0)
     attn = layer.self_attn
     gemma = sys.modules[type(attn).__module__]  # modeling_gemma / modeling_gemma2: their rope and attention
     batch, length, _ = hidden_states.shape
