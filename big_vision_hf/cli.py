@@ -12,8 +12,10 @@ _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torc
 
 
 def _convert(args: argparse.Namespace) -> int:
-    from .conversion.api import convert_to_folder
+    from .conversion.api import add_text_side, convert_to_folder
 
+    if args.tokenizer and not os.path.isfile(args.tokenizer):  # before any weight is written
+        raise FileNotFoundError(f"--tokenizer {args.tokenizer}: no such file")
     size = args.image_size
     image_size = None if size is None else (size[0], size[0]) if len(size) == 1 else tuple(size)
     out = convert_to_folder(
@@ -31,33 +33,16 @@ def _convert(args: argparse.Namespace) -> int:
         target=args.target,
     )
     if args.tokenizer:
-        _add_tokenizer(out, args)
+        add_text_side(out, args.tokenizer, preset=args.text_preset or _registered_text_preset(args),
+                      remote_code=not args.no_remote_code)
     print(f"wrote {out}")
     return 0
 
 
-def _add_tokenizer(out: str, args: argparse.Namespace) -> None:
-    """The text side the checkpoint lacks: PaliGemma's processor, or a two-tower model's text pp."""
-    from transformers import AutoConfig
-
-    if not os.path.isfile(args.tokenizer):
-        raise FileNotFoundError(f"--tokenizer {args.tokenizer}: no such file")
-    config = AutoConfig.from_pretrained(out)
-    if config.model_type == "paligemma":
-        from .conversion.convert_paligemma import save_paligemma_processor
-
-        save_paligemma_processor(out, config, args.tokenizer)
-    else:
-        from .processing.processing_bv_two_towers import add_text_processor
-
-        add_text_processor(out, args.tokenizer, preset=args.text_preset or _registered_text_preset(args),
-                           remote_code=not args.no_remote_code)
-
-
 def _registered_text_preset(args: argparse.Namespace) -> str | None:
-    """The text pp of a registered checkpoint (SigLIP 2: ``siglip2``), else ``None``: the text tower's (``bert``
-    for LiT's BERT tower, ``siglip`` otherwise)."""
-    from .conversion.registry import find_entry
+    """The text pp of a zoo checkpoint (SigLIP 2: ``siglip2``), else ``None``: the text tower's (``bert`` for
+    LiT's BERT tower, ``siglip`` otherwise)."""
+    from .conversion.zoo import find_entry
 
     entry = find_entry(args.name or args.checkpoint, args.model_name)
     return entry.text_preset if entry and entry.text_preset else None
@@ -120,9 +105,16 @@ def _read_labels(path: str) -> list[str]:
 
 
 def _list(args: argparse.Namespace) -> int:
-    from .conversion.registry import REGISTRY
+    if args.families:
+        from .conversion.families import FAMILIES
 
-    for entry in REGISTRY.values():
+        for family in FAMILIES:
+            how = "detected" if family.signatures else "named"
+            print(f"{family.name:28s} {how:9s} {family.summary}")
+        return 0
+    from .conversion.zoo import ZOO
+
+    for entry in ZOO.values():
         if args.filter and args.filter.lower() not in entry.name.lower():
             continue
         print(f"{entry.name:32s} {entry.model_name:16s} {entry.image_size:4d}px  {entry.url}")
@@ -137,6 +129,8 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .conversion.families import FAMILY_NAMES
+
     parser = argparse.ArgumentParser(
         prog="big-vision-hf",
         description="Google big_vision checkpoints as exact Hugging Face transformers models.",
@@ -167,9 +161,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("checkpoint", help="path to the .npz, optionally with a sub-tree: file.npz:img")
     p.add_argument("out_dir", help="output folder (created)")
-    p.add_argument("--model-name", help="big_vision config.model_name: vit, proj.flexi.vit, mlp_mixer, bit_paper, bit, "
-                   "proj.image_text.two_towers, proj.image_text.naflex_vit, proj.clippo.one_tower, "
-                   "proj.paligemma.paligemma, proj.paligemma.vqvae (detected from the arrays when omitted)")
+    p.add_argument("--model-name", metavar="NAME", help="big_vision config.model_name: " + ", ".join(FAMILY_NAMES)
+                   + " (detected from the arrays when omitted; `big-vision-hf list --families`)")
     p.add_argument("--model-config", help="big_vision config.model as JSON, e.g. '{\"variant\": \"B/16\", "
                    "\"pool_type\": \"map\", \"num_classes\": 1000}'")
     p.add_argument("--name", help="a registered checkpoint name (see `big-vision-hf list`) supplying model name, "
@@ -194,8 +187,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_convert)
 
-    p = sub.add_parser("list", help="list the registered public big_vision checkpoints")
+    p = sub.add_parser("list", help="list the registered public big_vision checkpoints (--families: the model families)")
     p.add_argument("filter", nargs="?", help="only names containing this text")
+    p.add_argument("--families", action="store_true", help="list the big_vision model families (config.model_name) "
+                   "that convert, whether each is detected from the arrays or must be named, and what it is")
     p.set_defaults(func=_list)
 
     p = sub.add_parser(

@@ -1,7 +1,8 @@
 """Registration of our configs, models and processors with the transformers Auto classes.
 
 One table: per config, the model classes for each Auto class, the image processor, and (where text goes in)
-the tokenizer / processor. Called once by ``import big_vision_hf``.
+the tokenizer / processor. A new family is one line here. ``import big_vision_hf`` registers the table and
+exports every class in it (:func:`exported_classes`).
 """
 
 from __future__ import annotations
@@ -68,6 +69,18 @@ def _table():
         BvClippoConfig: ({AutoModel: clippo.BvClippoModel}, BvImageProcessor, None, BvClippoProcessor),
         BvSegVQVAEConfig: ({AutoModel: vqvae.BvSegVQVAEModel}, None, None, None),
     }
+
+
+def exported_classes() -> dict[str, type]:
+    """``{name: class}`` of every config, model, image processor, tokenizer and processor of the table (and
+    PaliGemma's processor and tokenizer): what ``big_vision_hf`` exports."""
+    from .processing.processing_paligemma import BvPaliGemmaProcessor
+    from .processing.tokenization_paligemma import BvPaliGemmaTokenizer
+
+    classes = [BvPaliGemmaProcessor, BvPaliGemmaTokenizer]
+    for config_cls, (models, image_processor, tokenizer, processor) in _table().items():
+        classes += [config_cls, *models.values(), image_processor, tokenizer, processor]
+    return {cls.__name__: cls for cls in classes if cls is not None}
 
 
 def register_auto_classes() -> None:

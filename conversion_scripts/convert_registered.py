@@ -12,7 +12,7 @@ import re
 import sys
 
 from big_vision_hf.cli import main
-from big_vision_hf.conversion.registry import REGISTRY
+from big_vision_hf.conversion.zoo import ZOO
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -21,7 +21,7 @@ if __name__ == "__main__":
     parser.add_argument("--filter", default="", help="only registry names containing this text")
     args = parser.parse_args()
     failures = 0
-    for entry in REGISTRY.values():
+    for entry in ZOO.values():
         path = os.path.join(args.checkpoint_dir, entry.filename)
         if args.filter.lower() not in entry.name.lower() or not os.path.exists(path):
             continue

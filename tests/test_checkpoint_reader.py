@@ -15,7 +15,8 @@ def test_names_and_shapes_without_reading_data(monkeypatch):
     reads = []
     monkeypatch.setattr(checkpoint, "_read_block", lambda m, start, shape: reads.append(m.member))
     g = Golden("vit_scan")
-    cls, config, mapped, family = api.build(g.params, "vit", g.model_kwargs, image_size=32)
+    built = api.build(g.params, "vit", g.model_kwargs, image_size=32)
+    cls, config, mapped, family = built.model_class, built.config, built.mapped, built.family
     assert family == "vit" and reads == []  # building the mapping reads headers only
     assert mapped["vit.encoder.layers.1.self_attn.q_proj.weight"].shape == (48, 48)
 
@@ -30,7 +31,7 @@ def test_stacked_arrays_are_read_once_layer_by_layer(monkeypatch):
         return real(m, start, shape)
 
     monkeypatch.setattr(checkpoint, "_read_block", counting)
-    _, _, mapped, _ = api.build(g.params, "vit", g.model_kwargs, image_size=32)
+    mapped = api.build(g.params, "vit", g.model_kwargs, image_size=32).mapped
     tensors = materialize(mapped)
     assert len(tensors) == len(mapped)
     arrays = np.load(g.params)
@@ -48,7 +49,8 @@ def _stacked_npz(tmp_path, dtype: str, compressed: bool = False):
     x = (np.arange(60, dtype=np.float32).reshape(4, 3, 5) - 30) / 7
     stored = (x.view(np.uint32) >> 16).astype(np.uint16).view("V2") if dtype == "bfloat16" else x
     path = str(tmp_path / f"s_{dtype}_{compressed}.npz")
-    (np.savez_compressed if compressed else np.savez)(path, **{"params/a/b": stored, "params/c": np.ones(7, np.float32)})
+    save = np.savez_compressed if compressed else np.savez
+    save(path, **{"params/a/b": stored, "params/c": np.ones(7, np.float32)})
     return path, stored
 
 
@@ -180,7 +182,8 @@ def test_bfloat16_void_is_exact():
 
 
 def test_convert_pre_linen_renumbers_per_class():
-    names = ["Transformer/encoderblock_0/LayerNorm_0/scale", "Transformer/encoderblock_0/MultiHeadDotProductAttention_1/out/bias",
+    names = ["Transformer/encoderblock_0/LayerNorm_0/scale",
+             "Transformer/encoderblock_0/MultiHeadDotProductAttention_1/out/bias",
              "Transformer/encoderblock_0/LayerNorm_2/scale", "Transformer/encoderblock_0/MlpBlock_3/Dense_0/bias",
              *[f"Transformer/encoderblock_{i}/LayerNorm_0/scale" for i in range(1, 11)]]
     out = convert_pre_linen({n: n for n in names})

@@ -23,13 +23,18 @@ from safetensors import safe_open
 from transformers import PaliGemmaForConditionalGeneration
 
 from big_vision_hf.cli import main
-from big_vision_hf.conversion import CheckpointError, convert_checkpoint, detect_family, read_checkpoint
+from big_vision_hf.conversion import (
+    CheckpointError,
+    convert_checkpoint,
+    convert_to_folder,
+    detect_family,
+    read_checkpoint,
+)
 from big_vision_hf.conversion.checkpoint import LazyArray
 from big_vision_hf.conversion.convert_paligemma import (
-    FAMILY,
     GEMMA_VARIANTS,
+    NAME,
     build_paligemma,
-    convert_paligemma_to_folder,
     gemma_text_config,
     gemma_variant_config,
     paligemma_param_shapes,
@@ -65,7 +70,7 @@ def converted(request, tmp_path_factory):
     """(golden, folder) converted by `big-vision-hf convert` with a forced multi-shard layout."""
     g = Golden(request.param)
     out = str(tmp_path_factory.mktemp(request.param))
-    convert_cli(g.params, out, "--model-name", FAMILY, "--model-config", json.dumps(model_config(g)),
+    convert_cli(g.params, out, "--model-name", NAME, "--model-config", json.dumps(model_config(g)),
                 "--max-shard-size", "200KB")
     return g, out
 
@@ -130,7 +135,7 @@ def test_paligemma_greedy_generation_cached_equals_uncached(name, tmp_path):
 def test_paligemma2_final_softcap_option():
     """Default: big_vision's ``text_logits`` (no final soft-cap); ``apply_final_logits_softcap``: ``llm/logits``."""
     g = Golden("paligemma2")
-    model = convert_checkpoint(g.params, FAMILY, model_config(g), apply_final_logits_softcap=True)
+    model = convert_checkpoint(g.params, NAME, model_config(g), apply_final_logits_softcap=True)
     assert model.config.text_config.final_logit_softcapping == g.config["gemma_variant_config"]["final_logits_softcap"]
     model.config.text_config._attn_implementation = "eager"
     with torch.no_grad():
@@ -146,10 +151,10 @@ def test_streamed_folder_equals_save_pretrained(tmp_path):
     config, generation config and every tensor."""
     g = Golden("paligemma2")
     kw = model_config(g)
-    ref = convert_checkpoint(g.params, FAMILY, kw)
+    ref = convert_checkpoint(g.params, NAME, kw)
     ref.config.bv_model_config = kw
     ref.save_pretrained(tmp_path / "ref", max_shard_size="200KB")
-    convert_paligemma_to_folder(g.params, str(tmp_path / "ours"), kw, max_shard_size="200KB")
+    convert_to_folder(g.params, str(tmp_path / "ours"), NAME, kw, max_shard_size="200KB")
 
     def load(folder):
         index = json.load(open(folder / "model.safetensors.index.json"))
@@ -200,13 +205,13 @@ def _check_layer_by_layer(reads: dict, params: str) -> None:
 def test_streaming_reads_layer_by_layer(tmp_path, monkeypatch):
     """The streamed writer reads every npz member's bytes exactly once, a stacked array one layer (a fused einsum
     one part) at a time, and a row-wise tensor (the embedding) in row chunks; the result is unchanged."""
-    from big_vision_hf.conversion import convert_paligemma
+    from big_vision_hf.conversion import export
 
     g = Golden("paligemma")
-    expected = convert_checkpoint(g.params, FAMILY, model_config(g)).state_dict()
+    expected = convert_checkpoint(g.params, NAME, model_config(g)).state_dict()
     reads = _count_reads(monkeypatch)
-    monkeypatch.setattr(convert_paligemma, "_WRITE_CHUNK_BYTES", 4096)
-    convert_paligemma_to_folder(g.params, str(tmp_path / "out"), model_config(g), max_shard_size="100KB")
+    monkeypatch.setattr(export, "_WRITE_CHUNK_BYTES", 4096)
+    convert_to_folder(g.params, str(tmp_path / "out"), NAME, model_config(g), max_shard_size="100KB")
     _check_layer_by_layer(reads, g.params)
     gating = np.load(g.params)["llm/layers/mlp/gating_einsum"].shape
     assert len(reads["llm/layers/mlp/gating_einsum.npy"]) == gating[0] * 2  # one read per layer and part
@@ -220,12 +225,12 @@ def test_transposed_gating_einsum_reads_layer_by_layer(tmp_path, monkeypatch):
     """A ``gating_einsum`` stored ``[L, 2, F, D]`` (big_vision ``transpose_gating_einsum``) converts to the same
     weights, still read one layer part at a time."""
     g = Golden("paligemma2")
-    expected = convert_checkpoint(g.params, FAMILY, model_config(g)).state_dict()
+    expected = convert_checkpoint(g.params, NAME, model_config(g)).state_dict()
     key = "llm/layers/mlp/gating_einsum"
     src = rewrite_npz(g.params, str(tmp_path / "t.npz"),
                       lambda a: {**a, key: np.ascontiguousarray(np.swapaxes(a[key], -1, -2))})
     reads = _count_reads(monkeypatch)
-    convert_paligemma_to_folder(src, str(tmp_path / "out"), model_config(g), max_shard_size="100KB")
+    convert_to_folder(src, str(tmp_path / "out"), NAME, model_config(g), max_shard_size="100KB")
     _check_layer_by_layer(reads, src)
     model = PaliGemmaForConditionalGeneration.from_pretrained(str(tmp_path / "out"))
     for name, tensor in model.state_dict().items():
@@ -246,10 +251,10 @@ def test_half_precision_checkpoints(storage, tmp_path):
 
     src = rewrite_npz(g.params, str(tmp_path / f"pt.{storage}.npz"), to_half)
     assert read_checkpoint(src)["llm/embedder/input_embedding"].dtype == storage
-    expected = {k: v.to(half) for k, v in convert_checkpoint(g.params, FAMILY, model_config(g)).state_dict().items()}
+    expected = {k: v.to(half) for k, v in convert_checkpoint(g.params, NAME, model_config(g)).state_dict().items()}
     for dtype in ("float32", storage):
         out = str(tmp_path / dtype)
-        convert_cli(src, out, "--model-name", FAMILY, "--model-config", json.dumps(model_config(g)), "--dtype", dtype)
+        convert_cli(src, out, "--model-name", NAME, "--model-config", json.dumps(model_config(g)), "--dtype", dtype)
         model = PaliGemmaForConditionalGeneration.from_pretrained(out, dtype="auto")
         assert model.dtype == getattr(torch, dtype)
         for name, tensor in model.state_dict().items():
@@ -265,7 +270,7 @@ def test_truncated_npz_one_line_error(tmp_path, capsys):
     data = open(g.params, "rb").read()
     bad = tmp_path / "pt_224.npz"
     bad.write_bytes(data[: len(data) // 3])
-    for extra in ([], ["--model-name", FAMILY, "--model-config", json.dumps(model_config(g))]):
+    for extra in ([], ["--model-name", NAME, "--model-config", json.dumps(model_config(g))]):
         rc = main(["convert", str(bad), str(tmp_path / "out"), "--quiet", *extra])
         err = capsys.readouterr().err.strip()
         assert rc == 2 and "\n" not in err and err.startswith("big-vision-hf convert: error: "), err
@@ -273,7 +278,7 @@ def test_truncated_npz_one_line_error(tmp_path, capsys):
 
 
 def test_detected_from_structure():
-    assert detect_family(read_checkpoint(Golden("paligemma").params)) == FAMILY
+    assert detect_family(read_checkpoint(Golden("paligemma").params)) == NAME
 
 
 @pytest.mark.parametrize(
@@ -288,15 +293,15 @@ def test_config_errors_are_one_line(llm, match):
     g = Golden("paligemma")
     kw = {**g.model_kwargs, "llm": {**g.model_kwargs["llm"], **llm}}
     with pytest.raises(CheckpointError, match=match) as e:
-        convert_checkpoint(g.params, FAMILY, kw)
+        convert_checkpoint(g.params, NAME, kw)
     assert "\n" not in str(e.value)
 
 
 def test_pad_vocab_to_multiple_of():
     """The Hub layout (257,152 -> 257,216): ``<image>`` + padding rows set to the mean embedding row."""
     g = Golden("paligemma")
-    plain = convert_checkpoint(g.params, FAMILY, model_config(g))
-    padded = convert_checkpoint(g.params, FAMILY, model_config(g), pad_vocab_to_multiple_of=64)
+    plain = convert_checkpoint(g.params, NAME, model_config(g))
+    padded = convert_checkpoint(g.params, NAME, model_config(g), pad_vocab_to_multiple_of=64)
     rows = plain.config.text_config.vocab_size
     assert (rows, padded.config.text_config.vocab_size, padded.config.image_token_index) == (320, 384, 320)
     emb = padded.get_input_embeddings().weight
@@ -315,7 +320,8 @@ def test_real_variants_fit_transformers(variant, res):
     params = {k: LazyArray(s, "float32", lambda: None, k, k) for k, s in shapes.items()}
     kw = {"img": {"variant": "So400m/14", "pool_type": "none", "scan": True},
           "llm": {"variant": variant, "vocab_size": 257_152}}
-    cls, config, mapped = build_paligemma(params, kw)
+    built = build_paligemma(params, kw)
+    cls, config, mapped = built.model_class, built.config, built.mapped
     with torch.device("meta"):
         model = cls(config)
     check_fits(mapped, model)
@@ -359,9 +365,9 @@ def test_processor_hook(tmp_path):
     shapes = paligemma_param_shapes({"width": 16, "depth": 1, "mlp_dim": 32, "num_heads": 2, "num_kv_heads": 1,
                                      "head_dim": 8}, 28, "Ti/14", vocab_size=rows)
     params = {k: LazyArray(s, "float32", lambda: None, k, k) for k, s in shapes.items()}
-    _, config, _ = build_paligemma(params, {"llm": {"variant": {"width": 16, "depth": 1, "mlp_dim": 32,
-                                                                "num_heads": 2, "num_kv_heads": 1, "head_dim": 8},
-                                                    "vocab_size": rows}})
+    config = build_paligemma(params, {"llm": {"variant": {"width": 16, "depth": 1, "mlp_dim": 32,
+                                                          "num_heads": 2, "num_kv_heads": 1, "head_dim": 8},
+                                              "vocab_size": rows}}).config
     save_paligemma_processor(str(tmp_path / "out"), config, str(tmp_path / "tokenizer.model"))
     processor = BvPaliGemmaProcessor.from_pretrained(str(tmp_path / "out"))
     assert processor.image_seq_length == 4 and processor.image_token_id == config.image_token_index == rows

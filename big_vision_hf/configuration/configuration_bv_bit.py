@@ -18,6 +18,8 @@ import re
 from huggingface_hub.dataclasses import strict
 from transformers import PreTrainedConfig
 
+from .configuration_bv_vit import translate_bv_kwargs
+
 ARCHITECTURES = ("resnetv2", "resnetv1")
 
 # big_vision `models/bit.py:get_block_desc` (commit 0127fb6): units per stage for each named depth.
@@ -145,12 +147,5 @@ BV_BIT_KWARGS = {
 
 def bv_kwargs_to_config(kwargs: dict, architecture: str = "resnetv2") -> dict:
     """Translates big_vision ``bit_paper.Model`` / ``bit.Model`` kwargs (a ``config.model`` dict) into fields."""
-    known = BV_BIT_KWARGS[architecture]
-    out = {"architecture": architecture}
-    for key, value in dict(kwargs).items():
-        if key == "num_classes":
-            continue  # handled by the converter (it decides base model vs classifier)
-        if key not in known:
-            raise ValueError(f"unknown big_vision BiT ({architecture}) option {key!r}; known: {', '.join(known)}")
-        out[known[key]] = list(value) if isinstance(value, tuple) else value
-    return out
+    out = translate_bv_kwargs(kwargs, BV_BIT_KWARGS[architecture], f"BiT ({architecture})", variant=None)
+    return {"architecture": architecture, **{k: list(v) if isinstance(v, tuple) else v for k, v in out.items()}}

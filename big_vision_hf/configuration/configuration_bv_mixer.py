@@ -7,6 +7,8 @@ import math
 from huggingface_hub.dataclasses import strict
 from transformers import PreTrainedConfig
 
+from .configuration_bv_vit import pair, translate_bv_kwargs
+
 # Reference: Table 1 of https://arxiv.org/abs/2105.01601, as transcribed in big_vision
 # `models/mlp_mixer.py:Model` (commit 0127fb6). (hidden_dim, num_blocks, tokens_mlp_dim, channels_mlp_dim);
 # parameter counts are ours at 224px with a 1000-class head.
@@ -35,10 +37,6 @@ def decode_variant(variant: str | None) -> dict:
         "channels_mlp_dim": channels_mlp_dim,
         "patch_size": (int(patch), int(patch)),
     }
-
-
-def pair(x) -> list[int]:
-    return [int(x), int(x)] if isinstance(x, int) else [int(v) for v in x]
 
 
 @strict
@@ -118,18 +116,8 @@ BV_MIXER_NO_EFFECT = ("model_name",)
 
 
 def bv_kwargs_to_config(kwargs: dict) -> dict:
-    """Translates big_vision ``mlp_mixer.Model`` kwargs (a ``config.model`` dict) into ``BvMixerConfig`` fields.
-
-    As in big_vision's ``Model``, explicit kwargs win over the ones a ``variant`` implies.
-    """
-    kwargs = dict(kwargs)
-    out = {BV_MIXER_KWARGS[k]: v for k, v in decode_variant(kwargs.pop("variant", None)).items()}
-    for key, value in kwargs.items():
-        if key in BV_MIXER_NO_EFFECT or key == "num_classes":  # num_classes: the converter picks the head
-            continue
-        if key not in BV_MIXER_KWARGS:
-            raise ValueError(f"unknown big_vision MLP-Mixer option {key!r}; known: {', '.join(BV_MIXER_KWARGS)}")
-        out[BV_MIXER_KWARGS[key]] = value
+    """Translates big_vision ``mlp_mixer.Model`` kwargs (a ``config.model`` dict) into ``BvMixerConfig`` fields."""
+    out = translate_bv_kwargs(kwargs, BV_MIXER_KWARGS, "MLP-Mixer", BV_MIXER_NO_EFFECT, variant=decode_variant)
     if "patch_size" in out:
         out["patch_size"] = pair(out["patch_size"])
     return out

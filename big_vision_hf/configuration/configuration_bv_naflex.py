@@ -7,7 +7,7 @@ import re
 from huggingface_hub.dataclasses import strict
 from transformers import PreTrainedConfig
 
-from .configuration_bv_vit import decode_variant, pair
+from .configuration_bv_vit import pair, translate_bv_kwargs
 
 # big_vision naflex `_Model.__call__`: "map" | "gap" | "max" | "none" (no "tok"/"0": there is no [cls]).
 NAFLEX_POOL_TYPES = ("map", "gap", "max", "none")
@@ -118,18 +118,4 @@ BV_NAFLEX_NO_EFFECT = ("scan", "remat_policy", "dtype_mm")
 
 def bv_kwargs_to_naflex_config(kwargs: dict) -> dict:
     """Translates big_vision naflex ``Model`` kwargs (a ``config.model`` / ``config.model.image`` dict)."""
-    kwargs = dict(kwargs)
-    out = {BV_NAFLEX_KWARGS[k]: v for k, v in decode_variant(kwargs.pop("variant", None)).items()}
-    for key, value in kwargs.items():
-        if key in BV_NAFLEX_NO_EFFECT or key == "num_classes":  # num_classes: the converter decides the head
-            continue
-        if key not in BV_NAFLEX_KWARGS:
-            raise ValueError(f"unknown big_vision NaFlex option {key!r}; known: {', '.join(BV_NAFLEX_KWARGS)}")
-        out[BV_NAFLEX_KWARGS[key]] = value
-    if out.get("representation_size") is False or out.get("representation_size") == 0:
-        out["representation_size"] = None
-    if out.get("representation_size") is True:
-        out["representation_size"] = out.get("hidden_size", 768)
-    if "intermediate_size" in out and out["intermediate_size"] is None:
-        out["intermediate_size"] = 4 * out["hidden_size"]
-    return out
+    return translate_bv_kwargs(kwargs, BV_NAFLEX_KWARGS, "NaFlex", BV_NAFLEX_NO_EFFECT)

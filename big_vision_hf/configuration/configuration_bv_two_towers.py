@@ -17,7 +17,7 @@ from huggingface_hub.dataclasses import strict
 from transformers import BertConfig, PreTrainedConfig
 
 from .configuration_bv_naflex import BvNaFlexViTConfig
-from .configuration_bv_vit import BvViTConfig, decode_variant
+from .configuration_bv_vit import BvViTConfig, translate_bv_kwargs
 
 TEXT_POOL_TYPES = ("last", "first", "gap", "max", "map")
 # big_vision text_transformer accepts these spellings too (`pool_type in ("mean", "gap")`, `("max", "gmp")`).
@@ -98,18 +98,9 @@ BV_TEXT_NO_EFFECT = ("scan", "remat_policy")
 
 
 def bv_text_kwargs_to_config(kwargs: dict) -> dict:
-    """Translates big_vision ``text_transformer.Model`` kwargs (``config.model.text``) into `BvTextConfig` fields."""
-    kwargs = dict(kwargs)
-    variant = decode_variant(kwargs.pop("variant", None))
-    variant.pop("patch_size", None)  # `vit.decode_variant` of "B/16": the text tower has no patches
-    out = {BV_TEXT_KWARGS[k]: v for k, v in variant.items()}
-    for key, value in kwargs.items():
-        if key in BV_TEXT_NO_EFFECT:
-            continue
-        if key not in BV_TEXT_KWARGS:
-            raise ValueError(f"unknown big_vision text_transformer option {key!r}; known: {', '.join(BV_TEXT_KWARGS)}")
-        out[BV_TEXT_KWARGS[key]] = value
-    return out
+    """Translates big_vision ``text_transformer.Model`` kwargs (``config.model.text``) into `BvTextConfig` fields
+    (a ``variant`` such as ``"B"`` is `decode_variant`'s; the text tower has no patches)."""
+    return translate_bv_kwargs(kwargs, BV_TEXT_KWARGS, "text_transformer", BV_TEXT_NO_EFFECT)
 
 
 # flaxformer `configs.BertBaseConfig` / `BertLargeConfig` (what big_vision bert.py's `config="base"|"large"` builds):
@@ -118,8 +109,9 @@ def bv_text_kwargs_to_config(kwargs: dict) -> dict:
 BERT_CONFIGS = {"base": (768, 3072, 12, 12), "large": (1024, 4096, 24, 16)}
 # big_vision bert.Model kwargs (config.model.text) besides `config`; flaxformer BertConfig fields may override the
 # named config (big_vision's own code cannot; for towers built from a modified flaxformer config).
-BV_BERT_KWARGS = ("config", "num_classes", "head_zeroinit")
-FLAXFORMER_BERT_FIELDS = {
+BV_BERT_FIELDS = {
+    "num_classes": "projection_size",
+    "head_zeroinit": "head_zeroinit",
     "hidden_size": "hidden_size",
     "intermediate_dim": "intermediate_size",
     "num_hidden_layers": "num_hidden_layers",
@@ -170,31 +162,25 @@ class BvBertTextConfig(BertConfig):
         return self.projection_size or self.hidden_size
 
 
+def bert_config_sizes(name: str | None) -> dict:
+    """big_vision bert.py ``config="base"|"large"`` -> flaxformer's sizes (as flaxformer ``BertConfig`` fields)."""
+    if name is None:
+        return {}
+    if name not in BERT_CONFIGS:
+        raise ValueError(f"unknown BERT config {name!r}; big_vision bert.py knows {', '.join(BERT_CONFIGS)}")
+    hidden, mlp, depth, heads = BERT_CONFIGS[name]
+    return dict(hidden_size=hidden, intermediate_dim=mlp, num_hidden_layers=depth, num_attention_heads=heads,
+                vocab_size=30522, max_length=512, num_segments=2)
+
+
 def bv_bert_kwargs_to_config(kwargs: dict) -> dict:
     """Translates big_vision ``bert.Model`` kwargs (``config.model.text``) into `BvBertTextConfig` fields.
 
     ``config`` (``"base"``/``"large"``) gives flaxformer's sizes; flaxformer ``BertConfig`` field names
     (``num_attention_heads``, ``hidden_size``, ...) override them.
     """
-    kwargs = dict(kwargs)
-    unknown = sorted(set(kwargs) - set(BV_BERT_KWARGS) - set(FLAXFORMER_BERT_FIELDS))
-    if unknown:
-        known = ", ".join((*BV_BERT_KWARGS, *FLAXFORMER_BERT_FIELDS))
-        raise ValueError(f"unknown big_vision proj.flaxformer.bert option(s) {unknown}; known: {known}")
-    out = {}
-    name = kwargs.pop("config", None)
-    if name is not None:
-        if name not in BERT_CONFIGS:
-            raise ValueError(f"unknown BERT config {name!r}; big_vision bert.py knows {', '.join(BERT_CONFIGS)}")
-        hidden, mlp, depth, heads = BERT_CONFIGS[name]
-        out = dict(hidden_size=hidden, intermediate_size=mlp, num_hidden_layers=depth, num_attention_heads=heads,
-                   vocab_size=30522, max_position_embeddings=512, type_vocab_size=2)
-    if "num_classes" in kwargs:
-        out["projection_size"] = kwargs.pop("num_classes")
-    if "head_zeroinit" in kwargs:
-        out["head_zeroinit"] = kwargs.pop("head_zeroinit")
-    out.update({FLAXFORMER_BERT_FIELDS[k]: v for k, v in kwargs.items()})
-    return out
+    return translate_bv_kwargs(kwargs, BV_BERT_FIELDS, "proj.flaxformer.bert", variant=bert_config_sizes,
+                               variant_key="config")
 
 
 # big_vision two_towers `text_model` -> the text tower's config class.

@@ -134,21 +134,49 @@ BV_VIT_KWARGS = {
 BV_VIT_NO_EFFECT = ("scan", "remat_policy", "dtype_mm")
 
 
-def bv_kwargs_to_config(kwargs: dict) -> dict:
-    """Translates big_vision ``vit.Model`` kwargs (a ``config.model`` dict) into ``BvViTConfig`` fields."""
+def rep_size_width(rep_size, width: int | None):
+    """big_vision ``rep_size`` -> the ``pre_logits`` width: ``True`` means ``width`` (``vit._Model``:
+    ``rep_size = self.width if self.rep_size is True else self.rep_size``), ``False``/``0``/``None`` no layer. With
+    ``width`` unknown (``None``), ``True`` stays ``True`` for whoever knows it (the converter, from the arrays)."""
+    if rep_size is True:
+        return width if width is not None else True
+    return rep_size or None
+
+
+def translate_bv_kwargs(
+    kwargs: dict,
+    fields: dict[str, str],
+    what: str,
+    no_effect: tuple[str, ...] = (),
+    variant=decode_variant,
+    variant_key: str = "variant",
+) -> dict:
+    """big_vision model kwargs (a ``config.model`` dict) -> config fields, for every family: the one translator.
+
+    ``variant(kwargs[variant_key])`` expands the variant string (``"B/16"``) into big_vision kwargs (``variant=None``:
+    the family has no variants); explicit
+    kwargs win over it, as in big_vision's models. ``fields`` maps big_vision names to ours; names in
+    ``no_effect`` change nothing in PyTorch (``scan``, ``remat_policy``); ``num_classes`` is skipped unless
+    ``fields`` maps it (the converter decides base model vs classifier from the arrays). Anything else is a
+    ``ValueError`` naming it. big_vision's size conventions are resolved here once: ``mlp_dim=None`` is
+    ``4 * width`` and ``rep_size`` goes through `rep_size_width`.
+    """
     kwargs = dict(kwargs)
-    out = decode_variant(kwargs.pop("variant", None))
-    out = {BV_VIT_KWARGS[k]: v for k, v in out.items()}
+    expanded = variant(kwargs.pop(variant_key, None)) if variant is not None else {}
+    out = {fields[k]: v for k, v in expanded.items() if k in fields}
     for key, value in kwargs.items():
-        if key in BV_VIT_NO_EFFECT:
+        if key in no_effect or (key == "num_classes" and key not in fields):
             continue
-        if key == "num_classes":
-            continue  # handled by the converter (it decides base model vs classifier)
-        if key not in BV_VIT_KWARGS:
-            raise ValueError(f"unknown big_vision ViT option {key!r}; known: {', '.join(BV_VIT_KWARGS)}")
-        out[BV_VIT_KWARGS[key]] = value
-    if out.get("representation_size") is False or out.get("representation_size") == 0:
-        out["representation_size"] = None  # big_vision rep_size=False: no pre_logits layer
-    if "intermediate_size" in out and out["intermediate_size"] is None:
+        if key not in fields:
+            raise ValueError(f"unknown big_vision {what} option {key!r}; known: {', '.join(fields)}")
+        out[fields[key]] = value
+    if "representation_size" in out:
+        out["representation_size"] = rep_size_width(out["representation_size"], out.get("hidden_size"))
+    if "intermediate_size" in out and out["intermediate_size"] is None and "hidden_size" in out:
         out["intermediate_size"] = 4 * out["hidden_size"]
     return out
+
+
+def bv_kwargs_to_config(kwargs: dict) -> dict:
+    """Translates big_vision ``vit.Model`` kwargs (a ``config.model`` dict) into ``BvViTConfig`` fields."""
+    return translate_bv_kwargs(kwargs, BV_VIT_KWARGS, "ViT", BV_VIT_NO_EFFECT)

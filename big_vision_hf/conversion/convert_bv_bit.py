@@ -14,10 +14,9 @@ import re
 
 from ..configuration.configuration_bv_bit import BvBiTConfig, bv_kwargs_to_config, get_block_desc
 from ..modeling.modeling_bv_bit import BvBiTForImageClassification, BvBiTModel
-from .api import register_family
 from .checkpoint import CheckpointError, LazyArray
-from .convert_bv_vit import HEAD_RULES, prefixed
-from .mapping import Rule, conv, convert_pre_linen, flat, map_params
+from .family import Built, Family
+from .mapping import Rule, conv, convert_pre_linen, flat, map_params, with_head
 
 
 def std_conv(bv: str, hf: str) -> list[Rule]:
@@ -151,11 +150,8 @@ def infer_bit_config(
     family = _FAMILY[architecture]
     model_kwargs = dict(model_kwargs or {})
     num_classes_kw = model_kwargs.pop("num_classes", None)
-    try:
-        given = bv_kwargs_to_config(model_kwargs, architecture)
-        given_depths = get_block_desc(given["depths"]) if "depths" in given else None
-    except ValueError as e:
-        raise CheckpointError(str(e)) from None
+    given = bv_kwargs_to_config(model_kwargs, architecture)
+    given_depths = get_block_desc(given["depths"]) if "depths" in given else None
 
     root = _ROOT[architecture]
     if root not in params:
@@ -203,29 +199,42 @@ def infer_bit_config(
 # ---------------------------------------------------------------------------------------------------------
 
 
-def _build(params: dict[str, LazyArray], model_kwargs: dict | None, architecture: str, image_size, table):
+def build_bit_model(params: dict[str, LazyArray], model_kwargs: dict | None, architecture: str, image_size, table):
+    """The ResNet or its classifier for either BiT layout, once its layout pass ran (nothing read yet)."""
     config_kwargs, num_classes = infer_bit_config(params, model_kwargs, architecture, image_size)
+    depths = config_kwargs["depths"]
+    cls, rules, head = with_head(table(depths), num_classes, BvBiTModel, BvBiTForImageClassification, "bit.")
     try:
-        config = BvBiTConfig(**config_kwargs, **({"num_labels": num_classes} if num_classes else {}))
+        config = BvBiTConfig(**config_kwargs, **head)
     except ValueError as e:
         raise CheckpointError(f"{_FAMILY[architecture]} checkpoint gives an invalid config: {e}") from None
-    rules = table(config.depths)
-    if num_classes:
-        rules, cls = prefixed(rules, hf_prefix="bit.") + HEAD_RULES, BvBiTForImageClassification
-    else:
-        cls = BvBiTModel
-    return cls, config, map_params(params, rules)
+    return Built(cls, config, map_params(params, rules))
 
 
-@register_family("bit_paper")
-def build_bit_paper(params: dict[str, LazyArray], model_kwargs: dict | None = None, image_size=None, **_):
-    """Returns ``(model class, config, {hf_name: LazyArray})`` for a ``bit_paper`` (ResNet-v2) checkpoint."""
+def build_bit_paper(params: dict[str, LazyArray], model_kwargs: dict | None = None, image_size=None) -> Built:
+    """A ``bit_paper`` (ResNet-v2) checkpoint, also in the original big_transfer layout."""
     params = convert_big_transfer_format(params)
-    return _build(params, model_kwargs, "resnetv2", image_size, bit_paper_rules)
+    return build_bit_model(params, model_kwargs, "resnetv2", image_size, bit_paper_rules)
 
 
-@register_family("bit")
-def build_bit(params: dict[str, LazyArray], model_kwargs: dict | None = None, image_size=None, **_):
-    """Returns ``(model class, config, {hf_name: LazyArray})`` for a ``bit`` (ResNet-v1) checkpoint."""
+def build_bit(params: dict[str, LazyArray], model_kwargs: dict | None = None, image_size=None) -> Built:
+    """A ``bit`` (ResNet-v1) checkpoint."""
     params = convert_pre_linen(params)  # bit.fix_old_checkpoints; GN squeezing is the `flat` transform
-    return _build(params, model_kwargs, "resnetv1", image_size, bit_rules)
+    return build_bit_model(params, model_kwargs, "resnetv1", image_size, bit_rules)
+
+
+_CLASSES = ("BvBiTModel", "BvBiTForImageClassification")
+BIT_PAPER = Family(
+    name="bit_paper",
+    build=build_bit_paper,
+    summary="BiT ResNet-v2 (models/bit_paper.py): BiT-S/M, FunMatch, big_transfer files",
+    signatures=(("root_block/conv_root/kernel",), ("resnet/root_block/standardized_conv2d/kernel",)),
+    classes=_CLASSES,
+)
+BIT = Family(
+    name="bit",
+    build=build_bit,
+    summary="ResNet-v1 with GroupNorm + weight standardisation (models/bit.py)",
+    signatures=(("conv_root/kernel", "gn_root/scale"),),
+    classes=_CLASSES,
+)

@@ -14,12 +14,11 @@ from __future__ import annotations
 from ..configuration.configuration_bv_clippo import BvClippoConfig
 from ..configuration.configuration_bv_vit import BvViTConfig
 from ..modeling.modeling_bv_clippo import BvClippoModel
-from .api import PROCESSORS, register_family
 from .checkpoint import CheckpointError, LazyArray
-from .convert_bv_vit import VIT_RULES, fit_posemb, infer_vit_config, linear, prefixed, prepare_vit_params
-from .mapping import Rule, map_params
+from .convert_bv_vit import VIT_RULES, fit_posemb, infer_vit_config, prepare_vit_params
+from .family import Built, Family
+from .mapping import Rule, linear, map_params, prefixed
 
-FAMILY = "proj.clippo.one_tower"
 # big_vision one_tower.Model fields (`image_model`, `image`, `out_dim`, `temperature_init`).
 BV_CLIPPO_KWARGS = ("image_model", "image", "out_dim", "temperature_init")
 
@@ -47,9 +46,8 @@ def split_clippo_kwargs(model_kwargs: dict | None) -> tuple[dict, dict]:
     return image, top
 
 
-@register_family(FAMILY)
-def build_clippo(params: dict[str, LazyArray], model_kwargs: dict | None = None, image_size=None, **_):
-    """Returns ``(BvClippoModel, config, {hf_name: LazyArray})`` for a CLIPPO checkpoint (not read yet)."""
+def build_clippo(params: dict[str, LazyArray], model_kwargs: dict | None = None, image_size=None) -> Built:
+    """`BvClippoModel` for a CLIPPO checkpoint (nothing read yet)."""
     if any(k.startswith("txt/") for k in params):
         raise CheckpointError(
             "this checkpoint has a text tower (txt/...): it is a two-tower model, not CLIPPO "
@@ -59,14 +57,11 @@ def build_clippo(params: dict[str, LazyArray], model_kwargs: dict | None = None,
         raise CheckpointError("not a big_vision CLIPPO checkpoint: no 't' (log temperature) array")
     image_kwargs, top = split_clippo_kwargs(model_kwargs)
     params = prepare_vit_params(params, prefix="img/")
-    try:
-        vit_kwargs, out_dim = infer_vit_config(params, image_kwargs, image_size, prefix="img/")
-        config = BvClippoConfig(vision_config=BvViTConfig(**vit_kwargs), projection_dim=out_dim, **top)
-    except ValueError as e:
-        raise CheckpointError(str(e)) from None
+    vit_kwargs, out_dim = infer_vit_config(params, image_kwargs, image_size, prefix="img/")
+    config = BvClippoConfig(vision_config=BvViTConfig(**vit_kwargs), projection_dim=out_dim, **top)
     mapped = map_params(params, CLIPPO_RULES)
     fit_posemb(mapped, "vision_model.embeddings.position_embedding", config.vision_config)
-    return BvClippoModel, config, mapped
+    return Built(BvClippoModel, config, mapped)
 
 
 def clippo_image_processor_for(config: BvClippoConfig, preprocessing: str = "resize"):
@@ -78,4 +73,12 @@ def clippo_image_processor_for(config: BvClippoConfig, preprocessing: str = "res
     return image_processor_for(config.vision_config, preprocessing)
 
 
-PROCESSORS[FAMILY] = clippo_image_processor_for
+FAMILY = Family(
+    name="proj.clippo.one_tower",
+    build=build_clippo,
+    summary="CLIPPO (proj/clippo/one_tower.py): one ViT for images and rendered text",
+    # One ViT under img/ with its head and `t`, and no text tower (two towers) or LLM (PaliGemma).
+    signatures=(("img/embedding/kernel", "img/head/kernel", "t", "!txt/", "!llm/"),),
+    processor=clippo_image_processor_for,
+    classes=("BvClippoModel",),
+)

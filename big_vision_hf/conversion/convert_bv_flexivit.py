@@ -16,10 +16,10 @@ import math
 from ..configuration.configuration_bv_flexivit import BvFlexiViTConfig, split_flexi_kwargs
 from ..configuration.configuration_bv_vit import pair
 from ..modeling.modeling_bv_flexivit import BvFlexiViTForImageClassification, BvFlexiViTModel
-from .api import register_family
 from .checkpoint import CheckpointError, LazyArray
-from .convert_bv_vit import HEAD_RULES, VIT_RULES, infer_vit_config, prefixed, prepare_vit_params
-from .mapping import map_params
+from .convert_bv_vit import VIT_RULES, infer_vit_config, prepare_vit_params
+from .family import Built, Family
+from .mapping import map_params, with_head
 
 # big_vision flexi `_Model.posemb_size` default, used for a sincos2d posemb when the kwargs do not give it.
 DEFAULT_POSEMB_SIZE = (7, 7)
@@ -44,17 +44,13 @@ def infer_posemb_size(params: dict[str, LazyArray], given) -> list[int]:
     return [g, g]
 
 
-@register_family("proj.flexi.vit")
-def build_flexivit(params: dict[str, LazyArray], model_kwargs: dict | None = None, image_size=None, **_):
-    """Returns ``(model class, config, {hf_name: LazyArray})`` for a FlexiViT checkpoint (not read yet).
+def build_flexivit(params: dict[str, LazyArray], model_kwargs: dict | None = None, image_size=None) -> Built:
+    """The FlexiViT or its classifier for a ``proj.flexi.vit`` checkpoint (nothing read yet).
 
     ``image_size`` only sets the default input resolution (``config.image_size``); it resizes nothing. Without
     it: ``posemb_size * patch_size``, where the stored kernel and posemb need no resizing.
     """
-    try:
-        vit_kwargs, flexi_kwargs = split_flexi_kwargs(dict(model_kwargs or {}))
-    except ValueError as e:
-        raise CheckpointError(str(e)) from None
+    vit_kwargs, flexi_kwargs = split_flexi_kwargs(dict(model_kwargs or {}))
     params = prepare_vit_params(params)
     posemb_size = infer_posemb_size(params, flexi_kwargs.get("posemb_size"))
     if image_size is None and "embedding/kernel" in params:
@@ -62,10 +58,13 @@ def build_flexivit(params: dict[str, LazyArray], model_kwargs: dict | None = Non
         image_size = [posemb_size[0] * kh, posemb_size[1] * kw]
     config_kwargs, num_classes = infer_vit_config(params, vit_kwargs, image_size)
     config_kwargs.update(posemb_size=posemb_size, seqhw=flexi_kwargs.get("seqhw"))
-    if num_classes:
-        config = BvFlexiViTConfig(**config_kwargs, num_labels=num_classes)
-        rules, cls = prefixed(VIT_RULES, hf_prefix="vit.") + HEAD_RULES, BvFlexiViTForImageClassification
-    else:
-        config = BvFlexiViTConfig(**config_kwargs)
-        rules, cls = VIT_RULES, BvFlexiViTModel
-    return cls, config, map_params(params, rules)
+    cls, rules, head = with_head(VIT_RULES, num_classes, BvFlexiViTModel, BvFlexiViTForImageClassification, "vit.")
+    return Built(cls, BvFlexiViTConfig(**config_kwargs, **head), map_params(params, rules))
+
+
+FAMILY = Family(
+    name="proj.flexi.vit",
+    build=build_flexivit,
+    summary="FlexiViT (proj/flexi/vit.py): any patch size at run time; a ViT's tree, so name it",
+    classes=("BvFlexiViTModel", "BvFlexiViTForImageClassification"),
+)

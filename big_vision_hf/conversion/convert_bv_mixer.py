@@ -10,12 +10,12 @@ from __future__ import annotations
 import math
 import re
 
-from ..configuration.configuration_bv_mixer import BvMixerConfig, bv_kwargs_to_config, pair
+from ..configuration.configuration_bv_mixer import BvMixerConfig, bv_kwargs_to_config
+from ..configuration.configuration_bv_vit import pair
 from ..modeling.modeling_bv_mixer import BvMixerForImageClassification, BvMixerModel
-from .api import register_family
 from .checkpoint import CheckpointError, LazyArray
-from .convert_bv_vit import HEAD_RULES, layer_norm, linear, prefixed
-from .mapping import Rule, conv, convert_pre_linen, map_params
+from .family import Built, Family
+from .mapping import Rule, conv, convert_pre_linen, layer_norm, linear, map_params, with_head
 
 _BLOCK, _LAYER = r"MixerBlock_(\d+)", "layers.{0}"
 
@@ -90,10 +90,7 @@ def infer_mixer_config(
     """
     model_kwargs = dict(model_kwargs or {})
     num_classes_kw = model_kwargs.pop("num_classes", None)
-    try:
-        given = bv_kwargs_to_config(model_kwargs)
-    except ValueError as e:
-        raise CheckpointError(str(e)) from None
+    given = bv_kwargs_to_config(model_kwargs)
 
     def shape(name):
         if name not in params:
@@ -141,15 +138,18 @@ def infer_mixer_config(
 # ---------------------------------------------------------------------------------------------------------
 
 
-@register_family("mlp_mixer")
-def build_mixer(params: dict[str, LazyArray], model_kwargs: dict | None = None, image_size=None, **_):
-    """Returns ``(model class, config, {hf_name: LazyArray})`` for an MLP-Mixer checkpoint (not read yet)."""
+def build_mixer(params: dict[str, LazyArray], model_kwargs: dict | None = None, image_size=None) -> Built:
+    """The Mixer or its classifier for an ``mlp_mixer`` checkpoint (nothing read yet)."""
     params = fix_old_checkpoints(params)
     config_kwargs, num_classes = infer_mixer_config(params, model_kwargs, image_size)
-    if num_classes:
-        config = BvMixerConfig(**config_kwargs, num_labels=num_classes)
-        rules, cls = prefixed(MIXER_RULES, hf_prefix="mixer.") + HEAD_RULES, BvMixerForImageClassification
-    else:
-        config = BvMixerConfig(**config_kwargs)
-        rules, cls = MIXER_RULES, BvMixerModel
-    return cls, config, map_params(params, rules)
+    cls, rules, head = with_head(MIXER_RULES, num_classes, BvMixerModel, BvMixerForImageClassification, "mixer.")
+    return Built(cls, BvMixerConfig(**config_kwargs, **head), map_params(params, rules))
+
+
+FAMILY = Family(
+    name="mlp_mixer",
+    build=build_mixer,
+    summary="MLP-Mixer (models/mlp_mixer.py), also the paper's legacy Mixer/ layout",
+    signatures=(("stem/kernel", "pre_head_layer_norm/scale"), ("Mixer/",), ("MixerBlock_0/",)),
+    classes=("BvMixerModel", "BvMixerForImageClassification"),
+)

@@ -27,21 +27,25 @@ import torch
 from ..configuration.configuration_bv_naflex import BvNaFlexViTConfig, bv_kwargs_to_naflex_config
 from ..configuration.configuration_bv_vit import BV_VIT_KWARGS
 from ..modeling.modeling_bv_naflex import BvNaFlexViTForImageClassification, BvNaFlexViTModel
-from .api import PARITY_NOTES, PROCESSORS, register_family
 from .checkpoint import CheckpointError, LazyArray
-from .convert_bv_vit import (
-    HEAD_RULES,
+from .convert_bv_vit import infer_vit_config, prepare_vit_params
+from .export import save_folder
+from .family import Built, Family
+from .mapping import (
+    Rule,
+    Transform,
+    dense,
     encoder_rules,
-    infer_vit_config,
+    identity,
     layer_norm,
     linear,
     map_head_rules,
-    prefixed,
-    prepare_vit_params,
+    map_params,
+    with_head,
 )
-from .mapping import Rule, Transform, dense, identity, map_params
+from .model_card import conversion_card
 
-FAMILY = "proj.image_text.naflex_vit"
+NAME = "proj.image_text.naflex_vit"
 
 # big_vision name -> BvNaFlexViTModel name.
 NAFLEX_RULES = [
@@ -67,19 +71,17 @@ def prepare_naflex_params(params: dict[str, LazyArray], prefix: str = "") -> dic
 
 
 def infer_naflex_config(
-    params: dict[str, LazyArray], model_kwargs: dict | None = None, prefix: str = ""
+    params: dict[str, LazyArray], model_kwargs: dict | None = None, image_size=None, prefix: str = ""
 ) -> tuple[dict, int | None]:
     """What the arrays tell, checked against big_vision's ``config.model`` (``num_classes`` or None).
+    ``image_size`` is ignored (NaFlex takes any size; the argument mirrors `infer_vit_config`).
 
     Width, depth, heads, MLP, pool and ``rep_size`` come from `infer_vit_config` run on the shapes a ViT with the
     same patch size would have; ``patch_size`` from ``embedding/kernel [p*p*3, D]``; ``nposemb`` from
     ``pos_embedding``.
     """
     p = prefix
-    try:
-        kwargs = bv_kwargs_to_naflex_config(dict(model_kwargs or {}))
-    except ValueError as e:
-        raise CheckpointError(str(e)) from None
+    kwargs = bv_kwargs_to_naflex_config(dict(model_kwargs or {}))
     num_classes_kw = (model_kwargs or {}).get("num_classes")
     if p + "embedding/kernel" not in params:
         raise CheckpointError(f"not a big_vision NaFlex ViT checkpoint: no {p}embedding/kernel array")
@@ -128,23 +130,16 @@ def infer_naflex_config(
     return config, num_classes
 
 
-@register_family(FAMILY)
-def build_naflex(params: dict[str, LazyArray], model_kwargs: dict | None = None, image_size=None, **_):
-    """Returns ``(model class, config, {hf_name: LazyArray})`` for a NaFlex ViT checkpoint (not read yet).
+def build_naflex(params: dict[str, LazyArray], model_kwargs: dict | None = None, image_size=None) -> Built:
+    """`BvNaFlexViTModel` or its classifier for a NaFlex ViT checkpoint (nothing read yet).
 
     ``image_size`` is meaningless for NaFlex (any aspect ratio and size up to ``max_num_patches``) and ignored.
     """
     params = prepare_naflex_params(params)
     config_kwargs, num_classes = infer_naflex_config(params, model_kwargs)
-    try:
-        if num_classes:
-            config = BvNaFlexViTConfig(**config_kwargs, num_labels=num_classes)
-            rules = prefixed(NAFLEX_RULES, hf_prefix="vit.") + HEAD_RULES
-            return BvNaFlexViTForImageClassification, config, map_params(params, rules)
-        config = BvNaFlexViTConfig(**config_kwargs)
-    except ValueError as e:
-        raise CheckpointError(str(e)) from None
-    return BvNaFlexViTModel, config, map_params(params, NAFLEX_RULES)
+    cls, rules, head = with_head(NAFLEX_RULES, num_classes, BvNaFlexViTModel, BvNaFlexViTForImageClassification,
+                                 "vit.")
+    return Built(cls, BvNaFlexViTConfig(**config_kwargs, **head), map_params(params, rules))
 
 
 def naflex_image_processor_for(config, preprocessing: str = "resize", max_num_patches: int = 256):
@@ -155,7 +150,14 @@ def naflex_image_processor_for(config, preprocessing: str = "resize", max_num_pa
     return processor, processor.pp_string()
 
 
-PROCESSORS[FAMILY] = naflex_image_processor_for
+FAMILY = Family(
+    name=NAME,
+    build=build_naflex,
+    summary="NaFlex ViT (proj/image_text/naflex_vit.py), SigLIP 2's image tower at any aspect ratio; name it",
+    processor=naflex_image_processor_for,
+    classes=("BvNaFlexViTModel", "BvNaFlexViTForImageClassification"),
+)
+
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -187,7 +189,7 @@ def siglip2_vision_state_dict(model: BvNaFlexViTModel) -> dict[str, torch.Tensor
     return out
 
 
-def _siglip2_unsupported(config: BvNaFlexViTConfig) -> list[str]:
+def siglip2_unsupported(config: BvNaFlexViTConfig) -> list[str]:
     problems = []
     if config.patchln_pre or config.patchln_post:
         problems.append("patchln_pre/patchln_post (Dual PatchNorm)")
@@ -210,10 +212,10 @@ def to_siglip2_vision_model(model: BvNaFlexViTModel):
             "using the MAP head): export `model.vit` (the features) instead"
         )
     config = model.config
-    problems = _siglip2_unsupported(config)
+    problems = siglip2_unsupported(config)
     if problems:
         raise ValueError("Siglip2VisionModel cannot represent: " + "; ".join(problems))
-    s2_config = Siglip2VisionConfig(**_siglip2_vision_kwargs(config))
+    s2_config = Siglip2VisionConfig(**siglip2_vision_kwargs(config))
     s2 = Siglip2VisionModel(s2_config).eval()
     s2.load_state_dict(siglip2_vision_state_dict(model), strict=True)
     return s2.to(model.dtype)
@@ -275,9 +277,6 @@ def export_to_siglip2(
     """
     from transformers import Siglip2ImageProcessorPil
 
-    from .export import save_folder
-    from .model_card import render_model_card
-
     model = model.float().eval()
     s2 = to_siglip2_vision_model(model)
     if inputs is None:
@@ -291,17 +290,13 @@ def export_to_siglip2(
         "grids), pad queries unmasked, and the image processor (PIL uint8 bilinear, not big_vision's float "
         "antialiased resize_to_sequence)."
     )
-    s2.config.bv_model_name = FAMILY
+    s2.config.bv_model_name = NAME
     s2.config.bv_model_config = getattr(model.config, "bv_model_config", {})
     processor = Siglip2ImageProcessorPil(patch_size=model.config.patch_size[0], max_num_patches=max_num_patches)
-    card = render_model_card(s2, FAMILY, source or os.path.basename(out_dir.rstrip("/")), parity_note=note)
+    card = conversion_card(s2, NAME, source or os.path.basename(out_dir.rstrip("/")), parity_note=note)
     save_folder(s2, out_dir, processor, card, remote_code=False)
     return out_dir, deviation
 
-
-# ---------------------------------------------------------------------------------------------------------
-# SigLIP 2 NaFlex two towers: our exact BvSiglipModel, or transformers' Siglip2Model (close, not exact)
-# ---------------------------------------------------------------------------------------------------------
 
 #: ``pos_embedding [n, n, D]`` -> ``Siglip2VisionEmbeddings.position_embedding.weight [n*n, D]`` (row-major, as
 #: Siglip2 reshapes it back).
@@ -309,102 +304,7 @@ flatten_posemb = Transform("flatten_posemb", lambda x: x.reshape(-1, x.shape[-1]
                            layout_only=True)
 
 
-def _siglip2_rules():
-    from .convert_two_towers import SIGLIP_RULES, _siglip_encoder_rules
-
-    vision = [
-        Rule("img/embedding/kernel", "vision_model.embeddings.patch_embedding.weight", dense),
-        Rule("img/embedding/bias", "vision_model.embeddings.patch_embedding.bias"),
-        Rule("img/pos_embedding", "vision_model.embeddings.position_embedding.weight", flatten_posemb),
-        *_siglip_encoder_rules("img/Transformer", "vision_model.encoder", "vision_model.post_layernorm"),
-        *map_head_rules("img/MAPHead_0", "vision_model.head"),
-    ]
-    # The text tower, t and b: as in SiglipModel (Siglip2TextModel is SiglipTextModel).
-    return vision + [r for r in SIGLIP_RULES if not r.bv.startswith("img/")]
-
-
-def siglip2_misfits(vision: BvNaFlexViTConfig, text: dict, image_head: int | None, has_bias: bool) -> list[str]:
-    """Why transformers' ``Siglip2Model`` cannot hold this NaFlex two-tower checkpoint at all (empty: it can,
-    up to the deviations listed in :func:`export_to_siglip2`)."""
-    reasons = _siglip2_unsupported(vision)
-    if vision.pool_type != "map":
-        reasons = [r for r in reasons if not r.startswith("pool_type")] + [
-            f"image pool_type {vision.pool_type!r} (Siglip2Model pools with MAP)"]
-    if image_head:
-        reasons.append("an image head (img/head, out_dim[0])")
-    if text["pool_type"] != "last":
-        reasons.append(f"text pool_type {text['pool_type']!r} (Siglip2TextModel pools the last token)")
-    if text.get("dropout"):
-        reasons.append("text dropout")
-    if not has_bias:
-        reasons.append("no bias 'b': softmax-trained (Siglip2Model adds logit_bias; pipelines score it with sigmoid)")
-    return reasons
-
-
-def build_naflex_two_towers(params: dict[str, LazyArray], kwargs: dict, target: str = "auto"):
-    """``(model class, config, {hf_name: LazyArray})`` for a SigLIP 2 NaFlex two-tower checkpoint (not read yet).
-
-    ``target``: ``"auto"``/``"bv"``: `BvSiglipModel` (`BvTwoTowerModel` without ``b``) with a `BvNaFlexViTModel`
-    image tower, exact; ``"transformers"``: ``Siglip2Model`` (or a one-line error saying why it cannot hold it).
-    """
-    from ..configuration.configuration_bv_two_towers import BvTwoTowerConfig
-    from ..modeling.modeling_bv_two_towers import BvSiglipModel, BvTwoTowerModel
-    from .convert_two_towers import (
-        BV_TWO_TOWER_RULES,
-        _out_dims,
-        add_identity_text_head,
-        infer_text_config,
-        pack_in_proj,
-        prepare_two_tower_params,
-        siglip_text_config,
-    )
-
-    params = prepare_two_tower_params(params, prepare_image=prepare_naflex_params)
-    out_dims = _out_dims(kwargs)
-    # two_towers.Model: `{"num_classes": out_dims[i], **(self.image|text or {})}`.
-    image_kwargs = {**({"num_classes": out_dims[0]} if out_dims else {}), **dict(kwargs.get("image") or {})}
-    text_kwargs = {**({"num_classes": out_dims[1]} if out_dims else {}), **dict(kwargs.get("text") or {})}
-    vision_kwargs, image_head = infer_naflex_config(params, image_kwargs, prefix="img/")
-    if "num_classes" in image_kwargs and not image_kwargs["num_classes"] and image_head:
-        raise CheckpointError(f"model config says out_dim[0]=None (no image head) but the checkpoint has img/head "
-                              f"({image_head} outputs)")
-    text = infer_text_config(params, text_kwargs)
-    has_bias = "b" in params
-    if kwargs.get("bias_init") is not None and not has_bias:
-        raise CheckpointError("model config sets bias_init but the checkpoint has no bias 'b'")
-    try:
-        vision = BvNaFlexViTConfig(**vision_kwargs)
-    except ValueError as e:
-        raise CheckpointError(str(e)) from None
-
-    if target == "transformers":
-        misfits = siglip2_misfits(vision, text, image_head, has_bias)
-        if misfits:
-            raise CheckpointError("transformers' Siglip2Model cannot represent this checkpoint: " + "; ".join(misfits))
-        from transformers import Siglip2Config, Siglip2Model
-
-        mapped = map_params(params, _siglip2_rules())
-        pack_in_proj(mapped, "vision_model.head.attention")
-        add_identity_text_head(mapped, text["hidden_size"])
-        config = Siglip2Config(text_config=siglip_text_config(text), vision_config=_siglip2_vision_kwargs(vision))
-        return Siglip2Model, config, mapped
-
-    loss = "sigmoid" if has_bias else "softmax"
-    options = {"temperature_init": kwargs["temperature_init"]} if "temperature_init" in kwargs else {}
-    if has_bias:
-        options["bias_init"] = kwargs.get("bias_init", -10.0)
-    try:
-        config = BvTwoTowerConfig.from_loss(loss, vision_config=vision, text_config=text,
-                                            vision_projection_size=image_head, image_model=FAMILY, **options)
-    except ValueError as e:
-        raise CheckpointError(str(e)) from None
-    rules = [r for r in BV_TWO_TOWER_RULES if not r.bv.startswith("img/")]
-    rules += prefixed(NAFLEX_RULES, "img/", "vision_model.") + linear("img/head", "vision_head")
-    cls = BvSiglipModel if loss == "sigmoid" else BvTwoTowerModel
-    return cls, config, map_params(params, rules)
-
-
-def _siglip2_vision_kwargs(config: BvNaFlexViTConfig) -> dict:
+def siglip2_vision_kwargs(config: BvNaFlexViTConfig) -> dict:
     """``Siglip2VisionConfig`` kwargs of a NaFlex tower."""
     return dict(
         hidden_size=config.hidden_size,
@@ -419,65 +319,3 @@ def _siglip2_vision_kwargs(config: BvNaFlexViTConfig) -> dict:
         attention_dropout=config.attention_dropout,
         vision_use_head=config.pool_type == "map",
     )
-
-
-def naflex_two_tower_processor_for(config, preprocessing: str = "resize", max_num_patches: int = 256):
-    """The image processor of a NaFlex two-tower folder: big_vision's NaFlex pp (`BvNaFlexImageProcessor`) for our
-    class; transformers' ``Siglip2ImageProcessorPil`` for ``Siglip2Model`` (so that the folder needs no code of
-    ours; it resizes with PIL on uint8, not big_vision's float antialiased resize)."""
-    if config.model_type == "siglip2":
-        from transformers import Siglip2ImageProcessorPil
-
-        processor = Siglip2ImageProcessorPil(patch_size=config.vision_config.patch_size,
-                                             max_num_patches=max_num_patches)
-        return processor, ""
-    return naflex_image_processor_for(config.vision_config, preprocessing, max_num_patches)
-
-
-def synthetic_two_tower_inputs(config, num_tokens: int = 64, num_texts: int = 3, seed: int = 0) -> dict:
-    """:func:`synthetic_naflex_inputs` images plus random sticky-EOS token ids (EOS = 1 at the end)."""
-    text = config.text_config
-    rng = np.random.default_rng([seed, 1])
-    ids = rng.integers(2, text.vocab_size, (num_texts, text.max_position_embeddings))
-    for i in range(num_texts):
-        ids[i, text.max_position_embeddings - 1 - i :] = 1  # sticky EOS padding of different lengths
-    return {**synthetic_naflex_inputs(config.vision_config, num_tokens, seed), "input_ids": torch.from_numpy(ids)}
-
-
-@torch.no_grad()
-def siglip2_model_deviation(exact, siglip2_model, inputs: dict[str, torch.Tensor]) -> dict[str, float]:
-    """Max abs differences ``Siglip2Model`` vs our exact `BvSiglipModel`: embeddings, image tower pooled
-    features (``img/pre_logits``) and ``logits_per_image``."""
-    ours, theirs = exact(**inputs), siglip2_model(**inputs)
-    names = ("image_embeds", "text_embeds", "logits_per_image")
-    out = {name: float((getattr(ours, name) - getattr(theirs, name)).abs().max()) for name in names}
-    out["img/pre_logits"] = float(
-        (ours.vision_model_output.pooler_output - theirs.vision_model_output.pooler_output).abs().max())
-    return out
-
-
-def siglip2_model_parity_note(siglip2_model, checkpoint: str, kwargs: dict, max_num_patches: int = 256) -> str:
-    """The model-card note of a NaFlex two-tower converted into ``Siglip2Model``: its deviation from the exact
-    class, measured (fp32) on synthetic images (a wide, a square, a tall and a 1x1 patch grid) and texts."""
-    from .api import convert_checkpoint
-
-    exact = convert_checkpoint(checkpoint, "proj.image_text.two_towers", kwargs, target="bv").float().eval()
-    inputs = synthetic_two_tower_inputs(exact.config, min(max_num_patches, 4 * exact.config.vision_config.nposemb**2))
-    dtype = siglip2_model.dtype
-    deviation = siglip2_model_deviation(exact, siglip2_model.float().eval(), inputs)
-    siglip2_model.to(dtype)  # measured in fp32; bf16 -> fp32 -> bf16 is lossless
-    figures = ", ".join(f"{k} {v:.1e}" for k, v in deviation.items())
-    return (
-        f"converted into transformers `Siglip2Model` (not exact); max abs difference from the exact big_vision_hf "
-        f"`BvSiglipModel` (fp32, 4 synthetic images and 3 texts): {figures}. Differences: posemb resize "
-        "(no L-canvas cap; before transformers 5.25 F.interpolate, wrong on 1-wide grids), pad queries unmasked, "
-        "no 1e-8 in the embedding normalisation, and the image processor (PIL uint8 bilinear, not big_vision's float antialiased resize_to_sequence). Convert "
-        "without --target transformers for the exact class."
-    )
-
-
-def _two_tower_parity_note(model, checkpoint: str, kwargs: dict) -> str:
-    return siglip2_model_parity_note(model, checkpoint, kwargs) if model.config.model_type == "siglip2" else ""
-
-
-PARITY_NOTES["proj.image_text.two_towers"] = _two_tower_parity_note

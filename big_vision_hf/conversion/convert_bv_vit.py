@@ -12,55 +12,22 @@ import math
 import numpy as np
 import torch
 
-from ..configuration.configuration_bv_vit import BvViTConfig, bv_kwargs_to_config
+from ..configuration.configuration_bv_vit import BvViTConfig, bv_kwargs_to_config, rep_size_width
 from ..modeling.modeling_bv_vit import BvViTForImageClassification, BvViTModel, resample_posemb
-from .api import register_family
 from .checkpoint import CheckpointError, LazyArray
-from .mapping import Rule, conv, convert_pre_linen, dense, flat, heads_in, heads_out, identity, map_params, unstack_scan
-
-
-def layer_norm(bv: str, hf: str) -> list[Rule]:
-    return [Rule(f"{bv}/scale", f"{hf}.weight"), Rule(f"{bv}/bias", f"{hf}.bias")]
-
-
-def linear(bv: str, hf: str) -> list[Rule]:
-    return [Rule(f"{bv}/kernel", f"{hf}.weight", dense), Rule(f"{bv}/bias", f"{hf}.bias")]
-
-
-def attention(bv: str, hf: str) -> list[Rule]:
-    """flax ``MultiHeadDotProductAttention`` -> `BvViTAttention` (q/k/v/out projections)."""
-    rules = []
-    for bv_name, hf_name in (("query", "q_proj"), ("key", "k_proj"), ("value", "v_proj")):
-        rules += [
-            Rule(f"{bv}/{bv_name}/kernel", f"{hf}.{hf_name}.weight", heads_in),
-            Rule(f"{bv}/{bv_name}/bias", f"{hf}.{hf_name}.bias", flat),
-        ]
-    return rules + [Rule(f"{bv}/out/kernel", f"{hf}.out_proj.weight", heads_out), Rule(f"{bv}/out/bias", f"{hf}.out_proj.bias")]
-
-
-def encoder_rules(bv: str, hf: str) -> list[Rule]:
-    """big_vision ``vit.Encoder`` (loop layout) -> `BvViTEncoder`."""
-    block, layer = rf"{bv}/encoderblock_(\d+)", hf + ".layers.{0}"
-    return [
-        *layer_norm(f"{block}/LayerNorm_0", f"{layer}.layer_norm1"),
-        *attention(f"{block}/MultiHeadDotProductAttention_0", f"{layer}.self_attn"),
-        *layer_norm(f"{block}/LayerNorm_1", f"{layer}.layer_norm2"),
-        *linear(f"{block}/MlpBlock_0/Dense_0", f"{layer}.mlp.fc1"),
-        *linear(f"{block}/MlpBlock_0/Dense_1", f"{layer}.mlp.fc2"),
-        *layer_norm(f"{bv}/encoder_norm", f"{hf}.post_layernorm"),
-    ]
-
-
-def map_head_rules(bv: str, hf: str) -> list[Rule]:
-    """big_vision ``vit.MAPHead`` -> `BvMAPHead`."""
-    return [
-        Rule(f"{bv}/probe", f"{hf}.probe"),
-        *attention(f"{bv}/MultiHeadDotProductAttention_0", f"{hf}.attention"),
-        *layer_norm(f"{bv}/LayerNorm_0", f"{hf}.layernorm"),
-        *linear(f"{bv}/MlpBlock_0/Dense_0", f"{hf}.mlp.fc1"),
-        *linear(f"{bv}/MlpBlock_0/Dense_1", f"{hf}.mlp.fc2"),
-    ]
-
+from .family import Built, Family
+from .mapping import (
+    Rule,
+    conv,
+    convert_pre_linen,
+    encoder_rules,
+    identity,
+    linear,
+    map_head_rules,
+    map_params,
+    unstack_scan,
+    with_head,
+)
 
 # big_vision name -> BvViTModel name.
 VIT_RULES = [
@@ -72,12 +39,6 @@ VIT_RULES = [
     *map_head_rules("MAPHead_0", "map_head"),
     *linear("pre_logits", "pre_logits"),
 ]
-HEAD_RULES = linear("head", "classifier")
-
-
-def prefixed(rules: list[Rule], bv_prefix: str = "", hf_prefix: str = "") -> list[Rule]:
-    """The same table under a sub-tree (``img/`` -> ``vision_model.``), as big_vision composite ``load``s do."""
-    return [Rule(bv_prefix + r.bv, hf_prefix + r.hf, r.transform) for r in rules]
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -157,10 +118,10 @@ def infer_vit_config(
     inferred["posemb"] = "learn" if p + "pos_embedding" in params else "sincos2d"
     inferred["representation_size"] = shape("pre_logits/kernel")[1] if p + "pre_logits/kernel" in params else None
 
+    if "representation_size" in given:
+        given["representation_size"] = rep_size_width(given["representation_size"], width)
     for key, value in inferred.items():
         if key in given and given[key] is not None and _norm(given[key]) != _norm(value):
-            if key == "representation_size" and given[key] is True and value == width:
-                continue
             raise CheckpointError(f"model config says {key}={given[key]!r} but the checkpoint arrays have {value!r}")
     config = {**given, **inferred}
     config.setdefault("pool_type", "gap")
@@ -222,18 +183,21 @@ def fit_posemb(mapped: dict[str, LazyArray], key: str, config: BvViTConfig) -> N
     mapped[key] = pe.derive(resample, (1, n_new, pe.shape[2]), "(resampled)")
 
 
-@register_family("vit")
-def build_vit(params: dict[str, LazyArray], model_kwargs: dict | None = None, image_size=None, **_):
-    """Returns ``(model class, config, {hf_name: LazyArray})`` for a ViT checkpoint (not read yet)."""
+def build_vit(params: dict[str, LazyArray], model_kwargs: dict | None = None, image_size=None) -> Built:
+    """The ViT or its classifier (``head`` present) for a ``vit`` checkpoint; nothing is read yet."""
     params = prepare_vit_params(params)
     config_kwargs, num_classes = infer_vit_config(params, model_kwargs, image_size)
-    if num_classes:
-        config = BvViTConfig(**config_kwargs, num_labels=num_classes)
-        rules, cls = prefixed(VIT_RULES, hf_prefix="vit.") + HEAD_RULES, BvViTForImageClassification
-        posemb_key = "vit.embeddings.position_embedding"
-    else:
-        config = BvViTConfig(**config_kwargs)
-        rules, cls, posemb_key = VIT_RULES, BvViTModel, "embeddings.position_embedding"
+    cls, rules, head = with_head(VIT_RULES, num_classes, BvViTModel, BvViTForImageClassification, "vit.")
+    config = BvViTConfig(**config_kwargs, **head)
     mapped = map_params(params, rules)
-    fit_posemb(mapped, posemb_key, config)
-    return cls, config, mapped
+    fit_posemb(mapped, ("vit." if head else "") + "embeddings.position_embedding", config)
+    return Built(cls, config, mapped)
+
+
+FAMILY = Family(
+    name="vit",
+    build=build_vit,
+    summary="ViT (models/vit.py): AugReg, DeiT-3, 'better plain ViT', SigLIP image towers",
+    signatures=(("embedding/kernel", "!Mixer/"),),  # the paper's legacy Mixer files have embedding/kernel too
+    classes=("BvViTModel", "BvViTForImageClassification"),
+)

@@ -20,8 +20,8 @@ import re
 
 from ..configuration.configuration_bv_vqvae import BvSegVQVAEConfig
 from ..modeling.modeling_bv_vqvae import BvSegVQVAEModel
-from .api import register_family
 from .checkpoint import CheckpointError, LazyArray
+from .family import Built, Family
 from .mapping import Rule, map_params
 
 # Arrays some VQ-VAE-EMA state dicts carry next to the codebook; big_vision reads neither.
@@ -104,9 +104,8 @@ def infer_vqvae_config(params: dict[str, LazyArray]) -> dict:
     return config
 
 
-@register_family("proj.paligemma.vqvae")
-def build_vqvae(params: dict[str, LazyArray], model_kwargs: dict | None = None, **_):
-    """Returns ``(BvSegVQVAEModel, config, {hf_name: LazyArray})`` for ``vae-oid.npz`` (nothing read yet).
+def build_vqvae(params: dict[str, LazyArray], model_kwargs: dict | None = None) -> Built:
+    """`BvSegVQVAEModel` for ``vae-oid.npz`` (nothing read yet).
 
     ``model_kwargs`` may only restate what the arrays say (big_vision configs pass ``model='oi'``, a file name,
     never sizes).
@@ -123,4 +122,14 @@ def build_vqvae(params: dict[str, LazyArray], model_kwargs: dict | None = None, 
             raise CheckpointError(f"model config says {key}={value!r} but the checkpoint arrays have {inferred[key]!r}")
     config = BvSegVQVAEConfig(**inferred)
     rules = vqvae_rules(config.num_res_blocks, config.num_upsample_layers, encoder=config.has_encoder)
-    return BvSegVQVAEModel, config, map_params(params, rules, IGNORED)
+    return Built(BvSegVQVAEModel, config, map_params(params, rules, IGNORED))
+
+
+FAMILY = Family(
+    name="proj.paligemma.vqvae",
+    build=build_vqvae,
+    summary="PaliGemma's segmentation VQ-VAE (vae-oid.npz, a PyTorch state dict): masks <-> <seg> tokens",
+    signatures=(("_vq_vae._embedding",),),
+    options=(),
+    classes=("BvSegVQVAEModel",),
+)

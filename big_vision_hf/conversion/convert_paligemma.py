@@ -66,7 +66,7 @@ scan-stacked array is read layer by layer and a fused einsum part by part (each 
 npz member, ``LazyArray.take``), and big row-wise tensors (the embedding) in row chunks, so memory stays near one
 layer's largest tensor (``gating_einsum`` gate or up: 2048 x 16384 for PaliGemma 3B, 4608 x 36864 for PaliGemma 2
 28B) whatever the model size; bfloat16 is copied as bfloat16 bits when the output is bfloat16. ``big-vision-hf convert ckpt.npz OUT --model-name proj.paligemma.paligemma --model-config JSON`` takes
-this path (``api.FOLDER_WRITERS``).
+this path (the family record's ``write_folder``, :func:`write_paligemma_folder`).
 
 Parity: big_vision ``proj.paligemma.paligemma.Model`` (``img``: scanned ViT, ``pool_type="none"``; ``llm``:
 ``gemma_bv``) on the golden fixtures ``paligemma`` (Gemma, MQA), ``paligemma2`` (Gemma 2, GQA, soft-caps,
@@ -80,7 +80,6 @@ import json
 import math
 import os
 import re
-import sys
 from types import SimpleNamespace
 
 import numpy as np
@@ -93,12 +92,27 @@ from transformers import (
     SiglipVisionConfig,
 )
 
-from .api import FOLDER_WRITERS, build, register_family
-from .checkpoint import CheckpointError, LazyArray, to_torch
-from .convert_bv_vit import attention, infer_vit_config, layer_norm, linear, prefixed, prepare_vit_params
-from .mapping import Rule, Transform, check_fits, conv, dense, heads_out, map_params, unstack_scan
+from .checkpoint import CheckpointError, LazyArray
+from .convert_bv_vit import infer_vit_config, prepare_vit_params
+from .export import write_streamed_safetensors
+from .family import Built, Family
+from .mapping import (
+    Rule,
+    Transform,
+    attention,
+    conv,
+    dense,
+    encoder_blocks,
+    heads_out,
+    layer_norm,
+    linear,
+    map_params,
+    prefixed,
+    unstack_scan,
+)
+from .model_card import render_model_card
 
-FAMILY = "proj.paligemma.paligemma"
+NAME = "proj.paligemma.paligemma"
 
 # ---------------------------------------------------------------------------------------------------------
 # Gemma variants: big_vision models/ppp/gemma.py get_config (commit 0127fb6), transcribed.
@@ -144,17 +158,12 @@ posemb_rows = Transform("posemb_rows", lambda x: x.reshape(-1, x.shape[-1]), lam
 # Rule tables
 # ---------------------------------------------------------------------------------------------------------
 
-_BLOCK, _LAYER = r"Transformer/encoderblock_(\d+)", "encoder.layers.{0}"
 # big_vision vit.Model(pool_type="none") -> transformers SiglipVisionTransformer (PaliGemma's vision_tower).
 SIGLIP_VISION_RULES = [
     Rule("embedding/kernel", "embeddings.patch_embedding.weight", conv),
     Rule("embedding/bias", "embeddings.patch_embedding.bias"),
     Rule("pos_embedding", "embeddings.position_embedding.weight", posemb_rows),
-    *layer_norm(f"{_BLOCK}/LayerNorm_0", f"{_LAYER}.layer_norm1"),
-    *attention(f"{_BLOCK}/MultiHeadDotProductAttention_0", f"{_LAYER}.self_attn"),
-    *layer_norm(f"{_BLOCK}/LayerNorm_1", f"{_LAYER}.layer_norm2"),
-    *linear(f"{_BLOCK}/MlpBlock_0/Dense_0", f"{_LAYER}.mlp.fc1"),
-    *linear(f"{_BLOCK}/MlpBlock_0/Dense_1", f"{_LAYER}.mlp.fc2"),
+    *encoder_blocks("Transformer", "encoder"),
     *layer_norm("Transformer/encoder_norm", "post_layernorm"),
 ]
 
@@ -431,16 +440,14 @@ def _pad_rows(embedding: LazyArray, rows: int) -> LazyArray:
     return embedding.derive(pad, (rows, embedding.shape[1]), f"(padded to {rows} rows)")
 
 
-@register_family(FAMILY)
 def build_paligemma(
     params: dict[str, LazyArray],
     model_kwargs: dict | None = None,
     image_size=None,
     apply_final_logits_softcap: bool = False,
     pad_vocab_to_multiple_of: int | None = None,
-    **_,
-):
-    """Returns ``(PaliGemmaForConditionalGeneration, config, {hf_name: LazyArray})`` (nothing read yet).
+) -> Built:
+    """``PaliGemmaForConditionalGeneration`` (nothing read yet).
 
     ``lm_head.weight`` is mapped to the embedding too (it is tied): the strict checks and the in-memory path
     see every ``state_dict`` key; the streamed writer drops it, as ``save_pretrained`` does.
@@ -454,7 +461,7 @@ def build_paligemma(
     if config.text_config.vocab_size != mapped[embed].shape[0]:
         mapped[embed] = _pad_rows(mapped[embed], config.text_config.vocab_size)
     mapped["lm_head.weight"] = mapped[embed]
-    return PaliGemmaForConditionalGeneration, config, mapped
+    return Built(PaliGemmaForConditionalGeneration, config, mapped)
 
 
 def paligemma_param_shapes(
@@ -501,136 +508,6 @@ def paligemma_param_shapes(
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Streaming writer: safetensors shards appended tensor by tensor
-# ---------------------------------------------------------------------------------------------------------
-
-_SAFETENSORS_DTYPES = {torch.float32: "F32", torch.bfloat16: "BF16", torch.float16: "F16"}
-
-
-def _saved_names(model: torch.nn.Module) -> dict[str, str]:
-    """``{state_dict name: name in the file}`` for the tensors ``save_pretrained`` writes: tied copies removed,
-    transformers' load-time renamings reverted (PaliGemma files keep the legacy ``language_model.model.*``,
-    ``vision_tower.vision_model.*`` names; ``from_pretrained`` maps them back)."""
-    from transformers.core_model_loading import revert_weight_conversion
-    from transformers.modeling_utils import remove_tied_weights_from_state_dict
-
-    kept = remove_tied_weights_from_state_dict(model.state_dict(), model)
-    tagged = {name: torch.empty(0, device="meta") for name in kept}
-    by_tensor = {id(t): name for name, t in tagged.items()}
-    saved = revert_weight_conversion(model, tagged)
-    names = {by_tensor[id(t)]: new for new, t in saved.items()}
-    if set(names) != set(kept):
-        raise CheckpointError("converter bug: transformers' saved-name mapping is not one-to-one for this model")
-    return names
-
-
-def _header(entries: list[tuple[str, torch.dtype, tuple[int, ...], int]]) -> tuple[bytes, int]:
-    """The safetensors header for ``(name, dtype, shape, nbytes)`` laid out in order; returns it and the data size."""
-    meta, offset = {"__metadata__": {"format": "pt"}}, 0  # what save_pretrained passes as metadata
-    for name, dtype, shape, nbytes in entries:
-        meta[name] = {"dtype": _SAFETENSORS_DTYPES[dtype], "shape": list(shape), "data_offsets": [offset, offset + nbytes]}
-        offset += nbytes
-    header = json.dumps(meta, separators=(",", ":")).encode()
-    header += b" " * (-(8 + len(header)) % 8)  # safetensors pads the header so that the data is 8-byte aligned
-    return len(header).to_bytes(8, "little") + header, offset
-
-
-#: Tensors that can be read by rows (``LazyArray.sliceable`` after their transform) are written in chunks of this size.
-_WRITE_CHUNK_BYTES = 64 << 20
-
-
-def _write_tensor(f, array: LazyArray, dtype: torch.dtype, scratch: list[torch.Tensor]) -> None:
-    """Reads ``array`` (as stored: bf16 stays bf16), converts it to ``dtype`` in torch's C-contiguous layout and
-    appends its bytes to ``f``. ``scratch`` holds one reused byte buffer (fresh pages cost more than the copy)."""
-    source = to_torch(array.load_stored())  # often a strided view (a transposed kernel)
-    if source.dtype == dtype and source.is_contiguous():
-        tensor = source
-    else:
-        nbytes = source.numel() * torch.empty(0, dtype=dtype).element_size()
-        if not scratch or scratch[0].numel() < nbytes:
-            scratch[:] = [torch.empty(nbytes, dtype=torch.uint8)]
-        tensor = scratch[0][:nbytes].view(dtype).view(source.shape)
-        tensor.copy_(source)  # layout and dtype in one (multi-threaded) pass; bf16/f16 -> f32 is exact
-    del source
-    f.write(tensor.reshape(-1).view(torch.uint8).numpy().data)
-
-
-def write_streamed_safetensors(
-    mapped: dict[str, LazyArray],
-    model: torch.nn.Module,
-    out_dir: str,
-    dtype: torch.dtype = torch.float32,
-    max_shard_size: int | str = "5GB",
-    progress: bool = False,
-) -> list[str]:
-    """Writes ``mapped`` as ``save_pretrained`` would write ``model``'s weights, one tensor in memory at a time.
-
-    ``model`` may live on the ``meta`` device: it gives the names, the shapes (``check_fits``), the tied weights
-    and the saved names. Shards are planned like ``save_pretrained`` (``split_torch_state_dict_into_shards``, the
-    same file names and index), but ``safetensors.torch.save_file`` needs a whole shard in memory, so each shard's
-    header is computed from the shapes and the tensors are appended to the open files as they are read (nothing of
-    a shard stays in memory). Each layer of a stacked (scanned) array reads only its own bytes; a tensor whose
-    transform is row-wise (identity: embedding, norms) is read and written in chunks of about
-    ``_WRITE_CHUNK_BYTES``. Arrays are read in source order (the file sequentially). Returns the weight files
-    written.
-    """
-    from huggingface_hub import split_torch_state_dict_into_shards
-    from tqdm.auto import tqdm
-
-    if sys.byteorder != "little":
-        raise CheckpointError("safetensors files are little-endian; this writer needs a little-endian machine")
-    if dtype not in _SAFETENSORS_DTYPES:
-        raise CheckpointError(f"unsupported dtype {dtype}; use one of {', '.join(map(str, _SAFETENSORS_DTYPES))}")
-    check_fits(mapped, model)
-    names = _saved_names(model)
-    position = {name: i for i, name in enumerate(mapped)}
-    order = sorted(names, key=lambda k: (mapped[k].source, position[k]))  # stable: parts of one array together
-    plan = split_torch_state_dict_into_shards(
-        {names[k]: torch.empty(mapped[k].shape, dtype=dtype, device="meta") for k in order},
-        filename_pattern="model{suffix}.safetensors", max_shard_size=max_shard_size,
-    )
-    shard_of = plan.tensor_to_filename
-    element = torch.empty(0, dtype=dtype).element_size()
-    os.makedirs(out_dir, exist_ok=True)
-    for stale in os.listdir(out_dir):  # weight files of an earlier save that are not rewritten
-        if re.fullmatch(r"model(-\d{5}-of-\d{5})?\.safetensors", stale) and stale not in plan.filename_to_tensors:
-            os.remove(os.path.join(out_dir, stale))
-    files, expected, scratch = {}, {}, []
-    try:
-        for filename in plan.filename_to_tensors:
-            entries = [(names[k], dtype, mapped[k].shape, math.prod(mapped[k].shape) * element)
-                       for k in order if shard_of[names[k]] == filename]
-            header, size = _header(entries)
-            files[filename] = open(os.path.join(out_dir, filename), "wb")
-            files[filename].write(header)
-            expected[filename] = len(header) + size
-        for key in tqdm(order, desc="converting", unit="tensor", disable=not progress):
-            array, f = mapped[key], files[shard_of[names[key]]]
-            nbytes = math.prod(array.shape) * element
-            if array.sliceable and array.shape and nbytes > _WRITE_CHUNK_BYTES:
-                step = max(1, _WRITE_CHUNK_BYTES * array.shape[0] // nbytes)  # rows per chunk
-                for start in range(0, array.shape[0], step):
-                    _write_tensor(f, array.rows(start, start + step), dtype, scratch)
-            else:
-                _write_tensor(f, array, dtype, scratch)
-    finally:
-        for f in files.values():
-            f.close()
-    for filename, size in expected.items():
-        if os.path.getsize(os.path.join(out_dir, filename)) != size:
-            raise CheckpointError(f"{filename}: wrote {os.path.getsize(os.path.join(out_dir, filename))} bytes, "
-                                  f"expected {size}")
-    index_path = os.path.join(out_dir, "model.safetensors.index.json")
-    if plan.is_sharded:
-        index = {"metadata": {"total_parameters": model.num_parameters(), **plan.metadata}, "weight_map": shard_of}
-        with open(index_path, "w", encoding="utf-8") as f:
-            f.write(json.dumps(index, indent=2, sort_keys=True) + "\n")
-    elif os.path.exists(index_path):
-        os.remove(index_path)
-    return list(plan.filename_to_tensors)
-
-
-# ---------------------------------------------------------------------------------------------------------
 # Folder
 # ---------------------------------------------------------------------------------------------------------
 
@@ -655,91 +532,99 @@ def save_paligemma_processor(out_dir: str, config: PaliGemmaConfig, tokenizer_fi
     processor.save_pretrained(out_dir)
 
 
-def _model_card(config: PaliGemmaConfig, checkpoint: str, kwargs: dict, dtype: torch.dtype, n_params: int) -> str:
+def add_paligemma_processor(folder: str, tokenizer_file: str, preset: str | None = None, remote_code: bool = True):
+    """The family's ``--tokenizer`` hook: :func:`save_paligemma_processor` on a converted folder (``preset`` and
+    ``remote_code`` do not apply: transformers' own model, our processor class by name)."""
+    from transformers import AutoConfig
+
+    if preset is not None:
+        raise CheckpointError("--text-preset applies to two-tower models, not to PaliGemma")
+    save_paligemma_processor(folder, AutoConfig.from_pretrained(folder), tokenizer_file)
+
+
+def paligemma_card(config: PaliGemmaConfig, checkpoint: str, kwargs: dict, dtype: torch.dtype, n_params: int) -> str:
+    """The card of a converted PaliGemma folder: how to load it, and what is exactly big_vision's."""
     gemma2 = config.text_config.model_type == "gemma2"
     attn = '"eager"' if gemma2 else '"eager" or "sdpa"'
     source = os.path.basename(checkpoint.split(":")[0])
-    return f"""---
-library_name: transformers
-pipeline_tag: image-text-to-text
-license: gemma
-tags:
-- big_vision
-- big_vision_hf
-- paligemma
-- {FAMILY.replace('.', '-')}
-source_checkpoint: {json.dumps(source)}
----
-
-# {os.path.splitext(source)[0]} (PaliGemmaForConditionalGeneration)
-
-A [big_vision](https://github.com/google-research/big_vision) PaliGemma {'2' if gemma2 else '1'} checkpoint converted with
-`big_vision_hf` (`big-vision-hf convert`) into transformers' own `PaliGemmaForConditionalGeneration` (no remote
-code). The conversion is strict: every array of the checkpoint was used and every parameter filled.
-
-## Usage
-
-```python
+    intro = (
+        f"A [big_vision](https://github.com/google-research/big_vision) PaliGemma {'2' if gemma2 else '1'} checkpoint "
+        "converted with\n`big_vision_hf` (`big-vision-hf convert`) into transformers' own "
+        "`PaliGemmaForConditionalGeneration` (no remote\ncode). The conversion is strict: every array of the "
+        "checkpoint was used and every parameter filled."
+    )
+    usage = f"""```python
 from transformers import PaliGemmaForConditionalGeneration
 
 model = PaliGemmaForConditionalGeneration.from_pretrained("path/to/this/folder", attn_implementation={attn})
 # Pass token_type_ids (0 = image + prompt, attended bidirectionally; 1 = answer, causal): without them
 # transformers builds no prefix-LM mask.
 out = model(pixel_values=pixel_values, input_ids=input_ids, token_type_ids=token_type_ids)
-```
+```"""
+    attention_note = (
+        "Gemma 2 soft-caps attention logits: use `attn_implementation=\"eager\"` (or `\"flex_attention\"`); "
+        "transformers refuses `sdpa`, and `flash_attention_*` drop the prefix-LM mask." if gemma2 else
+        "`sdpa` and `eager` both keep the prefix-LM mask when `token_type_ids` are given; `flash_attention_*` drop it."
+    )
+    parity = [
+        "`logits` are big_vision's `text_logits`: `final_logit_softcapping` is\n  "
+        f"`{config.text_config.to_dict().get('final_logit_softcapping')}` (big_vision's PaliGemma\n  returns logits "
+        "without the final soft-cap; transfers use `final_logits_softcap=0.0`).",
+        "No sliding-window attention (big_vision's Gemma 2 has none).",
+        attention_note,
+        f"Vocabulary: {config.text_config.vocab_size:,} rows; `<image>` is id {config.image_token_index:,}.",
+    ]
+    provenance = [
+        f"Source checkpoint: `{source}`",
+        f"big_vision model: `{NAME}`, `config.model = {json.dumps(kwargs)}`",
+        f"Parameters: {n_params:,}, written as {str(dtype).removeprefix('torch.')}",
+    ]
+    return render_model_card(
+        f"{os.path.splitext(source)[0]} (PaliGemmaForConditionalGeneration)",
+        [(None, intro), ("Usage", usage), ("Parity with big_vision", parity), ("Provenance", provenance)],
+        pipeline_tag="image-text-to-text", license="gemma",
+        tags=["big_vision", "big_vision_hf", "paligemma", NAME.replace(".", "-")], metadata={"source_checkpoint": source},
+    )
 
-## Parity with big_vision
 
-- `logits` are big_vision's `text_logits`: `final_logit_softcapping` is
-  `{config.text_config.to_dict().get('final_logit_softcapping')}` (big_vision's PaliGemma
-  returns logits without the final soft-cap; transfers use `final_logits_softcap=0.0`).
-- No sliding-window attention (big_vision's Gemma 2 has none).
-- {'Gemma 2 soft-caps attention logits: use `attn_implementation="eager"` (or `"flex_attention"`); transformers refuses `sdpa`, and `flash_attention_*` drop the prefix-LM mask.' if gemma2 else '`sdpa` and `eager` both keep the prefix-LM mask when `token_type_ids` are given; `flash_attention_*` drop it.'}
-- Vocabulary: {config.text_config.vocab_size:,} rows; `<image>` is id {config.image_token_index:,}.
-
-## Provenance
-
-- Source checkpoint: `{source}`
-- big_vision model: `{FAMILY}`, `config.model = {json.dumps(kwargs)}`
-- Parameters: {n_params:,}, written as {str(dtype).removeprefix('torch.')}
-"""
-
-
-def convert_paligemma_to_folder(
+def write_paligemma_folder(
+    built: Built,
     checkpoint: str,
     out_dir: str,
-    model_config: str | dict | None = None,
+    model_kwargs: dict,
     *,
-    image_size=None,
     dtype: torch.dtype = torch.float32,
     max_shard_size: int | str = "5GB",
     progress: bool = False,
-    tokenizer_file: str | None = None,
-    **options,
 ) -> str:
-    """Converts a big_vision PaliGemma ``.npz`` into a ``PaliGemmaForConditionalGeneration`` folder, streamed.
+    """The family's folder writer: a ``PaliGemmaForConditionalGeneration`` folder, streamed.
 
-    Writes the safetensors shards (+ index), ``config.json``, ``generation_config.json``, a model card and, with
-    ``tokenizer_file``, the processor (:func:`save_paligemma_processor`). ``options`` go to
-    :func:`build_paligemma` (``apply_final_logits_softcap``, ``pad_vocab_to_multiple_of``). Peak memory is about
-    one layer's largest tensor, whatever the model size (``pad_vocab_to_multiple_of`` adds the embedding).
+    Writes the safetensors shards (+ index), ``config.json``, ``generation_config.json`` and a model card; the
+    processor comes with ``--tokenizer`` (:func:`add_paligemma_processor`). Peak memory is about one layer's largest
+    tensor, whatever the model size (``pad_vocab_to_multiple_of`` adds the embedding).
     """
-    _, config, mapped, family = build(checkpoint, FAMILY, model_config, image_size=image_size, **options)
+    config = built.config
     with torch.device("meta"):  # not under no_init_weights: that would also skip tying lm_head to the embedding
         model = PaliGemmaForConditionalGeneration(config)
-    write_streamed_safetensors(mapped, model, out_dir, dtype, max_shard_size, progress)
-    kwargs = model_config if isinstance(model_config, dict) else json.loads(model_config or "{}")
+    write_streamed_safetensors(built.mapped, model, out_dir, dtype, max_shard_size, progress)
     config.architectures = [PaliGemmaForConditionalGeneration.__name__]
     config.dtype = dtype
-    config.bv_model_name = family
-    config.bv_model_config = kwargs
+    config.bv_model_name = NAME
+    config.bv_model_config = model_kwargs
     config.save_pretrained(out_dir)
     model.generation_config.save_pretrained(out_dir)
-    if tokenizer_file is not None:
-        save_paligemma_processor(out_dir, config, tokenizer_file)
     with open(os.path.join(out_dir, "README.md"), "w", encoding="utf-8") as f:
-        f.write(_model_card(config, checkpoint, kwargs, dtype, model.num_parameters()))
+        f.write(paligemma_card(config, checkpoint, model_kwargs, dtype, model.num_parameters()))
     return out_dir
 
 
-FOLDER_WRITERS[FAMILY] = convert_paligemma_to_folder
+FAMILY = Family(
+    name=NAME,
+    build=build_paligemma,
+    summary="PaliGemma 1 and 2 (proj/paligemma/paligemma.py), streamed; --tokenizer adds the processor",
+    signatures=(("llm/embedder/input_embedding", "img/embedding/kernel"),),
+    options=("image_size", "apply_final_logits_softcap", "pad_vocab_to_multiple_of"),
+    text_side=add_paligemma_processor,
+    write_folder=write_paligemma_folder,
+    classes=("PaliGemmaForConditionalGeneration",),
+)

@@ -21,9 +21,13 @@ loop on ``txt/``. ``file.npz:img`` alone is a ViT: ``--model-name vit`` (detecte
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
+import torch
 
+from ..configuration.configuration_bv_naflex import BvNaFlexViTConfig
 from ..configuration.configuration_bv_two_towers import (
     BERT_CONFIGS,
     TEXT_POOL_ALIASES,
@@ -33,25 +37,41 @@ from ..configuration.configuration_bv_two_towers import (
 )
 from ..configuration.configuration_bv_vit import BvViTConfig
 from ..modeling.modeling_bv_two_towers import BvSiglipModel, BvTwoTowerModel
-from .api import PROCESSORS, register_family
+from ..processing.image_processing_bv import image_processor_for
 from .checkpoint import CheckpointError, LazyArray
-from .convert_bv_vit import (
-    VIT_RULES,
+from .convert_bv_naflex import (
+    NAFLEX_RULES,
+    flatten_posemb,
+    infer_naflex_config,
+    naflex_image_processor_for,
+    prepare_naflex_params,
+    siglip2_unsupported,
+    siglip2_vision_kwargs,
+    synthetic_naflex_inputs,
+)
+from .convert_bv_vit import VIT_RULES, fit_posemb, infer_vit_config, prepare_vit_params, to_loop_layout
+from .export import add_text_processor
+from .family import Built, Family
+from .mapping import (
+    Rule,
+    Transform,
+    conv,
+    convert_pre_linen,
+    dense,
     encoder_rules,
-    fit_posemb,
-    infer_vit_config,
+    flat,
+    heads_in,
+    heads_out,
     layer_norm,
     linear,
     map_head_rules,
+    map_params,
     prefixed,
-    prepare_vit_params,
-    to_loop_layout,
 )
-from .mapping import Rule, Transform, conv, convert_pre_linen, flat, heads_in, heads_out, map_params
 
 logger = logging.getLogger(__name__)
 
-FAMILY = "proj.image_text.two_towers"
+NAME = "proj.image_text.two_towers"
 TEXT_MODEL = "proj.image_text.text_transformer"
 BERT_MODEL = "proj.flaxformer.bert"  # LiT's text tower (flaxformer BertEncoder)
 NAFLEX_MODEL = "proj.image_text.naflex_vit"
@@ -108,12 +128,6 @@ BV_LIT_RULES = [rule for rule in BV_TWO_TOWER_RULES if not rule.bv.startswith("t
 BV_LIT_RULES += prefixed(BERT_RULES, "txt/", "text_model.")
 
 
-def _siglip_encoder_rules(bv: str, hf: str, final_norm: str) -> list[Rule]:
-    """`encoder_rules` with ``encoder_norm`` where Siglip keeps it (outside ``encoder``)."""
-    blocks = [rule for rule in encoder_rules(bv, hf) if "/encoder_norm/" not in rule.bv]
-    return blocks + layer_norm(f"{bv}/encoder_norm", final_norm)
-
-
 # big_vision two_towers name -> transformers SiglipModel name. The MAP head's q/k/v land on `*.q_proj` etc. and
 # are packed into nn.MultiheadAttention's `in_proj_*` by `pack_in_proj`; `img/pos_embedding` is squeezed after
 # `fit_posemb`.
@@ -121,11 +135,11 @@ SIGLIP_RULES = [
     Rule("img/embedding/kernel", "vision_model.embeddings.patch_embedding.weight", conv),
     Rule("img/embedding/bias", "vision_model.embeddings.patch_embedding.bias"),
     Rule("img/pos_embedding", "vision_model.embeddings.position_embedding.weight"),
-    *_siglip_encoder_rules("img/Transformer", "vision_model.encoder", "vision_model.post_layernorm"),
+    *encoder_rules("img/Transformer", "vision_model.encoder", "vision_model.post_layernorm"),
     *map_head_rules("img/MAPHead_0", "vision_model.head"),
     Rule("txt/Embed_0/embedding", "text_model.embeddings.token_embedding.weight"),
     Rule("txt/pos_embedding", "text_model.embeddings.position_embedding.weight", squeeze0),
-    *_siglip_encoder_rules("txt/Encoder_0", "text_model.encoder", "text_model.final_layer_norm"),
+    *encoder_rules("txt/Encoder_0", "text_model.encoder", "text_model.final_layer_norm"),
     *linear("txt/head", "text_model.head"),
     Rule("t", "logit_scale"),
     Rule("b", "logit_bias"),
@@ -195,10 +209,7 @@ def prepare_two_tower_params(params: dict[str, LazyArray], prepare_image=prepare
 def infer_text_config(params: dict[str, LazyArray], text_kwargs: dict, prefix: str = "txt/") -> dict:
     """`BvTextConfig` kwargs from the arrays' shapes, checked against big_vision ``config.model.text``."""
     p = prefix
-    try:
-        given = bv_text_kwargs_to_config(text_kwargs)
-    except ValueError as e:
-        raise CheckpointError(str(e)) from None
+    given = bv_text_kwargs_to_config(text_kwargs)
 
     def shape(name):
         if p + name not in params:
@@ -237,10 +248,7 @@ def infer_bert_config(params: dict[str, LazyArray], text_kwargs: dict, prefix: s
     (``config="base"|"large"``). flaxformer's q/k/v kernels are ``[D, D]``: the number of heads comes from the
     named config, or from the sizes when they are BERT-base's or BERT-large's."""
     p = prefix
-    try:
-        given = bv_bert_kwargs_to_config(text_kwargs)
-    except ValueError as e:
-        raise CheckpointError(str(e)) from None
+    given = bv_bert_kwargs_to_config(text_kwargs)
 
     def shape(name):
         if p + name not in params:
@@ -278,7 +286,7 @@ def infer_bert_config(params: dict[str, LazyArray], text_kwargs: dict, prefix: s
     return {**given, **inferred}
 
 
-def _out_dims(model_kwargs: dict) -> tuple | None:
+def out_dims(model_kwargs: dict) -> tuple | None:
     if "out_dim" not in model_kwargs:
         return None  # the arrays tell (big_vision's default 128 would be checked against them otherwise)
     out_dim = model_kwargs["out_dim"]
@@ -295,23 +303,42 @@ def add_identity_text_head(mapped: dict[str, LazyArray], width: int) -> None:
         mapped[name].name = "(identity: no txt/head)"
 
 
-def siglip_misfits(vision: dict, text: dict, image_head: int | None, has_bias: bool) -> list[str]:
+def siglip_misfits(vision: BvViTConfig, text: dict, image_head: int | None, has_bias: bool) -> list[str]:
     """Why transformers' ``SiglipModel`` cannot hold this checkpoint exactly (empty: it can)."""
     reasons = []
-    if vision["pool_type"] != "map":
-        reasons.append(f"image pool_type {vision['pool_type']!r} (SiglipVisionModel pools with MAP)")
-    if vision["posemb"] != "learn":
-        reasons.append(f"image posemb {vision['posemb']!r} (SiglipVisionModel learns its posemb)")
-    if vision.get("representation_size"):
+    if vision.pool_type != "map":
+        reasons.append(f"image pool_type {vision.pool_type!r} (SiglipVisionModel pools with MAP)")
+    if vision.posemb != "learn":
+        reasons.append(f"image posemb {vision.posemb!r} (SiglipVisionModel learns its posemb)")
+    if vision.representation_size:
         reasons.append("image rep_size (pre_logits layer)")
+    if len(set(vision.image_size)) != 1 or len(set(vision.patch_size)) != 1:
+        reasons.append(f"non-square image {vision.image_size} or patch {vision.patch_size}")
+    if vision.dropout or text.get("dropout"):
+        reasons.append("dropout (SiglipModel has none in the residual branches)")
+    return reasons + text_head_misfits(image_head, text, has_bias, "SiglipTextModel")
+
+
+def siglip2_misfits(vision: BvNaFlexViTConfig, text: dict, image_head: int | None, has_bias: bool) -> list[str]:
+    """Why transformers' ``Siglip2Model`` cannot hold this NaFlex two-tower checkpoint at all (empty: it can, up to
+    the deviations listed in ``convert_bv_naflex.export_to_siglip2``)."""
+    reasons = siglip2_unsupported(vision)
+    if vision.pool_type != "map":
+        reasons = [r for r in reasons if not r.startswith("pool_type")] + [
+            f"image pool_type {vision.pool_type!r} (Siglip2Model pools with MAP)"]
+    if text.get("dropout"):
+        reasons.append("text dropout")
+    return reasons + text_head_misfits(image_head, text, has_bias, "Siglip2TextModel")
+
+
+def text_head_misfits(image_head: int | None, text: dict, has_bias: bool, text_class: str) -> list[str]:
+    """What neither ``SiglipModel`` nor ``Siglip2Model`` has: an image head, a text tower pooling another token
+    than the last, no bias (softmax-trained)."""
+    reasons = []
     if image_head:
         reasons.append("an image head (img/head, out_dim[0])")
-    if len(set(vision["image_size"])) != 1 or len(set(vision["patch_size"])) != 1:
-        reasons.append(f"non-square image {vision['image_size']} or patch {vision['patch_size']}")
-    if vision.get("dropout") or text.get("dropout"):
-        reasons.append("dropout (SiglipModel has none in the residual branches)")
     if text["pool_type"] != "last":
-        reasons.append(f"text pool_type {text['pool_type']!r} (SiglipTextModel pools the last token)")
+        reasons.append(f"text pool_type {text['pool_type']!r} ({text_class} pools the last token)")
     if not has_bias:
         reasons.append("no bias 'b': softmax-trained (SiglipModel adds logit_bias; pipelines score it with sigmoid)")
     return reasons
@@ -334,24 +361,83 @@ def siglip_text_config(text: dict) -> dict:
     )
 
 
-def _siglip_config(vision: dict, text: dict):
-    from transformers import SiglipConfig
+def to_siglip(params: dict[str, LazyArray], vision: BvViTConfig, text: dict) -> Built:
+    """transformers' ``SiglipModel`` (exact where `siglip_misfits` is empty)."""
+    from transformers import SiglipConfig, SiglipModel
 
-    common = dict(layer_norm_eps=1e-6, hidden_act="gelu_pytorch_tanh")  # flax LayerNorm eps, tanh GELU
-    return SiglipConfig(
-        text_config=siglip_text_config(text),
-        vision_config=dict(
-            hidden_size=vision["hidden_size"],
-            intermediate_size=vision["intermediate_size"],
-            num_hidden_layers=vision["num_hidden_layers"],
-            num_attention_heads=vision["num_attention_heads"],
-            num_channels=vision.get("num_channels", 3),
-            image_size=vision["image_size"][0],
-            patch_size=vision["patch_size"][0],
-            vision_use_head=True,
-            **common,
-        ),
+    mapped = map_params(params, SIGLIP_RULES)
+    key = "vision_model.embeddings.position_embedding.weight"
+    fit_posemb(mapped, key, vision)
+    mapped[key] = mapped[key].derive(squeeze0.array, squeeze0.shape(mapped[key].shape))
+    pack_in_proj(mapped, "vision_model.head.attention")
+    add_identity_text_head(mapped, text["hidden_size"])
+    vision_config = dict(
+        hidden_size=vision.hidden_size,
+        intermediate_size=vision.intermediate_size,
+        num_hidden_layers=vision.num_hidden_layers,
+        num_attention_heads=vision.num_attention_heads,
+        num_channels=vision.num_channels,
+        image_size=vision.image_size[0],
+        patch_size=vision.patch_size[0],
+        vision_use_head=True,
+        layer_norm_eps=1e-6,  # flax LayerNorm eps
+        hidden_act="gelu_pytorch_tanh",  # flax nn.gelu (tanh)
     )
+    return Built(SiglipModel, SiglipConfig(text_config=siglip_text_config(text), vision_config=vision_config), mapped)
+
+
+# big_vision two_towers name -> transformers Siglip2Model name (the text tower, t and b as in SiglipModel:
+# Siglip2TextModel is SiglipTextModel).
+SIGLIP2_RULES = [
+    Rule("img/embedding/kernel", "vision_model.embeddings.patch_embedding.weight", dense),
+    Rule("img/embedding/bias", "vision_model.embeddings.patch_embedding.bias"),
+    Rule("img/pos_embedding", "vision_model.embeddings.position_embedding.weight", flatten_posemb),
+    *encoder_rules("img/Transformer", "vision_model.encoder", "vision_model.post_layernorm"),
+    *map_head_rules("img/MAPHead_0", "vision_model.head"),
+    *[rule for rule in SIGLIP_RULES if not rule.bv.startswith("img/")],
+]
+
+
+def to_siglip2(params: dict[str, LazyArray], vision: BvNaFlexViTConfig, text: dict) -> Built:
+    """transformers' ``Siglip2Model`` (close, not exact: its deviation goes into the card, `siglip2_parity_note`)."""
+    from transformers import Siglip2Config, Siglip2Model
+
+    mapped = map_params(params, SIGLIP2_RULES)
+    pack_in_proj(mapped, "vision_model.head.attention")
+    add_identity_text_head(mapped, text["hidden_size"])
+    config = Siglip2Config(text_config=siglip_text_config(text), vision_config=siglip2_vision_kwargs(vision))
+    return Built(Siglip2Model, config, mapped)
+
+
+@dataclass(frozen=True)
+class ImageTower:
+    """How the two-tower builder handles one big_vision ``image_model`` (as ``TEXT_TOWERS`` in modeling does for
+    the text side).
+
+    ``infer(params, kwargs, image_size, prefix) -> (config kwargs, head width)``; ``posemb``: our name of a learned
+    posemb that `fit_posemb` resamples to ``image_size`` (``None``: resized at run time); ``transformers_class``,
+    ``misfits`` and ``to_transformers``: the transformers class it can land in; ``exact_in_transformers``: whether that class is
+    exact (then ``--target auto`` picks it where ``misfits`` is empty); ``processor(config, preprocessing)``.
+    """
+
+    prepare: Callable
+    infer: Callable
+    config_class: type
+    rules: list[Rule]
+    posemb: str | None
+    transformers_class: str
+    misfits: Callable[..., list[str]]
+    to_transformers: Callable[..., Built]
+    exact_in_transformers: bool
+    processor: Callable
+
+
+IMAGE_TOWERS = {
+    "vit": ImageTower(prepare_vit_params, infer_vit_config, BvViTConfig, VIT_RULES, "embeddings.position_embedding",
+                      "SiglipModel", siglip_misfits, to_siglip, True, image_processor_for),
+    NAFLEX_MODEL: ImageTower(prepare_naflex_params, infer_naflex_config, BvNaFlexViTConfig, NAFLEX_RULES, None,
+                             "Siglip2Model", siglip2_misfits, to_siglip2, False, naflex_image_processor_for),
+}
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -359,7 +445,7 @@ def _siglip_config(vision: dict, text: dict):
 # ---------------------------------------------------------------------------------------------------------
 
 
-def _text_model(params: dict[str, LazyArray], kwargs: dict) -> str:
+def text_model_of(params: dict[str, LazyArray], kwargs: dict) -> str:
     """big_vision ``text_model``: as given, else from the arrays (``txt/BertEncoder_0/``: LiT's BERT); checked."""
     is_bert = any(k.startswith(f"txt/{_BERT}/") for k in params)
     text_model = kwargs.get("text_model", BERT_MODEL if is_bert else TEXT_MODEL)
@@ -374,104 +460,139 @@ def _text_model(params: dict[str, LazyArray], kwargs: dict) -> str:
     return text_model
 
 
-@register_family(FAMILY)
 def build_two_towers(
-    params: dict[str, LazyArray], model_kwargs: dict | None = None, image_size=None, target: str = "auto", **_
-):
-    """Returns ``(model class, config, {hf_name: LazyArray})`` for a two-tower checkpoint (not read yet).
+    params: dict[str, LazyArray], model_kwargs: dict | None = None, image_size=None, target: str = "auto"
+) -> Built:
+    """A two-tower checkpoint (nothing read yet), its image tower as ``image_model`` says (`IMAGE_TOWERS`).
 
-    ``target``: ``"auto"`` (``SiglipModel`` where exact, else ours), ``"transformers"`` (``SiglipModel`` or a
-    one-line error saying why not) or ``"bv"`` (always `BvSiglipModel` / `BvTwoTowerModel`). ``image_size``
-    resamples a learned image posemb as big_vision ``vit.load`` does. ``image_model="proj.image_text.naflex_vit"``
-    (SigLIP 2 NaFlex) is built by ``convert_bv_naflex.build_naflex_two_towers`` (``"auto"`` is ours there: the
-    closest transformers class, ``Siglip2Model``, is not exact).
+    ``target``: ``"auto"`` (transformers' class where it is exact: ``SiglipModel`` for a ViT image tower; else
+    ours), ``"transformers"`` (``SiglipModel`` / ``Siglip2Model``, or a one-line error saying why not; a not-exact
+    class carries the exact build as ``Built.exact`` for the card's deviation) or ``"bv"`` (always `BvSiglipModel`
+    / `BvTwoTowerModel`). ``image_size`` resamples a learned ViT posemb as big_vision ``vit.load`` does.
     """
     if target not in ("auto", "transformers", "bv"):
         raise CheckpointError(f"unknown target {target!r}; expected 'auto', 'transformers' or 'bv'")
     kwargs = dict(model_kwargs or {})
     unknown = sorted(set(kwargs) - set(TWO_TOWER_KWARGS))
     if unknown:
-        known = ", ".join(TWO_TOWER_KWARGS)
-        raise CheckpointError(f"unknown big_vision two_towers option(s) {unknown}; known: {known}")
-    text_model = _text_model(params, kwargs)
-    if kwargs.get("image_model", "vit") == NAFLEX_MODEL:  # SigLIP 2 NaFlex: convert_bv_naflex
-        from .convert_bv_naflex import build_naflex_two_towers
+        raise CheckpointError(f"unknown big_vision two_towers option(s) {unknown}; known: {', '.join(TWO_TOWER_KWARGS)}")
+    text_model = text_model_of(params, kwargs)
+    image_model = kwargs.get("image_model", "vit")
+    if image_model not in IMAGE_TOWERS:
+        raise CheckpointError(f"image_model={image_model!r} is not supported here (only {', '.join(IMAGE_TOWERS)})")
+    tower = IMAGE_TOWERS[image_model]
 
-        return build_naflex_two_towers(params, kwargs, target)
-    if kwargs.get("image_model", "vit") != "vit":
-        raise CheckpointError(f"image_model={kwargs['image_model']!r} is not supported here "
-                              f"(only 'vit' and {NAFLEX_MODEL!r})")
-
-    params = prepare_two_tower_params(params)
-    out_dims = _out_dims(kwargs)
+    params = prepare_two_tower_params(params, tower.prepare)
+    dims = out_dims(kwargs)
     # two_towers.Model: `{"num_classes": out_dims[i], **(self.image|text or {})}`.
-    image_kwargs = {**({"num_classes": out_dims[0]} if out_dims else {}), **dict(kwargs.get("image") or {})}
-    text_kwargs = {**({"num_classes": out_dims[1]} if out_dims else {}), **dict(kwargs.get("text") or {})}
-    try:
-        vision, image_head = infer_vit_config(params, image_kwargs, image_size, prefix="img/")
-    except ValueError as e:
-        raise CheckpointError(str(e)) from None
+    image_kwargs = {**({"num_classes": dims[0]} if dims else {}), **dict(kwargs.get("image") or {})}
+    text_kwargs = {**({"num_classes": dims[1]} if dims else {}), **dict(kwargs.get("text") or {})}
+    vision_kwargs, image_head = tower.infer(params, image_kwargs, image_size, prefix="img/")
     if "num_classes" in image_kwargs and not image_kwargs["num_classes"] and image_head:
         raise CheckpointError(f"model config says out_dim[0]=None (no image head) but the checkpoint has img/head "
                               f"({image_head} outputs)")
     has_bias = "b" in params
     if kwargs.get("bias_init") is not None and not has_bias:
         raise CheckpointError("model config sets bias_init but the checkpoint has no bias 'b'")
-
-    try:
-        vit_config = BvViTConfig(**vision)
-    except ValueError as e:
-        raise CheckpointError(str(e)) from None
+    vision = tower.config_class(**vision_kwargs)
     if text_model == BERT_MODEL:
         text = infer_bert_config(params, text_kwargs)
         misfits = [f"text_model {BERT_MODEL!r} (a post-LN BERT; SiglipTextModel is big_vision's text_transformer)"]
     else:
         text = infer_text_config(params, text_kwargs)
-        misfits = siglip_misfits(vision, text, image_head, has_bias)
+        misfits = tower.misfits(vision, text, image_head, has_bias)
     if target == "transformers" and misfits:
-        raise CheckpointError("transformers' SiglipModel cannot represent this checkpoint: " + "; ".join(misfits))
-
-    if target != "bv" and not misfits:
-        from transformers import SiglipModel
-
-        mapped = map_params(params, SIGLIP_RULES)
-        key = "vision_model.embeddings.position_embedding.weight"
-        fit_posemb(mapped, key, vit_config)
-        mapped[key] = mapped[key].derive(squeeze0.array, squeeze0.shape(mapped[key].shape))
-        pack_in_proj(mapped, "vision_model.head.attention")
-        add_identity_text_head(mapped, text["hidden_size"])
-        return SiglipModel, _siglip_config(vision, text), mapped
-
+        raise CheckpointError(f"transformers' {tower.transformers_class} cannot represent this checkpoint: " + "; ".join(misfits))
     if misfits:
-        logger.info("two towers -> our classes; SiglipModel cannot represent: %s", "; ".join(misfits))
+        logger.info("two towers -> our classes; transformers' class cannot represent: %s", "; ".join(misfits))
+
     loss = "sigmoid" if has_bias else "softmax"
     options = {"temperature_init": kwargs["temperature_init"]} if "temperature_init" in kwargs else {}
     if has_bias:
-        options["bias_init"] = kwargs.get("bias_init", -10.0 if loss == "sigmoid" else 0.0)
-    try:
-        config = BvTwoTowerConfig.from_loss(
-            loss, vision_config=vit_config, text_config=text, vision_projection_size=image_head,
-            text_model=text_model, **options
-        )
-    except ValueError as e:
-        raise CheckpointError(str(e)) from None
-    cls = BvSiglipModel if loss == "sigmoid" else BvTwoTowerModel
-    mapped = map_params(params, BV_LIT_RULES if text_model == BERT_MODEL else BV_TWO_TOWER_RULES)
-    fit_posemb(mapped, "vision_model.embeddings.position_embedding", vit_config)
-    return cls, config, mapped
+        options["bias_init"] = kwargs.get("bias_init", -10.0)
+    config = BvTwoTowerConfig.from_loss(loss, vision_config=vision, text_config=text, vision_projection_size=image_head,
+                                        image_model=image_model, text_model=text_model, **options)
+    text_rules = BERT_RULES if text_model == BERT_MODEL else TEXT_RULES
+    rules = [*prefixed(tower.rules, "img/", "vision_model."), *linear("img/head", "vision_head"),
+             *prefixed(text_rules, "txt/", "text_model."), Rule("t", "logit_scale"), Rule("b", "logit_bias")]
+    ours = Built(BvSiglipModel if loss == "sigmoid" else BvTwoTowerModel, config, map_params(params, rules))
+    if tower.posemb:
+        fit_posemb(ours.mapped, "vision_model." + tower.posemb, vision)
+    if target == "transformers" or (target == "auto" and not misfits and tower.exact_in_transformers):
+        theirs = tower.to_transformers(params, vision, text)
+        theirs.exact = None if tower.exact_in_transformers else ours
+        return theirs
+    return ours
 
 
 def two_tower_image_processor_for(config, preprocessing: str = "resize"):
-    """The image tower's `BvImageProcessor` (``SiglipConfig`` keeps the resolution in ``vision_config``); NaFlex
-    towers get their patch processor (``convert_bv_naflex``)."""
-    from ..processing.image_processing_bv import image_processor_for
+    """The image tower's processor (`IMAGE_TOWERS`; ``SiglipConfig`` keeps the resolution in ``vision_config``).
+    A ``Siglip2Model`` folder gets transformers' ``Siglip2ImageProcessorPil`` (so that it needs no code of ours; it
+    resizes with PIL on uint8, not big_vision's float antialiased resize)."""
+    if config.model_type == "siglip2":
+        from transformers import Siglip2ImageProcessorPil
 
-    if getattr(config, "image_model", "vit") == NAFLEX_MODEL or config.model_type == "siglip2":
-        from .convert_bv_naflex import naflex_two_tower_processor_for
-
-        return naflex_two_tower_processor_for(config, preprocessing)
-
-    return image_processor_for(config.vision_config, preprocessing)
+        return Siglip2ImageProcessorPil(patch_size=config.vision_config.patch_size, max_num_patches=256), ""
+    return IMAGE_TOWERS[getattr(config, "image_model", "vit")].processor(config.vision_config, preprocessing)
 
 
-PROCESSORS[FAMILY] = two_tower_image_processor_for
+# ---------------------------------------------------------------------------------------------------------
+# The measured deviation of a SigLIP 2 NaFlex two-tower converted into Siglip2Model
+# ---------------------------------------------------------------------------------------------------------
+
+
+def synthetic_two_tower_inputs(config, num_tokens: int = 64, num_texts: int = 3, seed: int = 0) -> dict:
+    """``synthetic_naflex_inputs`` images plus random sticky-EOS token ids (EOS = 1 at the end)."""
+    text = config.text_config
+    rng = np.random.default_rng([seed, 1])
+    ids = rng.integers(2, text.vocab_size, (num_texts, text.max_position_embeddings))
+    for i in range(num_texts):
+        ids[i, text.max_position_embeddings - 1 - i :] = 1  # sticky EOS padding of different lengths
+    return {**synthetic_naflex_inputs(config.vision_config, num_tokens, seed), "input_ids": torch.from_numpy(ids)}
+
+
+@torch.no_grad()
+def siglip2_model_deviation(exact, siglip2_model, inputs: dict[str, torch.Tensor]) -> dict[str, float]:
+    """Max abs differences ``Siglip2Model`` vs our exact `BvSiglipModel`: embeddings, image tower pooled
+    features (``img/pre_logits``) and ``logits_per_image``."""
+    ours, theirs = exact(**inputs), siglip2_model(**inputs)
+    names = ("image_embeds", "text_embeds", "logits_per_image")
+    out = {name: float((getattr(ours, name) - getattr(theirs, name)).abs().max()) for name in names}
+    out["img/pre_logits"] = float(
+        (ours.vision_model_output.pooler_output - theirs.vision_model_output.pooler_output).abs().max())
+    return out
+
+
+def siglip2_parity_note(model, built: Built, max_num_patches: int = 256) -> str:
+    """The card's note of a NaFlex two-tower converted into ``Siglip2Model``: its deviation from the exact class
+    (``built.exact``, the same arrays), measured (fp32) on synthetic images (a wide, a square, a tall and a 1x1
+    patch grid) and texts. ``""`` for an exact conversion."""
+    if built.exact is None:
+        return ""
+    exact = built.exact.instantiate()
+    inputs = synthetic_two_tower_inputs(exact.config, min(max_num_patches, 4 * exact.config.vision_config.nposemb**2))
+    dtype = model.dtype
+    deviation = siglip2_model_deviation(exact, model.float().eval(), inputs)
+    model.to(dtype)  # measured in fp32; bf16 -> fp32 -> bf16 is lossless
+    figures = ", ".join(f"{k} {v:.1e}" for k, v in deviation.items())
+    return (
+        f"converted into transformers `Siglip2Model` (not exact); max abs difference from the exact big_vision_hf "
+        f"`BvSiglipModel` (fp32, 4 synthetic images and 3 texts): {figures}. Differences: posemb resize "
+        "(no L-canvas cap; before transformers 5.25 F.interpolate, wrong on 1-wide grids), pad queries unmasked, "
+        "no 1e-8 in the embedding normalisation, and the image processor (PIL uint8 bilinear, not big_vision's "
+        "float antialiased resize_to_sequence). Convert without --target transformers for the exact class."
+    )
+
+
+FAMILY = Family(
+    name=NAME,
+    build=build_two_towers,
+    summary="two towers (proj/image_text/two_towers.py): SigLIP, SigLIP 2 (also NaFlex), LiT; --tokenizer adds text",
+    signatures=(("img/embedding/kernel", "txt/Embed_0/embedding"),  # SigLIP-like (ViT or NaFlex image tower)
+                ("img/embedding/kernel", "txt/BertEncoder_0/embedder/embedders_token_ids/embedding")),  # LiT
+    options=("image_size", "target"),
+    processor=two_tower_image_processor_for,
+    text_side=add_text_processor,
+    parity_note=siglip2_parity_note,
+    classes=("SiglipModel", "Siglip2Model", "BvSiglipModel", "BvTwoTowerModel"),
+)

@@ -1,4 +1,9 @@
-"""Writing a converted model as a Hub-ready folder.
+"""Finishing a converted folder, for every family: weights, processor, text side, model card, remote code.
+
+- :func:`save_folder` writes a model held in memory; :func:`write_streamed_safetensors` writes one tensor at a
+  time what is too large to hold (PaliGemma 3B-28B), with the same shards and names as ``save_pretrained``;
+- :func:`add_text_processor` adds big_vision's text pp to a two-tower folder (``--tokenizer``);
+- the model card comes from ``model_card.render_model_card``.
 
 The folder holds ``model.safetensors`` (sharded when large), ``config.json``, ``preprocessor_config.json``,
 a model card ``README.md`` with Hub metadata, and a flat copy of our model code with ``auto_map`` so that
@@ -15,9 +20,12 @@ from __future__ import annotations
 
 import importlib
 import json
+import math
 import os
 import re
 import sys
+
+import torch
 
 from transformers import (
     AutoModel,
@@ -26,6 +34,9 @@ from transformers import (
     AutoModelForZeroShotImageClassification,
     PreTrainedModel,
 )
+
+from .checkpoint import CheckpointError, LazyArray, to_torch
+from .mapping import check_fits
 
 _RELATIVE_IMPORT = re.compile(r"^(\s*from\s+)(\.+)([\w.]*)(\s+import\s)", re.MULTILINE)
 _EXPORTED_AUTO_CLASSES = (
@@ -128,3 +139,170 @@ def save_folder(
         with open(os.path.join(out_dir, "README.md"), "w", encoding="utf-8") as f:
             f.write(model_card)
     return out_dir
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Streaming writer: safetensors shards appended tensor by tensor
+# ---------------------------------------------------------------------------------------------------------
+
+_SAFETENSORS_DTYPES = {torch.float32: "F32", torch.bfloat16: "BF16", torch.float16: "F16"}
+
+
+def _saved_names(model: torch.nn.Module) -> dict[str, str]:
+    """``{state_dict name: name in the file}`` for the tensors ``save_pretrained`` writes: tied copies removed,
+    transformers' load-time renamings reverted (PaliGemma files keep the legacy ``language_model.model.*``,
+    ``vision_tower.vision_model.*`` names; ``from_pretrained`` maps them back)."""
+    from transformers.core_model_loading import revert_weight_conversion
+    from transformers.modeling_utils import remove_tied_weights_from_state_dict
+
+    kept = remove_tied_weights_from_state_dict(model.state_dict(), model)
+    tagged = {name: torch.empty(0, device="meta") for name in kept}
+    by_tensor = {id(t): name for name, t in tagged.items()}
+    saved = revert_weight_conversion(model, tagged)
+    names = {by_tensor[id(t)]: new for new, t in saved.items()}
+    if set(names) != set(kept):
+        raise CheckpointError("converter bug: transformers' saved-name mapping is not one-to-one for this model")
+    return names
+
+
+def _header(entries: list[tuple[str, torch.dtype, tuple[int, ...], int]]) -> tuple[bytes, int]:
+    """The safetensors header for ``(name, dtype, shape, nbytes)`` laid out in order; returns it and the data size."""
+    meta, offset = {"__metadata__": {"format": "pt"}}, 0  # what save_pretrained passes as metadata
+    for name, dtype, shape, nbytes in entries:
+        meta[name] = {"dtype": _SAFETENSORS_DTYPES[dtype], "shape": list(shape), "data_offsets": [offset, offset + nbytes]}
+        offset += nbytes
+    header = json.dumps(meta, separators=(",", ":")).encode()
+    header += b" " * (-(8 + len(header)) % 8)  # safetensors pads the header so that the data is 8-byte aligned
+    return len(header).to_bytes(8, "little") + header, offset
+
+
+#: Tensors that can be read by rows (``LazyArray.sliceable`` after their transform) are written in chunks of this size.
+_WRITE_CHUNK_BYTES = 64 << 20
+
+
+def _write_tensor(f, array: LazyArray, dtype: torch.dtype, scratch: list[torch.Tensor]) -> None:
+    """Reads ``array`` (as stored: bf16 stays bf16), converts it to ``dtype`` in torch's C-contiguous layout and
+    appends its bytes to ``f``. ``scratch`` holds one reused byte buffer (fresh pages cost more than the copy)."""
+    source = to_torch(array.load_stored())  # often a strided view (a transposed kernel)
+    if source.dtype == dtype and source.is_contiguous():
+        tensor = source
+    else:
+        nbytes = source.numel() * torch.empty(0, dtype=dtype).element_size()
+        if not scratch or scratch[0].numel() < nbytes:
+            scratch[:] = [torch.empty(nbytes, dtype=torch.uint8)]
+        tensor = scratch[0][:nbytes].view(dtype).view(source.shape)
+        tensor.copy_(source)  # layout and dtype in one (multi-threaded) pass; bf16/f16 -> f32 is exact
+    del source
+    f.write(tensor.reshape(-1).view(torch.uint8).numpy().data)
+
+
+def write_streamed_safetensors(
+    mapped: dict[str, LazyArray],
+    model: torch.nn.Module,
+    out_dir: str,
+    dtype: torch.dtype = torch.float32,
+    max_shard_size: int | str = "5GB",
+    progress: bool = False,
+) -> list[str]:
+    """Writes ``mapped`` as ``save_pretrained`` would write ``model``'s weights, one tensor in memory at a time.
+
+    ``model`` may live on the ``meta`` device: it gives the names, the shapes (``check_fits``), the tied weights
+    and the saved names. Shards are planned like ``save_pretrained`` (``split_torch_state_dict_into_shards``, the
+    same file names and index), but ``safetensors.torch.save_file`` needs a whole shard in memory, so each shard's
+    header is computed from the shapes and the tensors are appended to the open files as they are read (nothing of
+    a shard stays in memory). Each layer of a stacked (scanned) array reads only its own bytes; a tensor whose
+    transform is row-wise (identity: embedding, norms) is read and written in chunks of about
+    ``_WRITE_CHUNK_BYTES``. Arrays are read in source order (the file sequentially). Returns the weight files
+    written.
+    """
+    from huggingface_hub import split_torch_state_dict_into_shards
+    from tqdm.auto import tqdm
+
+    if sys.byteorder != "little":
+        raise CheckpointError("safetensors files are little-endian; this writer needs a little-endian machine")
+    if dtype not in _SAFETENSORS_DTYPES:
+        raise CheckpointError(f"unsupported dtype {dtype}; use one of {', '.join(map(str, _SAFETENSORS_DTYPES))}")
+    check_fits(mapped, model)
+    names = _saved_names(model)
+    position = {name: i for i, name in enumerate(mapped)}
+    order = sorted(names, key=lambda k: (mapped[k].source, position[k]))  # stable: parts of one array together
+    plan = split_torch_state_dict_into_shards(
+        {names[k]: torch.empty(mapped[k].shape, dtype=dtype, device="meta") for k in order},
+        filename_pattern="model{suffix}.safetensors", max_shard_size=max_shard_size,
+    )
+    shard_of = plan.tensor_to_filename
+    element = torch.empty(0, dtype=dtype).element_size()
+    os.makedirs(out_dir, exist_ok=True)
+    for stale in os.listdir(out_dir):  # weight files of an earlier save that are not rewritten
+        if re.fullmatch(r"model(-\d{5}-of-\d{5})?\.safetensors", stale) and stale not in plan.filename_to_tensors:
+            os.remove(os.path.join(out_dir, stale))
+    files, expected, scratch = {}, {}, []
+    try:
+        for filename in plan.filename_to_tensors:
+            entries = [(names[k], dtype, mapped[k].shape, math.prod(mapped[k].shape) * element)
+                       for k in order if shard_of[names[k]] == filename]
+            header, size = _header(entries)
+            files[filename] = open(os.path.join(out_dir, filename), "wb")
+            files[filename].write(header)
+            expected[filename] = len(header) + size
+        for key in tqdm(order, desc="converting", unit="tensor", disable=not progress):
+            array, f = mapped[key], files[shard_of[names[key]]]
+            nbytes = math.prod(array.shape) * element
+            if array.sliceable and array.shape and nbytes > _WRITE_CHUNK_BYTES:
+                step = max(1, _WRITE_CHUNK_BYTES * array.shape[0] // nbytes)  # rows per chunk
+                for start in range(0, array.shape[0], step):
+                    _write_tensor(f, array.rows(start, start + step), dtype, scratch)
+            else:
+                _write_tensor(f, array, dtype, scratch)
+    finally:
+        for f in files.values():
+            f.close()
+    for filename, size in expected.items():
+        if os.path.getsize(os.path.join(out_dir, filename)) != size:
+            raise CheckpointError(f"{filename}: wrote {os.path.getsize(os.path.join(out_dir, filename))} bytes, "
+                                  f"expected {size}")
+    index_path = os.path.join(out_dir, "model.safetensors.index.json")
+    if plan.is_sharded:
+        index = {"metadata": {"total_parameters": model.num_parameters(), **plan.metadata}, "weight_map": shard_of}
+        with open(index_path, "w", encoding="utf-8") as f:
+            f.write(json.dumps(index, indent=2, sort_keys=True) + "\n")
+    elif os.path.exists(index_path):
+        os.remove(index_path)
+    return list(plan.filename_to_tensors)
+
+
+def add_text_processor(
+    folder: str, vocab_file: str, preset: str | None = None, remote_code: bool = True, max_length: int | None = None
+) -> "SiglipProcessor":
+    """Adds big_vision's text pp to a converted two-tower folder and returns its ``SiglipProcessor``.
+
+    Writes the tokenizer (``spiece.model``, ``tokenizer_config.json``) and ``processor_config.json``; with
+    ``remote_code`` also ``tokenization_bv_text.py`` and its ``auto_map``, so the folder loads with
+    ``trust_remote_code=True`` where ``big_vision_hf`` is not installed.
+
+    Args:
+        folder: a folder written by ``big-vision-hf convert`` for ``proj.image_text.two_towers``.
+        vocab_file: the SentencePiece model the checkpoint was trained with (LiT: the BERT ``vocab.txt``).
+        preset: ``"siglip"`` (c4_en / mc4: pad 1) or ``"siglip2"`` (Gemma: pad ``<pad>``), see `BvTextTokenizer`;
+            ``"bert"`` (LiT's ``bert_tokenize``), see `BvBertTokenizer`; ``None``: the text tower's (``"bert"``
+            for a BERT tower, else ``"siglip"``).
+        max_length: the text length; default: the text tower's posemb length, or 16 for BERT (LiT's
+            ``token_len``).
+    """
+    from transformers import AutoConfig, AutoImageProcessor, SiglipProcessor
+
+    from ..processing.processing_bv_two_towers import text_tokenizer_for
+
+    config = AutoConfig.from_pretrained(folder)
+    if not hasattr(config, "text_config"):
+        raise ValueError(f"{folder}: not a two-tower model folder (config has no text_config)")
+    tokenizer = text_tokenizer_for(config, vocab_file, preset, max_length)
+    processor = SiglipProcessor(image_processor=AutoImageProcessor.from_pretrained(folder), tokenizer=tokenizer)
+    processor.save_pretrained(folder)
+    if remote_code:
+        module = type(tokenizer).__module__
+        write_code(folder, remote_code_files(module))
+        stem = module.rsplit(".", 1)[-1]
+        name = type(tokenizer).__name__
+        add_auto_map(os.path.join(folder, "tokenizer_config.json"), {"AutoTokenizer": [f"{stem}.{name}", None]})
+    return processor

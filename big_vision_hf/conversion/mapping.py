@@ -71,6 +71,75 @@ class Rule:
     transform: Transform = identity
 
 
+# ---------------------------------------------------------------------------------------------------------
+# The rule vocabulary: flax module -> torch module, shared by every family's table
+# ---------------------------------------------------------------------------------------------------------
+
+
+def layer_norm(bv: str, hf: str) -> list[Rule]:
+    """flax ``nn.LayerNorm`` (``scale``, ``bias``) -> ``nn.LayerNorm`` (``weight``, ``bias``)."""
+    return [Rule(f"{bv}/scale", f"{hf}.weight"), Rule(f"{bv}/bias", f"{hf}.bias")]
+
+
+def linear(bv: str, hf: str) -> list[Rule]:
+    """flax ``nn.Dense`` -> ``nn.Linear``."""
+    return [Rule(f"{bv}/kernel", f"{hf}.weight", dense), Rule(f"{bv}/bias", f"{hf}.bias")]
+
+
+def attention(bv: str, hf: str) -> list[Rule]:
+    """flax ``MultiHeadDotProductAttention`` -> q/k/v/out ``nn.Linear`` projections (`BvViTAttention`, Siglip's)."""
+    rules = []
+    for bv_name, hf_name in (("query", "q_proj"), ("key", "k_proj"), ("value", "v_proj")):
+        rules += [
+            Rule(f"{bv}/{bv_name}/kernel", f"{hf}.{hf_name}.weight", heads_in),
+            Rule(f"{bv}/{bv_name}/bias", f"{hf}.{hf_name}.bias", flat),
+        ]
+    return rules + [Rule(f"{bv}/out/kernel", f"{hf}.out_proj.weight", heads_out), Rule(f"{bv}/out/bias", f"{hf}.out_proj.bias")]
+
+
+def encoder_blocks(bv: str, hf: str) -> list[Rule]:
+    """big_vision ``vit.Encoder1DBlock`` s (loop layout ``{bv}/encoderblock_{i}``) -> ``{hf}.layers.{i}``."""
+    block, layer = rf"{bv}/encoderblock_(\d+)", hf + ".layers.{0}"
+    return [
+        *layer_norm(f"{block}/LayerNorm_0", f"{layer}.layer_norm1"),
+        *attention(f"{block}/MultiHeadDotProductAttention_0", f"{layer}.self_attn"),
+        *layer_norm(f"{block}/LayerNorm_1", f"{layer}.layer_norm2"),
+        *linear(f"{block}/MlpBlock_0/Dense_0", f"{layer}.mlp.fc1"),
+        *linear(f"{block}/MlpBlock_0/Dense_1", f"{layer}.mlp.fc2"),
+    ]
+
+
+def encoder_rules(bv: str, hf: str, final_norm: str | None = None) -> list[Rule]:
+    """big_vision ``vit.Encoder`` (loop layout) -> `BvViTEncoder`; ``final_norm``: where ``encoder_norm`` goes when
+    the target keeps it outside the encoder (transformers' Siglip), default ``{hf}.post_layernorm``."""
+    return [*encoder_blocks(bv, hf), *layer_norm(f"{bv}/encoder_norm", final_norm or f"{hf}.post_layernorm")]
+
+
+def map_head_rules(bv: str, hf: str) -> list[Rule]:
+    """big_vision ``vit.MAPHead`` -> `BvMAPHead` (and Siglip's head, before `pack_in_proj`)."""
+    return [
+        Rule(f"{bv}/probe", f"{hf}.probe"),
+        *attention(f"{bv}/MultiHeadDotProductAttention_0", f"{hf}.attention"),
+        *layer_norm(f"{bv}/LayerNorm_0", f"{hf}.layernorm"),
+        *linear(f"{bv}/MlpBlock_0/Dense_0", f"{hf}.mlp.fc1"),
+        *linear(f"{bv}/MlpBlock_0/Dense_1", f"{hf}.mlp.fc2"),
+    ]
+
+
+def prefixed(rules: list[Rule], bv_prefix: str = "", hf_prefix: str = "") -> list[Rule]:
+    """The same table under a sub-tree (``img/`` -> ``vision_model.``), as big_vision composite ``load`` s do."""
+    return [Rule(bv_prefix + r.bv, hf_prefix + r.hf, r.transform) for r in rules]
+
+
+def with_head(rules: list[Rule], num_classes: int | None, base_model: type, classifier: type, base_prefix: str):
+    """The base model or the classifier, as big_vision's ``num_classes`` decides: ``(model class, table,
+    config kwargs)``. The classifier holds the base model under ``base_prefix`` (``"vit."``) and big_vision's
+    ``head`` Dense as ``classifier``."""
+    if not num_classes:
+        return base_model, rules, {}
+    return classifier, prefixed(rules, hf_prefix=base_prefix) + linear("head", "classifier"), {"num_labels": num_classes}
+
+
 def map_params(
     params: dict[str, LazyArray], rules: list[Rule], ignore: dict[str, str] | None = None
 ) -> dict[str, LazyArray]:

@@ -1,4 +1,5 @@
-"""Model cards (``README.md`` with Hub metadata) for converted folders."""
+"""Model cards (``README.md`` with Hub metadata): one renderer, :func:`render_model_card`, that every writer passes
+its data to (converted folders: :func:`conversion_card`; PaliGemma's streamed folders; transfer results)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ import os
 
 from transformers import PreTrainedModel
 
-from .registry import CheckpointEntry
+from .zoo import CheckpointEntry
+
 
 def pipeline_tag_for(model: PreTrainedModel) -> str:
     """The Hub pipeline tag from the Auto class the model's class is registered under."""
@@ -24,6 +26,36 @@ def pipeline_tag_for(model: PreTrainedModel) -> str:
 
 
 def render_model_card(
+    title: str,
+    sections: list[tuple[str | None, str | list[str]]],
+    *,
+    pipeline_tag: str,
+    tags: list[str],
+    library_name: str = "transformers",
+    license: str | None = None,
+    metadata: dict | None = None,
+) -> str:
+    """``README.md`` text: YAML front matter, ``# title``, then each ``(heading, content)`` section in order.
+
+    ``content`` is a paragraph (or a code block) as text, or a list of bullet items; a ``None`` heading puts it
+    right under the title. ``metadata``: more front-matter keys (``source_checkpoint``, ``base_model``), written as
+    JSON scalars.
+    """
+    front = ["---", f"library_name: {library_name}", f"pipeline_tag: {pipeline_tag}"]
+    if license:
+        front.append(f"license: {license}")
+    front += ["tags:", *[f"- {tag}" for tag in tags]]
+    front += [f"{key}: {json.dumps(value)}" for key, value in (metadata or {}).items()]
+    lines = [*front, "---", "", f"# {title}", ""]
+    for heading, content in sections:
+        if heading:
+            lines += [f"## {heading}", ""]
+        lines += [content] if isinstance(content, str) else [f"- {item}" for item in content]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def conversion_card(
     model: PreTrainedModel,
     family: str,
     checkpoint: str,
@@ -31,25 +63,13 @@ def render_model_card(
     preprocessing: str = "",
     parity_note: str = "",
 ) -> str:
-    """A model card: YAML front matter (library_name, pipeline_tag, tags, license, source) + usage + provenance."""
+    """The card of a converted folder: usage for its pipeline tag, and where it came from."""
     tag = pipeline_tag_for(model)
     arch = type(model).__name__
     source = entry.url if entry else os.path.basename(checkpoint)
     license_ = entry.license if entry else "apache-2.0"
     tags = ["big_vision", "big_vision_hf", model.config.model_type, family.replace(".", "-")]
     n_params = sum(p.numel() for p in model.parameters())
-    front = "\n".join(
-        [
-            "---",
-            "library_name: transformers",
-            f"pipeline_tag: {tag}",
-            f"license: {license_}",
-            "tags:",
-            *[f"- {t}" for t in tags],
-            f"source_checkpoint: {json.dumps(source)}",
-            "---",
-        ]
-    )
     title = entry.name if entry else os.path.splitext(os.path.basename(checkpoint.split(":")[0]))[0]
     if tag == "image-classification":
         usage = f"""```python
@@ -79,7 +99,7 @@ classifier = pipeline("zero-shot-image-classification", model="path/to/this/fold
 classifier("cat.jpg", candidate_labels=["a cat", "a dog"])
 ```
 
-The text side needs the tokenizer saved with the folder (`big_vision_hf.processing.processing_bv_two_towers.add_text_processor`)."""
+The text side needs the tokenizer saved with the folder (`big-vision-hf convert ... --tokenizer FILE`)."""
     else:
         usage = """```python
 from PIL import Image
@@ -89,29 +109,23 @@ processor = AutoImageProcessor.from_pretrained("path/to/this/folder", trust_remo
 model = AutoModel.from_pretrained("path/to/this/folder", trust_remote_code=True)
 features = model(**processor(Image.open("cat.jpg"), return_tensors="pt")).pooler_output
 ```"""
-    lines = [
-        front,
-        "",
-        f"# {title} ({arch})",
-        "",
-        f"A [big_vision](https://github.com/google-research/big_vision) `{family}` checkpoint converted to PyTorch "
-        "with `big_vision_hf` (`big-vision-hf convert`). "
-        "The conversion is strict: every array of the checkpoint was used and every parameter filled.",
-        "",
-        "## Usage",
-        "",
-        usage,
-        "",
-        "## Provenance",
-        "",
-        f"- Source checkpoint: `{source}`",
-        f"- big_vision model: `{family}`, `config.model = {json.dumps(getattr(model.config, 'bv_model_config', {}))}`",
-        f"- Parameters: {n_params:,}",
+    provenance = [
+        f"Source checkpoint: `{source}`",
+        f"big_vision model: `{family}`, `config.model = {json.dumps(getattr(model.config, 'bv_model_config', {}))}`",
+        f"Parameters: {n_params:,}",
     ]
     if entry and entry.paper:
-        lines.append(f"- Paper: {entry.paper}")
+        provenance.append(f"Paper: {entry.paper}")
     if preprocessing:
-        lines.append(f"- Preprocessing (big_vision pp string reproduced by the image processor): `{preprocessing}`")
+        provenance.append(f"Preprocessing (big_vision pp string reproduced by the image processor): `{preprocessing}`")
     if parity_note:
-        lines.append(f"- Parity: {parity_note}")
-    return "\n".join(lines) + "\n"
+        provenance.append(f"Parity: {parity_note}")
+    intro = (
+        f"A [big_vision](https://github.com/google-research/big_vision) `{family}` checkpoint converted to PyTorch "
+        "with `big_vision_hf` (`big-vision-hf convert`). "
+        "The conversion is strict: every array of the checkpoint was used and every parameter filled."
+    )
+    return render_model_card(
+        f"{title} ({arch})", [(None, intro), ("Usage", usage), ("Provenance", provenance)], pipeline_tag=tag,
+        tags=tags, license=license_, metadata={"source_checkpoint": source},
+    )

@@ -7,8 +7,10 @@ no processor class of our own is needed. The same holds for transformers' ``zero
 pipeline, which loads the folder's tokenizer and image processor itself (sigmoid scores for ``siglip`` /
 ``bv_siglip`` models, softmax for ``bv_two_towers``).
 
+A converted folder gets it with ``big-vision-hf convert ... --tokenizer FILE`` (``conversion.export.add_text_processor``).
+
 Example:
-    >>> from big_vision_hf.processing.processing_bv_two_towers import add_text_processor
+    >>> from big_vision_hf.conversion.export import add_text_processor
     >>> add_text_processor("out/siglip-b16-224", "c4_en.model", preset="siglip")  # doctest: +SKIP
     >>> from transformers import pipeline  # doctest: +SKIP
     >>> classifier = pipeline("zero-shot-image-classification", model="out/siglip-b16-224")  # doctest: +SKIP
@@ -20,7 +22,6 @@ from __future__ import annotations
 
 import os
 
-from transformers import AutoConfig, AutoImageProcessor, SiglipProcessor
 from transformers.utils import logging
 
 from .tokenization_bv_bert import LIT_TEXT_LENGTH, BvBertTokenizer
@@ -28,7 +29,7 @@ from .tokenization_bv_text import BvTextTokenizer
 
 logger = logging.get_logger(__name__)
 
-__all__ = ["add_text_processor", "text_tokenizer_for"]
+__all__ = ["text_tokenizer_for"]
 
 PRESETS = {
     "siglip": BvTextTokenizer.for_siglip,
@@ -76,38 +77,3 @@ def text_tokenizer_for(config, vocab_file: str, preset: str | None = None, max_l
             f"{text.vocab_size} rows; big_vision's tokenizers fill it exactly"
         )
     return tokenizer
-
-
-def add_text_processor(
-    folder: str, vocab_file: str, preset: str | None = None, remote_code: bool = True, max_length: int | None = None
-) -> SiglipProcessor:
-    """Adds big_vision's text pp to a converted two-tower folder and returns its ``SiglipProcessor``.
-
-    Writes the tokenizer (``spiece.model``, ``tokenizer_config.json``) and ``processor_config.json``; with
-    ``remote_code`` also ``tokenization_bv_text.py`` and its ``auto_map``, so the folder loads with
-    ``trust_remote_code=True`` where ``big_vision_hf`` is not installed.
-
-    Args:
-        folder: a folder written by ``big-vision-hf convert`` for ``proj.image_text.two_towers``.
-        vocab_file: the SentencePiece model the checkpoint was trained with (LiT: the BERT ``vocab.txt``).
-        preset: ``"siglip"`` (c4_en / mc4: pad 1) or ``"siglip2"`` (Gemma: pad ``<pad>``), see `BvTextTokenizer`;
-            ``"bert"`` (LiT's ``bert_tokenize``), see `BvBertTokenizer`; ``None``: the text tower's (``"bert"``
-            for a BERT tower, else ``"siglip"``).
-        max_length: the text length; default: the text tower's posemb length, or 16 for BERT (LiT's
-            ``token_len``).
-    """
-    config = AutoConfig.from_pretrained(folder)
-    if not hasattr(config, "text_config"):
-        raise ValueError(f"{folder}: not a two-tower model folder (config has no text_config)")
-    tokenizer = text_tokenizer_for(config, vocab_file, preset, max_length)
-    processor = SiglipProcessor(image_processor=AutoImageProcessor.from_pretrained(folder), tokenizer=tokenizer)
-    processor.save_pretrained(folder)
-    if remote_code:
-        from ..conversion.export import add_auto_map, remote_code_files, write_code
-
-        module = type(tokenizer).__module__
-        write_code(folder, remote_code_files(module))
-        stem = module.rsplit(".", 1)[-1]
-        name = type(tokenizer).__name__
-        add_auto_map(os.path.join(folder, "tokenizer_config.json"), {"AutoTokenizer": [f"{stem}.{name}", None]})
-    return processor

@@ -49,11 +49,11 @@ class CheckpointEntry:
         return tail.split(":", 1)[1] if ":" in tail else None
 
 
-REGISTRY: dict[str, CheckpointEntry] = {}
+ZOO: dict[str, CheckpointEntry] = {}
 
 
 def _add(entry: CheckpointEntry) -> None:
-    REGISTRY[entry.name] = entry
+    ZOO[entry.name] = entry
 
 
 _AUGREG = "https://arxiv.org/abs/2106.10270"
@@ -205,14 +205,14 @@ def find_entry(name_or_path: str | None, model_name: str | None = None) -> Check
     """
     if not name_or_path:
         return None
-    if name_or_path in REGISTRY:
-        entry = REGISTRY[name_or_path]
+    if name_or_path in ZOO:
+        entry = ZOO[name_or_path]
         if model_name and entry.model_name != model_name:  # "SigLIP B/16 224" asked for as a vit: its image tower
-            return next((e for e in REGISTRY.values() if e.name.startswith(entry.name + ":")
+            return next((e for e in ZOO.values() if e.name.startswith(entry.name + ":")
                          and e.model_name == model_name), entry)
         return entry
     path, _, subtree = os.path.basename(name_or_path).partition(":")
-    matches = [e for e in REGISTRY.values() if e.filename == path]
+    matches = [e for e in ZOO.values() if e.filename == path]
     if subtree:
         matches = [e for e in matches if e.subtree == subtree]
     elif model_name and any(e.model_name == model_name for e in matches):
