@@ -1,8 +1,8 @@
 """Training-step throughput and peak memory: our PaliGemma transfer recipe against a PEFT-notebook-style loop.
 
 Both arms train the same tiny random PaliGemma (``big_vision_hf.transfer.synthetic.make_model``, by default
-224 px / patch 14 -> 256 image tokens like real PaliGemma-224, Gemma-2B's 18 layers, small widths) on the same batch (synthetic rows
-through our processor/collator: ``input_ids``, ``token_type_ids``, ``attention_mask``, ``pixel_values``,
+224 px / patch 14 -> 256 image tokens like real PaliGemma-224, Gemma-2B's 18 layers, small widths) on the same batch
+(synthetic rows through our processor/collator: ``input_ids``, ``token_type_ids``, ``attention_mask``, ``pixel_values``,
 ``labels`` = the suffix ids, -100 elsewhere -- what transformers' ``PaliGemmaProcessor(..., suffix=...)`` gives),
 from the same initial weights, with LoRA preset ``llm`` (:func:`apply_lora`, same rank) or ``--full``. The tied
 embedding / ``lm_head`` is padded (``--vocab auto``) so that ``lm_head``'s share of the step's matmul work is
@@ -122,7 +122,8 @@ def _calibrated_vision_layers(model, args, batch) -> int:
     pg_all = fwd(PALIGEMMA_TEXT, PALIGEMMA_VISION, PALIGEMMA_VISION["layers"], 256, pg_seq)
     share = (pg_all - fwd(PALIGEMMA_TEXT, PALIGEMMA_VISION, 0, 256, pg_seq) + pg_proj) / pg_all
     proj = b * n_img * vision["d"] * text["d"] / 1e9
-    base, per_layer = fwd(text, vision, 0, n_img, seq), fwd(text, vision, 1, n_img, seq) - fwd(text, vision, 0, n_img, seq)
+    base = fwd(text, vision, 0, n_img, seq)
+    per_layer = fwd(text, vision, 1, n_img, seq) - base
     llm = base - proj
     return max(1, round((share * (llm + proj) - proj) / (per_layer * (1 - share))))
 
@@ -351,10 +352,12 @@ def main() -> None:
             + ("the usual q/k/v/o/gate/up/down list (SigLIP q/k/v adapted too)" if vision_lora else "preset 'llm'"))
     print()
     print(f"PaliGemma transfer training step, {args.device} {args.dtype}, {mode}, batch {args.batch}, "
-          f"seq {nb['seq_len']} ({(args.res // args.patch) ** 2} image tokens), SigLIP {nb['vision_dims']['layers']} x {nb['vision_dims']['d']}, "
+          f"seq {nb['seq_len']} ({(args.res // args.patch) ** 2} image tokens), "
+          f"SigLIP {nb['vision_dims']['layers']} x {nb['vision_dims']['d']}, "
           f"Gemma {nb['text_dims']['layers']} x {nb['text_dims']['d']}, "
           f"{nb['supervised_tokens']} supervised tokens, vocab {nb['vocab']:,}, "
-          f"trainable params: notebook {nb['trainable']:,}, ours {ours['trainable']:,} of {nb['total']:,}; {nb['threads']} threads")
+          f"trainable params: notebook {nb['trainable']:,}, ours {ours['trainable']:,} of {nb['total']:,}; "
+          f"{nb['threads']} threads")
     print(f"{args.warmup} warm-up + {args.steps} timed steps per arm, best of {args.rounds} round(s); "
           f"memory: {nb['mem_kind']}")
     print()

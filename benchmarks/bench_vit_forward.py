@@ -95,7 +95,8 @@ def main() -> None:
             t_ours += timed(ours, x, args.iters)
             t_twin += timed(twin, x, args.iters)
     n = args.batch * args.iters * args.rounds
-    print(f"ViT-{args.variant} @{args.image_size} MAP, batch {args.batch}, {args.device} {args.dtype}, torch {torch.__version__}")
+    print(f"ViT-{args.variant} @{args.image_size} MAP, batch {args.batch}, {args.device} {args.dtype}, "
+          f"torch {torch.__version__}")
     print(f"  big_vision_hf BvViTModel      : {n / t_ours:8.1f} img/s")
     print(f"  transformers SiglipVisionModel: {n / t_twin:8.1f} img/s")
     print(f"  ratio ours / siglip           : {t_twin / t_ours:.3f}x  (goal >= 1.0)")

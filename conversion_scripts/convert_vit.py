@@ -1,4 +1,5 @@
-"""Convert a big_vision ViT (models/vit.py): AugReg, i1k S/16 baselines, DeiT-3, SigLIP image towers (file.npz:img) checkpoint.
+"""Convert a big_vision ViT (models/vit.py) checkpoint: AugReg, i1k S/16 baselines, DeiT-3, SigLIP image towers
+(file.npz:img).
 
     python conversion_scripts/convert_vit.py CHECKPOINT.npz OUT_DIR [--model-config JSON] [--image-size H W] ...
 

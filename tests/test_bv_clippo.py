@@ -12,8 +12,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -25,7 +23,7 @@ from big_vision_hf.conversion import CheckpointError, convert_checkpoint, detect
 from big_vision_hf.modeling.modeling_bv_clippo import BvClippoModel
 from big_vision_hf.processing.image_processing_bv import value_range
 from big_vision_hf.processing.processing_bv_clippo import BvClippoProcessor, load_unifont, render_unifont
-from conftest import FIXTURES, Golden, convert_cli, max_abs_err, rewrite_npz
+from conftest import FIXTURES, Golden, assert_max_abs_errors, convert_cli, max_abs_err, rewrite_npz, run_without_package
 
 TOL = 1e-4
 FAMILY = "proj.clippo.one_tower"
@@ -75,10 +73,7 @@ def test_clippo_parity_cli_folder_from_pretrained(g, folder):
         "t": max_abs_err(model.logit_scale.exp(), o["t"]),
         "logits_per_image": max_abs_err(out.logits_per_image, o["zimg"] @ o["ztxt"].T * o["t"]),
     }
-    text_report = ", ".join(f"{k}={v:.1e}" for k, v in report.items())
-    print("clippo max abs error:", text_report)
-    worst = max(report, key=report.get)
-    assert report[worst] <= TOL, f"{worst} max abs error {report[worst]:.2e} > {TOL}: {text_report}"
+    assert_max_abs_errors("clippo", report, TOL)
 
 
 def test_clippo_softmax_loss(g, folder):
@@ -150,29 +145,18 @@ def test_clippo_missing_font_is_a_clear_error_and_images_still_work(g, folder, t
         assert model(**batch).image_embeds.shape == (1, 48)
 
 
-_CHILD = r"""
-import sys
-sys.modules["big_vision_hf"] = None  # any import of our package now fails
-import numpy as np, torch
+_CHILD = """
 from transformers import AutoModel
-folder, inputs_path, out_path = sys.argv[1:4]
 model = AutoModel.from_pretrained(folder, trust_remote_code=True).eval()
-x = np.load(inputs_path)
 with torch.no_grad():
-    out = model(pixel_values=torch.from_numpy(x["image"]), text_pixel_values=torch.from_numpy(x["text"]))
-np.savez(out_path, zimg=out.image_embeds.numpy(), ztxt=out.text_embeds.numpy())
-print(type(model).__module__)
+    out = model(pixel_values=torch.from_numpy(inputs["image"]), text_pixel_values=torch.from_numpy(inputs["text"]))
+outputs, remote = {"zimg": out.image_embeds.numpy(), "ztxt": out.text_embeds.numpy()}, {"model": model}
 """
 
 
 def test_clippo_trust_remote_code_without_package(g, folder, tmp_path):
-    np.savez(tmp_path / "x.npz", image=g.image_nchw("image").numpy(), text=g.image_nchw("text").numpy())
-    env = {**os.environ, "HF_MODULES_CACHE": str(tmp_path / "modules"), "HF_HUB_OFFLINE": "1"}
-    argv = [sys.executable, "-c", _CHILD, str(folder), str(tmp_path / "x.npz"), str(tmp_path / "o.npz")]
-    result = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert result.stdout.split()[-1].startswith("transformers_modules."), result.stdout
-    child = np.load(tmp_path / "o.npz")
+    inputs = {"image": g.image_nchw("image").numpy(), "text": g.image_nchw("text").numpy()}
+    child = run_without_package(tmp_path, folder, _CHILD, inputs)
     for key in ("zimg", "ztxt"):
         err = float(np.abs(child[key] - g.outputs[key]).max())
         assert err <= TOL, f"remote-code {key} max abs error {err:.2e}"

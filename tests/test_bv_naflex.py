@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -33,7 +31,7 @@ from big_vision_hf.processing.image_processing_bv_naflex import (
     get_image_size_for_seq,
     resize_bilinear_antialias,
 )
-from conftest import Golden, convert_cli, max_abs_err, rewrite_npz
+from conftest import Golden, assert_max_abs_errors, convert_cli, max_abs_err, rewrite_npz, run_without_package
 
 TOL = 1e-4
 FAMILY = "proj.image_text.naflex_vit"
@@ -51,15 +49,6 @@ def folder(g, tmp_path_factory):
     return out
 
 
-def _inputs(g: Golden, coords: bool = False) -> dict[str, torch.Tensor]:
-    x = {k: torch.from_numpy(v) for k, v in g.inputs.items()}
-    yx = torch.stack([x["yidx"], x["xidx"]], dim=-1)
-    out = {"pixel_values": x["patches"], "pixel_attention_mask": x["ptype"]}
-    if coords:
-        return {**out, "patch_coords": yx}
-    return {**out, "spatial_shapes": yx.amax(dim=1) + 1}
-
-
 def _raw_images(seed: int = 0):
     """The uint8 images the fixture's inputs were made from (refharness `_naflex_inputs`)."""
     rng = np.random.default_rng([seed, 99])
@@ -75,8 +64,8 @@ def test_naflex_parity_cli_folder_from_pretrained(g, folder):
     report = {}
     for coords in (False, True):  # spatial_shapes (Siglip2 API) and big_vision's (yidx, xidx)
         with torch.no_grad():
-            out = model(**_inputs(g, coords))
-            base = model.vit(**_inputs(g, coords), output_hidden_states=True)
+            out = model(**g.naflex_inputs(coords))
+            base = model.vit(**g.naflex_inputs(coords), output_hidden_states=True)
         tag = "coords" if coords else "shapes"
         report[f"{tag}/logits"] = max_abs_err(out.logits, g.outputs["logits"])
         report[f"{tag}/pre_logits"] = max_abs_err(out.pooler_output, g.outputs["pre_logits"])
@@ -84,10 +73,7 @@ def test_naflex_parity_cli_folder_from_pretrained(g, folder):
         pairs.update({f"encoder/block{i:02d}/+mlp": base.hidden_states[i + 1] for i in range(2)})
         for name, ours in pairs.items():
             report[f"{tag}/{name}"] = float(np.abs(ours.numpy() - g.outputs[name])[valid].max())
-    text = ", ".join(f"{k}={v:.1e}" for k, v in report.items())
-    print("naflex_vit max abs error (patch tokens only for per-token outputs):", text)
-    worst = max(report, key=report.get)
-    assert report[worst] <= TOL, f"{worst} max abs error {report[worst]:.2e} > {TOL}: {text}"
+    assert_max_abs_errors("naflex_vit (patch tokens only for per-token outputs)", report, TOL)
 
 
 def test_naflex_processor_reproduces_big_vision_pp(g, folder):
@@ -134,7 +120,7 @@ def test_posemb_resize_is_jax_scale_and_translate(g):
         worst, checked = max(worst, float(np.abs(ours.numpy() - ref[key]).max())), checked + 1
     assert checked == 24 and worst <= 1e-6, f"posemb resize differs from jax's by {worst:.2e}"
     # The fixture: with_posemb - stem is big_vision's per-token posemb.
-    x = _inputs(g, coords=True)
+    x = g.naflex_inputs(coords=True)
     params = np.load(g.params)
     ours = naflex_position_embeddings(torch.from_numpy(params["pos_embedding"]), x["patch_coords"], 16)
     ref = g.outputs["with_posemb"] - g.outputs["stem"]
@@ -186,12 +172,13 @@ def test_export_to_siglip2_deviation(g, folder, tmp_path):
     """The Siglip2VisionModel export: its measured deviation from the exact class, written into the card."""
     model = AutoModel.from_pretrained(str(folder)).eval()
     assert isinstance(model, BvNaFlexViTModel)
-    out_dir, deviation = export_to_siglip2(model, str(tmp_path / "siglip2"), max_num_patches=16, inputs=_inputs(g))
+    out_dir, deviation = export_to_siglip2(model, str(tmp_path / "siglip2"), max_num_patches=16,
+                                           inputs=g.naflex_inputs())
     print("Siglip2VisionModel vs BvNaFlexViTModel on the fixture:", deviation)
     assert max(deviation.values()) <= 1e-5, deviation
     s2 = Siglip2VisionModel.from_pretrained(out_dir).eval()
     with torch.no_grad():
-        pooled = s2(**_inputs(g)).pooler_output
+        pooled = s2(**g.naflex_inputs()).pooler_output
     err = max_abs_err(pooled, g.outputs["pre_logits"])
     assert err <= TOL, f"Siglip2VisionModel pooler_output vs big_vision pre_logits {err:.2e} > {TOL}"
     card = open(os.path.join(out_dir, "README.md")).read()
@@ -200,32 +187,21 @@ def test_export_to_siglip2_deviation(g, folder, tmp_path):
         export_to_siglip2(AutoModelForImageClassification.from_pretrained(str(folder)), str(tmp_path / "x"))
 
 
-_CHILD = r"""
-import sys
-sys.modules["big_vision_hf"] = None  # any import of our package now fails
-import numpy as np, torch
+_CHILD = """
 from transformers import AutoImageProcessor, AutoModelForImageClassification
-folder, inputs_path, out_path = sys.argv[1:4]
 model = AutoModelForImageClassification.from_pretrained(folder, trust_remote_code=True).eval()
 processor = AutoImageProcessor.from_pretrained(folder, trust_remote_code=True)
-x = {k: torch.from_numpy(v) for k, v in np.load(inputs_path).items()}
 with torch.no_grad():
-    logits = model(**x).logits.numpy()
+    logits = model(**{k: torch.from_numpy(v) for k, v in inputs.items()}).logits.numpy()
 pp = processor(np.zeros((30, 50, 3), np.uint8), max_num_patches=16, return_tensors="np")
-np.savez(out_path, logits=logits, shapes=pp["spatial_shapes"])
-print(type(model).__module__, type(processor).__module__)
+outputs, remote = {"logits": logits, "shapes": pp["spatial_shapes"]}, {"model": model, "processor": processor}
 """
 
 
 def test_naflex_trust_remote_code_without_package(g, folder, tmp_path):
-    x = {k: v.numpy() for k, v in _inputs(g).items()}
-    np.savez(tmp_path / "inputs.npz", **x)
-    env = {**os.environ, "HF_MODULES_CACHE": str(tmp_path / "modules"), "HF_HUB_OFFLINE": "1"}
-    result = subprocess.run([sys.executable, "-c", _CHILD, str(folder), str(tmp_path / "inputs.npz"),
-                             str(tmp_path / "out.npz")], capture_output=True, text=True, env=env, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert all(m.startswith("transformers_modules.") for m in result.stdout.split()[-2:]), result.stdout
-    err = float(np.abs(np.load(tmp_path / "out.npz")["logits"] - g.outputs["logits"]).max())
+    inputs = {k: v.numpy() for k, v in g.naflex_inputs().items()}
+    child = run_without_package(tmp_path, folder, _CHILD, inputs)
+    err = float(np.abs(child["logits"] - g.outputs["logits"]).max())
     assert err <= TOL, f"remote-code logits max abs error {err:.2e}"
 
 
@@ -250,5 +226,5 @@ def test_naflex_scan_layout_converts_identically(g, tmp_path):
     path = rewrite_npz(g.params, str(tmp_path / "scan.npz"), to_scan)
     model = convert_checkpoint(path, FAMILY, {**g.model_kwargs, "scan": True})
     with torch.no_grad():
-        err = max_abs_err(model(**_inputs(g)).logits, g.outputs["logits"])
+        err = max_abs_err(model(**g.naflex_inputs()).logits, g.outputs["logits"])
     assert err <= TOL, f"scan-layout logits max abs error {err:.2e}"

@@ -24,7 +24,7 @@ from big_vision_hf.conversion.checkpoint import read_checkpoint
 from big_vision_hf.modeling.modeling_bv_vqvae import BvSegVQVAEModel, tf_same_padding
 from big_vision_hf.processing.image_processing_bv import resize_bilinear_antialias
 from big_vision_hf.processing.paligemma_decoding import mask_crop_64, mask_to_tokens
-from conftest import FIXTURES, Golden, convert_cli, max_abs_err
+from conftest import FIXTURES, Golden, convert_cli, max_abs_err, run_without_package
 
 TOL = 1e-4
 SEG = os.path.join(FIXTURES, "paligemma_seg")
@@ -153,32 +153,18 @@ def test_convert_vqvae_rejects_wrong_arrays(g, tmp_path):
     assert convert_checkpoint(g.params, "proj.paligemma.vqvae", {"model": "oi"}).config.embedding_dim == 32
 
 
-_CHILD = r"""
-import sys
-sys.modules["big_vision_hf"] = None  # any import of our package now fails
-import numpy as np, torch
+_CHILD = """
 from transformers import AutoModel
-folder, codes_path, out_path = sys.argv[1:4]
 model = AutoModel.from_pretrained(folder, trust_remote_code=True).eval()
 with torch.no_grad():
-    masks = model(codebook_indices=torch.from_numpy(np.load(codes_path))).masks.numpy()
-np.save(out_path, masks)
-print(type(model).__module__)
+    masks = model(codebook_indices=torch.from_numpy(inputs["codes"])).masks.numpy()
+outputs, remote = {"masks": masks}, {"model": model}
 """
 
 
 def test_vqvae_folder_loads_as_remote_code(g, tmp_path):
-    import subprocess
-    import sys
-
     folder = tmp_path / "vae"
     convert_cli(g.params, str(folder))
-    np.save(tmp_path / "codes.npy", g.inputs["codebook_indices"])
-    env = {**os.environ, "HF_MODULES_CACHE": str(tmp_path / "modules"), "HF_HUB_OFFLINE": "1"}
-    result = subprocess.run([sys.executable, "-c", _CHILD, str(folder), str(tmp_path / "codes.npy"),
-                             str(tmp_path / "masks.npy")], capture_output=True, text=True, env=env,
-                            cwd=str(tmp_path), timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert result.stdout.strip().splitlines()[-1].startswith("transformers_modules."), result.stdout
-    err = float(np.abs(np.load(tmp_path / "masks.npy") - g.outputs["masks"][..., 0]).max())
+    child = run_without_package(tmp_path, folder, _CHILD, {"codes": g.inputs["codebook_indices"]})
+    err = float(np.abs(child["masks"] - g.outputs["masks"][..., 0]).max())
     assert err <= TOL, f"remote-code masks: max abs error {err:.3g} > {TOL}"

@@ -93,7 +93,8 @@ def test_missing_array(tmp_path):
     g = Golden("vit_tok")
     params = rewrite_npz(g.params, str(tmp_path / "missing.npz"),
                          lambda a: {k: v for k, v in a.items() if k != "Transformer/encoderblock_1/LayerNorm_0/bias"})
-    with pytest.raises(CheckpointError, match=r"missing from the checkpoint: vit\.encoder\.layers\.1\.layer_norm1\.bias"):
+    missing = r"missing from the checkpoint: vit\.encoder\.layers\.1\.layer_norm1\.bias"
+    with pytest.raises(CheckpointError, match=missing):
         convert_checkpoint(params, "vit")
 
 
@@ -114,7 +115,8 @@ def test_config_contradicting_arrays(tmp_path, capsys):
 
 def test_bad_model_config_json(tmp_path, capsys):
     g = Golden("vit_tok")
-    err = _one_line_error(capsys, ["convert", g.params, str(tmp_path / "out"), "--model-config", "{variant: B}", "--quiet"])
+    err = _one_line_error(capsys, ["convert", g.params, str(tmp_path / "out"), "--model-config", "{variant: B}",
+                                   "--quiet"])
     assert "not valid JSON" in err
 
 

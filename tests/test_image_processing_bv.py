@@ -239,7 +239,7 @@ def test_image_classification_pipeline(tmp_path):
 
 
 def test_resize_antialias_from_pp_string():
-    """`resize(S, antialias=True)` (PaliGemma's training pp) uses TF's ScaleAndTranslate kernel, then uint8 truncation."""
+    """`resize(S, antialias=True)` (PaliGemma's training pp): TF's ScaleAndTranslate kernel, then uint8 truncation."""
     from PIL import Image
 
     from big_vision_hf.processing.image_processing_bv import BvImageProcessor, resize, resize_bilinear_antialias
@@ -252,5 +252,6 @@ def test_resize_antialias_from_pp_string():
     expected = np.clip(resize_bilinear_antialias(pixels.astype(np.float32), (16, 16)), 0, 255).astype(np.uint8)
     np.testing.assert_array_equal(resize(pixels, 16, antialias=True), expected)
     np.testing.assert_allclose(out, np.moveaxis(expected, -1, 0) / 127.5 - 1, atol=1e-6)
-    plain = BvImageProcessor.from_pp("decode|resize(16)|value_range(-1, 1)")(Image.fromarray(pixels), return_tensors="np")
+    plain_pp = BvImageProcessor.from_pp("decode|resize(16)|value_range(-1, 1)")
+    plain = plain_pp(Image.fromarray(pixels), return_tensors="np")
     assert not np.allclose(plain["pixel_values"][0], out)  # antialiasing really changed the result

@@ -22,9 +22,9 @@ from big_vision_hf.cli import main as cli_main
 from big_vision_hf.conversion.api import convert_checkpoint, detect_family
 from big_vision_hf.conversion.checkpoint import CheckpointError, read_checkpoint
 from big_vision_hf.modeling.modeling_bv_two_towers import BvBertTextTransformer, BvTwoTowerModel
-from big_vision_hf.processing.processing_bv_two_towers import add_text_processor
+from big_vision_hf.conversion.export import add_text_processor
 from big_vision_hf.processing.tokenization_bv_bert import BvBertTokenizer
-from conftest import Golden, convert_cli, max_abs_err, rewrite_npz
+from conftest import Golden, assert_max_abs_errors, convert_cli, max_abs_err, rewrite_npz
 
 TOL = 1e-4
 FAMILY = "proj.image_text.two_towers"
@@ -42,21 +42,10 @@ def _vocab(g: Golden) -> str:
     return f"{g.dir}/{g.config['vocab_file']}"
 
 
-def _inputs(g: Golden) -> dict:
-    return {"input_ids": torch.from_numpy(g.inputs["text"]).long(), "pixel_values": g.image_nchw()}
-
-
-def _report(label: str, errors: dict) -> None:
-    worst = max(errors, key=errors.get)
-    figures = ", ".join(f"{k}={v:.1e}" for k, v in errors.items())
-    assert errors[worst] <= TOL, f"{label}: {worst} max abs error {errors[worst]:.2e} > {TOL} ({figures})"
-    print(f"{label} max abs error: {figures}")
-
-
 def _errors(model, g: Golden) -> dict:
     ref = g.outputs
     with torch.no_grad():
-        out = model(**_inputs(g), output_hidden_states=True)
+        out = model(**g.two_tower_inputs(), output_hidden_states=True)
         image_features = model.get_image_features(g.image_nchw()).pooler_output
     text = out.text_model_output
     valid = g.inputs["text"] != 0  # flaxformer also masks padded queries: compare the positions anything reads
@@ -96,7 +85,7 @@ def test_lit_cli_folder_parity(folder, attn):
     config = json.load(open(f"{folder}/config.json"))
     assert config["model_type"] == "bv_two_towers" and config["text_model"] == "proj.flaxformer.bert"
     assert config["text_config"]["model_type"] == "bv_bert_text" and model.logit_bias is None  # softmax (LiT)
-    _report(f"lit_bert -> BvTwoTowerModel [{attn}]", _errors(model, g))
+    assert_max_abs_errors(f"lit_bert -> BvTwoTowerModel [{attn}]", _errors(model, g), TOL)
 
 
 def test_fixture_has_no_default_valued_parameter():
@@ -118,7 +107,7 @@ def test_every_parameter_moves_the_compared_outputs(folder):
     inert (in big_vision too; a port dropping them would be exact)."""
     g = Golden(NAME)
     model = AutoModel.from_pretrained(folder).eval()
-    inputs = _inputs(g)
+    inputs = g.two_tower_inputs()
 
     def outputs():
         with torch.no_grad():
@@ -151,9 +140,11 @@ def test_lit_detected_from_the_arrays_without_model_name(tmp_path):
     model = AutoModel.from_pretrained(str(tmp_path / "auto")).eval()
     assert model.config.text_model == "proj.flaxformer.bert"
     with torch.no_grad():
-        out = model(**_inputs(g))
-    _report("lit_bert detected", {"ztxt": max_abs_err(out.text_embeds, g.outputs["ztxt"]),
-                                  "derived/logits": max_abs_err(out.logits_per_image, g.outputs["derived/logits"])})
+        out = model(**g.two_tower_inputs())
+    assert_max_abs_errors("lit_bert detected", {
+        "ztxt": max_abs_err(out.text_embeds, g.outputs["ztxt"]),
+        "derived/logits": max_abs_err(out.logits_per_image, g.outputs["derived/logits"]),
+    }, TOL)
 
 
 def test_padding_length_does_not_change_the_text_embedding():
@@ -272,7 +263,8 @@ def test_zero_shot_pipeline_softmax(folder):
         out = model(**inputs)
     torch.testing.assert_close(scores, out.logits_per_image[0].softmax(-1), rtol=1e-5, atol=1e-7)
     # the text side of what the pipeline scored is big_vision's ztxt
-    _report("lit_bert pipeline ztxt", {"ztxt": max_abs_err(out.text_embeds, g.outputs["ztxt"][[0, 2, 3]])})
+    ztxt = max_abs_err(out.text_embeds, g.outputs["ztxt"][[0, 2, 3]])
+    assert_max_abs_errors("lit_bert pipeline ztxt", {"ztxt": ztxt}, TOL)
 
 
 def test_cli_tokenizer_picks_the_bert_preset(tmp_path):

@@ -29,12 +29,12 @@ from big_vision_hf.configuration.configuration_bv_naflex import BvNaFlexViTConfi
 from big_vision_hf.configuration.configuration_bv_two_towers import BvSiglipConfig
 from big_vision_hf.conversion.api import convert_checkpoint
 from big_vision_hf.conversion.checkpoint import CheckpointError
-from big_vision_hf.conversion.registry import REGISTRY, find_entry
+from big_vision_hf.conversion.zoo import ZOO, find_entry
 from big_vision_hf.modeling.modeling_bv_naflex import BvNaFlexViTModel
 from big_vision_hf.modeling.modeling_bv_two_towers import BvSiglipModel, BvTwoTowerModel
 from big_vision_hf.processing.image_processing_bv_naflex import BvNaFlexImageProcessor
-from big_vision_hf.processing.processing_bv_two_towers import add_text_processor
-from conftest import Golden, convert_cli, max_abs_err, rewrite_npz
+from big_vision_hf.conversion.export import add_text_processor
+from conftest import Golden, assert_max_abs_errors, convert_cli, max_abs_err, rewrite_npz, run_without_package
 
 TOL = 1e-4
 FAMILY = "proj.image_text.two_towers"
@@ -59,24 +59,6 @@ def folders(g, tmp_path_factory):
     return {"bv": _convert(root / "bv", g), "transformers": _convert(root / "s2", g, "--target", "transformers")}
 
 
-def _image_inputs(g: Golden, coords: bool = False) -> dict[str, torch.Tensor]:
-    x = {k: torch.from_numpy(v) for k, v in g.inputs.items()}
-    yx = torch.stack([x["yidx"], x["xidx"]], dim=-1)
-    out = {"pixel_values": x["patches"], "pixel_attention_mask": x["ptype"]}
-    return {**out, "patch_coords": yx} if coords else {**out, "spatial_shapes": yx.amax(dim=1) + 1}
-
-
-def _inputs(g: Golden, coords: bool = False) -> dict[str, torch.Tensor]:
-    return {"input_ids": torch.from_numpy(g.inputs["text"]).long(), **_image_inputs(g, coords)}
-
-
-def _report(label: str, errors: dict) -> None:
-    worst = max(errors, key=errors.get)
-    figures = ", ".join(f"{k}={v:.1e}" for k, v in errors.items())
-    assert errors[worst] <= TOL, f"{label}: {worst} max abs error {errors[worst]:.2e} > {TOL} ({figures})"
-    print(f"{label} max abs error: {figures}")
-
-
 # ---------------------------------------------------------------------------------------------------------
 # Parity with big_vision
 # ---------------------------------------------------------------------------------------------------------
@@ -89,9 +71,9 @@ def test_cli_default_is_exact_bv_siglip_with_naflex_tower(g, folders, attn, coor
     assert type(model) is BvSiglipModel and type(model.vision_model) is BvNaFlexViTModel
     assert model.config.image_model == NAFLEX and isinstance(model.config.vision_config, BvNaFlexViTConfig)
     with torch.no_grad():
-        out = model(**_inputs(g, coords), output_hidden_states=True)
-        image_features = model.get_image_features(**_image_inputs(g, coords)).pooler_output
-        text_features = model.get_text_features(_inputs(g)["input_ids"]).pooler_output
+        out = model(**g.two_tower_inputs(naflex=True, coords=coords), output_hidden_states=True)
+        image_features = model.get_image_features(**g.naflex_inputs(coords)).pooler_output
+        text_features = model.get_text_features(g.two_tower_inputs(naflex=True)["input_ids"]).pooler_output
     ref, valid = g.outputs, g.inputs["ptype"] == 1
     errors = {
         "zimg": max_abs_err(out.image_embeds, ref["zimg"]),
@@ -108,7 +90,7 @@ def test_cli_default_is_exact_bv_siglip_with_naflex_tower(g, folders, attn, coor
     pairs |= {f"img/encoder/block{i:02d}/+mlp": vision.hidden_states[i + 1] for i in range(2)}
     for name, ours in pairs.items():  # patch tokens only
         errors[name] = float(np.abs(ours.numpy() - ref[name])[valid].max())
-    _report(f"siglip2_naflex -> BvSiglipModel [{attn}, {'coords' if coords else 'shapes'}]", errors)
+    assert_max_abs_errors(f"siglip2_naflex -> BvSiglipModel [{attn}, {'coords' if coords else 'shapes'}]", errors, TOL)
 
 
 def _skip_unless_transformers_resize_is_jax():
@@ -130,14 +112,14 @@ def test_target_transformers_is_siglip2model_with_measured_deviation_in_card(g, 
     model = AutoModel.from_pretrained(folder).eval()
     assert type(model) is Siglip2Model
     with torch.no_grad():
-        out = model(**_inputs(g))
+        out = model(**g.two_tower_inputs(naflex=True))
     ref = g.outputs
-    _report("siglip2_naflex -> Siglip2Model (fixture)", {
+    assert_max_abs_errors("siglip2_naflex -> Siglip2Model (fixture)", {
         "zimg": max_abs_err(out.image_embeds, ref["zimg"]),
         "ztxt": max_abs_err(out.text_embeds, ref["ztxt"]),
         "derived/siglip_logits": max_abs_err(out.logits_per_image, ref["derived/siglip_logits"]),
         "img/pre_logits": max_abs_err(out.vision_model_output.pooler_output, ref["img/pre_logits"]),
-    })
+    }, TOL)
     card = open(os.path.join(folder, "README.md")).read()
     line = next(line for line in card.splitlines() if "Siglip2Model" in line and "Parity" in line)
     print("model card:", line)
@@ -151,7 +133,7 @@ def test_target_transformers_is_siglip2model_with_measured_deviation_in_card(g, 
 
 def test_exact_and_siglip2_models_agree_on_synthetic_inputs(g):
     """The conversion's own deviation measurement, on more aspect ratios than the fixture has."""
-    from big_vision_hf.conversion.convert_bv_naflex import siglip2_model_deviation, synthetic_two_tower_inputs
+    from big_vision_hf.conversion.convert_two_towers import siglip2_model_deviation, synthetic_two_tower_inputs
 
     _skip_unless_transformers_resize_is_jax()
     exact = convert_checkpoint(g.params, FAMILY, g.model_kwargs)
@@ -227,7 +209,7 @@ def test_registered_filename_converts_two_towers_with_the_registered_text_pp(g, 
     card = open(out / "README.md").read()
     assert "gs://big_vision/siglip2/siglip2_b16_naflex.npz" in card
     with torch.no_grad():
-        err = max_abs_err(model(**_inputs(g)).logits_per_image, g.outputs["derived/siglip_logits"])
+        err = max_abs_err(model(**g.two_tower_inputs(naflex=True)).logits_per_image, g.outputs["derived/siglip_logits"])
     assert err <= TOL
 
 
@@ -272,25 +254,25 @@ _TOWER_PARAMS = {"B": 86e6, "L": 303e6, "So400m": 400e6, "g-opt": 1.1e9}
 
 
 def _two_tower_entries():
-    return [e for e in REGISTRY.values() if e.model_name == FAMILY]
+    return [e for e in ZOO.values() if e.model_name == FAMILY]
 
 
 def test_registry_lists_every_siglip_and_siglip2_checkpoint():
     names = {e.name for e in _two_tower_entries()}
     assert len(names) == 10 + 17, sorted(names)  # SigLIP_demo.ipynb: 10; README_siglip2.md: 15 + 2 NaFlex
     for e in _two_tower_entries():
-        assert f"{e.name}:img" in REGISTRY and REGISTRY[f"{e.name}:img"].url == e.url + ":img"
+        assert f"{e.name}:img" in ZOO and ZOO[f"{e.name}:img"].url == e.url + ":img"
         assert e.tokenizer_url.startswith("gs://") and e.text_preset in ("siglip", "siglip2")
     assert find_entry("siglip2_b16_256.npz").name == "SigLIP2 B/16 256"
     assert find_entry("/ckpts/siglip2_b16_256.npz:img").name == "SigLIP2 B/16 256:img"
     assert find_entry("siglip2_so400m16_naflex.npz", NAFLEX).name == "SigLIP2 So400m/16 NaFlex:img"
-    assert REGISTRY["SigLIP So400m/14 224"].text_length == 16 and REGISTRY["SigLIP2 So400m/14 224"].text_length == 64
+    assert ZOO["SigLIP So400m/14 224"].text_length == 16 and ZOO["SigLIP2 So400m/14 224"].text_length == 64
 
 
 _SHAPES = os.path.join(os.path.dirname(__file__), "fixtures", "siglip_registry_shapes", "shapes.json")
 
 
-@pytest.mark.parametrize("name", [e.name for e in REGISTRY.values() if e.model_name == FAMILY])
+@pytest.mark.parametrize("name", [e.name for e in ZOO.values() if e.model_name == FAMILY])
 @pytest.mark.parametrize("target", ["auto", "transformers"])
 def test_registered_siglip_config_converts_big_vision_tree_on_meta_device(name, target):
     """The registered config, checked by the converter against the parameter tree big_vision builds from it
@@ -299,15 +281,15 @@ def test_registered_siglip_config_converts_big_vision_tree_on_meta_device(name, 
     Siglip2Model."""
     from transformers.initialization import no_init_weights
 
-    from big_vision_hf.conversion.api import FAMILIES, _load_builders
+    from big_vision_hf.conversion.families import family_named
     from big_vision_hf.conversion.checkpoint import LazyArray
     from big_vision_hf.conversion.mapping import check_fits
 
-    _load_builders()
-    e = REGISTRY[name]
+    e = ZOO[name]
     tree = json.load(open(_SHAPES))[name]
     params = {k: LazyArray(tuple(v), "float32", lambda: None, "shapes.json", k) for k, v in tree.items()}
-    cls, config, mapped = FAMILIES[FAMILY](params, e.model_config, image_size=e.image_size, target=target)
+    built = family_named(FAMILY).build(params, e.model_config, image_size=e.image_size, target=target)
+    cls, config, mapped = built.model_class, built.config, built.mapped
     naflex = e.model_config["image_model"] == NAFLEX
     expected = {("auto", False): "SiglipModel", ("auto", True): "BvSiglipModel",
                 ("transformers", False): "SiglipModel", ("transformers", True): "Siglip2Model"}[target, naflex]
@@ -322,31 +304,19 @@ def test_registered_siglip_config_converts_big_vision_tree_on_meta_device(name, 
     n_img = sum(v.numel() for k, v in model.state_dict().items() if k.startswith("vision_model."))
     assert abs(n_img / _TOWER_PARAMS[size] - 1) < 0.1, f"{name}: image tower {n_img / 1e6:.0f}M parameters"
 
-_CHILD = r"""
-import sys
-sys.modules["big_vision_hf"] = None  # any import of our package now fails
-import numpy as np, torch
+
+_CHILD = """
 from transformers import AutoImageProcessor, AutoModel
-folder, inputs_path, out_path = sys.argv[1:4]
 model = AutoModel.from_pretrained(folder, trust_remote_code=True).eval()
 processor = AutoImageProcessor.from_pretrained(folder, trust_remote_code=True)
-x = {k: torch.from_numpy(v) for k, v in np.load(inputs_path).items()}
 with torch.no_grad():
-    logits = model(**x).logits_per_image.numpy()
-np.savez(out_path, logits=logits)
-print(type(model).__module__, type(processor).__module__)
+    logits = model(**{k: torch.from_numpy(v) for k, v in inputs.items()}).logits_per_image.numpy()
+outputs, remote = {"logits": logits}, {"model": model, "processor": processor}
 """
 
 
 def test_trust_remote_code_without_package(g, folders, tmp_path):
-    import subprocess
-    import sys
-
-    np.savez(tmp_path / "inputs.npz", **{k: v.numpy() for k, v in _inputs(g).items()})
-    env = {**os.environ, "HF_MODULES_CACHE": str(tmp_path / "modules"), "HF_HUB_OFFLINE": "1"}
-    result = subprocess.run([sys.executable, "-c", _CHILD, folders["bv"], str(tmp_path / "inputs.npz"),
-                             str(tmp_path / "out.npz")], capture_output=True, text=True, env=env, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert all(m.startswith("transformers_modules.") for m in result.stdout.split()[-2:]), result.stdout
-    err = float(np.abs(np.load(tmp_path / "out.npz")["logits"] - g.outputs["derived/siglip_logits"]).max())
+    inputs = {k: v.numpy() for k, v in g.two_tower_inputs(naflex=True).items()}
+    child = run_without_package(tmp_path, folders["bv"], _CHILD, inputs)
+    err = float(np.abs(child["logits"] - g.outputs["derived/siglip_logits"]).max())
     assert err <= TOL, f"remote-code logits max abs error {err:.2e}"

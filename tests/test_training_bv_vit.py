@@ -70,7 +70,8 @@ def _train(model, ds, tmp_path, lr, epochs=6):
 def test_trainer_full_finetune_reduces_loss(tmp_path):
     folder = _converted(tmp_path)
     model = AutoModelForImageClassification.from_pretrained(
-        folder, num_labels=2, id2label={0: "red", 1: "blue"}, label2id={"red": 0, "blue": 1}, ignore_mismatched_sizes=True
+        folder, num_labels=2, id2label={0: "red", 1: "blue"}, label2id={"red": 0, "blue": 1},
+        ignore_mismatched_sizes=True,
     )
     ds = _prepared(folder)
     before = _mean_loss(model, ds)

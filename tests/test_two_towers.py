@@ -28,9 +28,9 @@ from big_vision_hf.modeling.modeling_bv_two_towers import (
     sigmoid_loss,
     softmax_loss,
 )
-from big_vision_hf.processing.processing_bv_two_towers import add_text_processor
+from big_vision_hf.conversion.export import add_text_processor
 from big_vision_hf.processing.tokenization_bv_text import BvTextTokenizer
-from conftest import Golden, convert_cli, max_abs_err, rewrite_npz
+from conftest import Golden, assert_max_abs_errors, convert_cli, max_abs_err, rewrite_npz
 
 TOL = 1e-4
 FAMILY = "proj.image_text.two_towers"
@@ -40,17 +40,6 @@ def _convert(folder, g: Golden, params: str | None = None, kwargs: dict | None =
     convert_cli(params or g.params, str(folder), "--model-name", FAMILY, "--model-config",
                 json.dumps(g.model_kwargs if kwargs is None else kwargs), "--image-size", "32")
     return str(folder)
-
-
-def _inputs(g: Golden) -> dict:
-    return {"input_ids": torch.from_numpy(g.inputs["text"]).long(), "pixel_values": g.image_nchw()}
-
-
-def _report(label: str, errors: dict) -> None:
-    worst = max(errors, key=errors.get)
-    figures = ", ".join(f"{k}={v:.1e}" for k, v in errors.items())
-    assert errors[worst] <= TOL, f"{label}: {worst} max abs error {errors[worst]:.2e} > {TOL} ({figures})"
-    print(f"{label} max abs error: {figures}")
 
 
 def _tower_errors(out, ref, prefix: str, n_layers: int, encoder_key: str, hidden: str) -> dict:
@@ -81,7 +70,7 @@ def test_siglip_lands_in_transformers_siglipmodel_with_parity(folders, attn):
     assert type(model) is SiglipModel, type(model)
     assert json.load(open(f"{folders['siglip']}/config.json"))["model_type"] == "siglip"
     with torch.no_grad():
-        out = model(**_inputs(g), output_hidden_states=True)
+        out = model(**g.two_tower_inputs(), output_hidden_states=True)
     ref = g.outputs
     errors = {
         "zimg": max_abs_err(out.image_embeds, ref["zimg"]),
@@ -94,7 +83,7 @@ def test_siglip_lands_in_transformers_siglipmodel_with_parity(folders, attn):
     }
     errors |= _tower_errors(out.vision_model_output, ref, "img", 2, "encoded", "img/with_posemb")
     errors |= _tower_errors(out.text_model_output, ref, "txt", 2, "transformed", "-")
-    _report(f"siglip -> SiglipModel [{attn}]", errors)
+    assert_max_abs_errors(f"siglip -> SiglipModel [{attn}]", errors, TOL)
 
 
 @pytest.mark.parametrize("attn", ["eager", "sdpa"])
@@ -103,9 +92,9 @@ def test_siglip_scan_heads_lands_in_bv_class_with_parity(folders, attn):
     model = AutoModel.from_pretrained(folders["siglip_scan_heads"], attn_implementation=attn).eval()
     assert type(model) is BvSiglipModel and model.config.model_type == "bv_siglip", type(model)
     with torch.no_grad():
-        out = model(**_inputs(g), output_hidden_states=True)
+        out = model(**g.two_tower_inputs(), output_hidden_states=True)
         image_features = model.get_image_features(g.image_nchw()).pooler_output
-        text_features = model.get_text_features(_inputs(g)["input_ids"]).pooler_output
+        text_features = model.get_text_features(g.two_tower_inputs()["input_ids"]).pooler_output
     ref = g.outputs
     errors = {
         "zimg": max_abs_err(out.image_embeds, ref["zimg"]),
@@ -120,7 +109,7 @@ def test_siglip_scan_heads_lands_in_bv_class_with_parity(folders, attn):
     }
     errors |= _tower_errors(out.vision_model_output, ref, "img", 2, "encoded", "img/with_posemb")
     errors |= _tower_errors(out.text_model_output, ref, "txt", 2, "transformed", "-")
-    _report(f"siglip_scan_heads -> BvSiglipModel [{attn}]", errors)
+    assert_max_abs_errors(f"siglip_scan_heads -> BvSiglipModel [{attn}]", errors, TOL)
 
 
 def test_siglip_as_bv_class_matches_too():
@@ -129,12 +118,12 @@ def test_siglip_as_bv_class_matches_too():
     model = convert_checkpoint(g.params, FAMILY, g.model_kwargs, target="bv")
     assert type(model) is BvSiglipModel
     with torch.no_grad():
-        out = model(**_inputs(g))
-    _report("siglip -> BvSiglipModel", {
+        out = model(**g.two_tower_inputs())
+    assert_max_abs_errors("siglip -> BvSiglipModel", {
         "zimg": max_abs_err(out.image_embeds, g.outputs["zimg"]),
         "ztxt": max_abs_err(out.text_embeds, g.outputs["ztxt"]),
         "derived/siglip_logits": max_abs_err(out.logits_per_image, g.outputs["derived/siglip_logits"]),
-    })
+    }, TOL)
 
 
 @pytest.mark.parametrize("name", ["siglip", "siglip_scan_heads"])
@@ -157,7 +146,7 @@ def test_image_subtree_converts_as_vit(tmp_path, name):
             out = model(g.image_nchw())
         errors = {"img/pre_logits": max_abs_err(out.pooler_output, g.outputs["img/pre_logits"]),
                   "img/logits": max_abs_err(out.logits, g.outputs["img/logits"])}
-    _report(f"{name}:img -> ViT", errors)
+    assert_max_abs_errors(f"{name}:img -> ViT", errors, TOL)
 
 
 def test_normalisation_big_vision_vs_siglipmodel():
@@ -166,7 +155,7 @@ def test_normalisation_big_vision_vs_siglipmodel():
     model = convert_checkpoint(g.params, FAMILY, g.model_kwargs)
     assert type(model) is SiglipModel
     with torch.no_grad():
-        out = model(**_inputs(g))
+        out = model(**g.two_tower_inputs())
         raw = model.get_image_features(g.image_nchw()).pooler_output
     ours = l2_normalize(raw)
     diff_fixture = float((ours - out.image_embeds).abs().max())
@@ -223,11 +212,11 @@ def test_other_layouts_give_the_same_model(tmp_path, layout):
     params = rewrite_npz(g.params, str(tmp_path / "p.npz"), layout)
     model = convert_checkpoint(params, FAMILY, g.model_kwargs)
     with torch.no_grad():
-        out = model(**_inputs(g))
-    _report(f"siglip {layout.__name__}", {
+        out = model(**g.two_tower_inputs())
+    assert_max_abs_errors(f"siglip {layout.__name__}", {
         "zimg": max_abs_err(out.image_embeds, g.outputs["zimg"]),
         "ztxt": max_abs_err(out.text_embeds, g.outputs["ztxt"]),
-    })
+    }, TOL)
 
 
 def test_text_tower_without_head_gets_identity_head(tmp_path):
@@ -237,9 +226,9 @@ def test_text_tower_without_head_gets_identity_head(tmp_path):
     assert type(model) is SiglipModel
     assert torch.equal(model.text_model.head.weight, torch.eye(48)) and not model.text_model.head.bias.any()
     with torch.no_grad():
-        ztxt = model(**_inputs(g)).text_embeds
+        ztxt = model(**g.two_tower_inputs()).text_embeds
     pre = torch.from_numpy(g.outputs["txt/pre_logits"])
-    _report("siglip without txt/head", {"ztxt": max_abs_err(ztxt, l2_normalize(pre).numpy())})
+    assert_max_abs_errors("siglip without txt/head", {"ztxt": max_abs_err(ztxt, l2_normalize(pre).numpy())}, TOL)
 
 
 def test_softmax_model_without_bias_is_not_siglip(tmp_path):
@@ -250,11 +239,11 @@ def test_softmax_model_without_bias_is_not_siglip(tmp_path):
     model = convert_checkpoint(params, FAMILY, kwargs)
     assert type(model) is BvTwoTowerModel and model.config.model_type == "bv_two_towers" and model.logit_bias is None
     with torch.no_grad():
-        out = model(**_inputs(g))
-    _report("siglip without b -> BvTwoTowerModel", {
+        out = model(**g.two_tower_inputs())
+    assert_max_abs_errors("siglip without b -> BvTwoTowerModel", {
         "zimg": max_abs_err(out.image_embeds, g.outputs["zimg"]),
         "logits": max_abs_err(out.logits_per_image, g.outputs["derived/siglip_logits"] - g.outputs["b"]),
-    })
+    }, TOL)
 
 
 def test_target_transformers_says_why_not():
