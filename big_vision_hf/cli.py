@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
 import torch
@@ -12,10 +11,8 @@ _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torc
 
 
 def _convert(args: argparse.Namespace) -> int:
-    from .conversion.api import add_text_side, convert_to_folder
+    from .conversion.api import convert_to_folder
 
-    if args.tokenizer and not os.path.isfile(args.tokenizer):  # before any weight is written
-        raise FileNotFoundError(f"--tokenizer {args.tokenizer}: no such file")
     size = args.image_size
     image_size = None if size is None else (size[0], size[0]) if len(size) == 1 else tuple(size)
     out = convert_to_folder(
@@ -31,21 +28,11 @@ def _convert(args: argparse.Namespace) -> int:
         progress=not args.quiet,
         labels=_read_labels(args.labels) if args.labels else None,
         target=args.target,
+        tokenizer=args.tokenizer,
+        text_preset=args.text_preset,
     )
-    if args.tokenizer:
-        add_text_side(out, args.tokenizer, preset=args.text_preset or _registered_text_preset(args),
-                      remote_code=not args.no_remote_code)
     print(f"wrote {out}")
     return 0
-
-
-def _registered_text_preset(args: argparse.Namespace) -> str | None:
-    """The text pp of a zoo checkpoint (SigLIP 2: ``siglip2``), else ``None``: the text tower's (``bert`` for
-    LiT's BERT tower, ``siglip`` otherwise)."""
-    from .conversion.zoo import find_entry
-
-    entry = find_entry(args.name or args.checkpoint, args.model_name)
-    return entry.text_preset if entry and entry.text_preset else None
 
 
 def _column_map(pairs: list[str] | None) -> dict[str, str] | None:

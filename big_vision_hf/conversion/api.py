@@ -18,7 +18,7 @@ import torch
 from transformers import PreTrainedModel
 
 from .checkpoint import CheckpointError, LazyArray, read_checkpoint
-from .export import save_folder
+from .export import progress_bars, save_folder
 from .families import FAMILY_NAMES, detect_family, family_named
 from .family import Built, Family
 from .model_card import conversion_card
@@ -98,14 +98,18 @@ def convert_to_folder(
     progress: bool = True,
     labels: list[str] | None = None,
     target: str = "auto",
+    tokenizer: str | None = None,
+    text_preset: str | None = None,
     **options,
 ) -> str:
     """Converts a checkpoint and writes a Hub-ready folder (what ``big-vision-hf convert`` runs).
 
     A zoo entry (by ``registry_name``, or recognised from the file's exact basename) supplies the big_vision
     model name and kwargs, resolution and preprocessing; explicit arguments override it. ``target`` (``"auto"``,
-    ``"transformers"``, ``"bv"``) is for families that can land in a transformers class or ours (two towers). The
-    header is read once; the family record decides how the folder is finished.
+    ``"transformers"``, ``"bv"``) is for families that can land in a transformers class or ours (two towers).
+    ``tokenizer`` (``--tokenizer``) adds the family's text side (``text_preset``: its text pp; default the zoo
+    entry's, else the text tower's). The header is read once; the family record decides how the folder is finished,
+    and anything that does not apply is refused before a file is written.
     """
     entry = find_entry(registry_name or checkpoint, model_name)
     if registry_name and entry is None:
@@ -127,7 +131,21 @@ def convert_to_folder(
         options["image_size"] = image_size
     if labels is not None and family.write_folder is not None:
         raise CheckpointError(f"--labels applies to classifiers, not to {family.name}")
+    if tokenizer is not None:
+        check_text_side(family, tokenizer)
     built = build(params, family.name, kwargs, source=checkpoint, **options)
+    with progress_bars(progress):
+        out = write_folder(built, family, checkpoint, out_dir, kwargs, entry, dtype, max_shard_size, remote_code,
+                           progress, labels)
+        if tokenizer is not None:
+            preset = text_preset or (entry.text_preset if entry else None) or None
+            family.text_side(out, tokenizer, preset, remote_code)
+    return out
+
+
+def write_folder(built: Built, family: Family, checkpoint: str, out_dir: str, kwargs: dict, entry, dtype,
+                 max_shard_size, remote_code: bool, progress: bool, labels: list[str] | None) -> str:
+    """The folder of a built family: its streamed writer, or the model in memory + processor + card + code."""
     if family.write_folder is not None:
         return family.write_folder(built, checkpoint, out_dir, kwargs, dtype=dtype, max_shard_size=max_shard_size,
                                    progress=progress)
@@ -159,17 +177,11 @@ def folder_processor(family: Family, config, preprocessing: str):
     return image_processor_for(config, preprocessing)
 
 
-def add_text_side(folder: str, tokenizer_file: str, preset: str | None = None, remote_code: bool = True) -> None:
-    """``--tokenizer``: what the folder's family adds for text input (its record's ``text_side``)."""
+def check_text_side(family: Family, tokenizer_file: str) -> None:
+    """``--tokenizer`` is a file, for a family with text input: checked before anything is written."""
     import os
-
-    from transformers import AutoConfig
 
     if not os.path.isfile(tokenizer_file):
         raise CheckpointError(f"--tokenizer {tokenizer_file}: no such file")
-    config = AutoConfig.from_pretrained(folder)
-    name = getattr(config, "bv_model_name", None)
-    family = FAMILY_NAMES.get(name)
-    if family is None or family.text_side is None:
-        raise CheckpointError(f"--tokenizer applies to models with text input, not to {name or config.model_type}")
-    family.text_side(folder, tokenizer_file, preset, remote_code)
+    if family.text_side is None:
+        raise CheckpointError(f"--tokenizer applies to models with text input, not to {family.name}")

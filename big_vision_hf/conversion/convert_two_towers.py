@@ -9,7 +9,11 @@ posemb, image head, text pool first/gap/max/map, softmax-trained, ...) goes to o
 (``modeling_bv_two_towers``): ``bv_siglip`` when the checkpoint has ``b`` (sigmoid loss), ``bv_two_towers``
 otherwise (big_vision: ``b`` exists iff ``bias_init`` is set, i.e. the sigmoid loss).
 
-The tables compose as big_vision ``two_towers.load`` does: the ViT's rules under ``img/``, the text tower's under
+One builder serves every image tower through `IMAGE_TOWERS` (big_vision ``image_model``): ``"vit"`` and
+``"proj.image_text.naflex_vit"`` (SigLIP 2 NaFlex: our exact `BvSiglipModel` with a `BvNaFlexViTModel` tower, or
+with ``--target transformers`` transformers' ``Siglip2Model``, close but not exact, whose measured deviation goes
+into the card). The tables compose as big_vision ``two_towers.load`` does: the image tower's rules under ``img/``,
+the text tower's under
 ``txt/``, ``t`` (the LOG temperature) -> ``logit_scale``, ``b`` -> ``logit_bias``. LiT's text tower
 (``text_model="proj.flaxformer.bert"``, detected from ``txt/BertEncoder_0/``) uses `BERT_RULES` instead, into
 `BvBertTextTransformer` (never ``SiglipModel``). Layout passes: the ViT's

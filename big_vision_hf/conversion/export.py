@@ -18,6 +18,7 @@ imports and rewrites them to ``from .configuration_bv_vit import BvViTConfig``.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
 import math
@@ -104,6 +105,21 @@ def add_auto_map(json_path: str, auto_map: dict) -> None:
     with open(json_path, "w", encoding="utf-8") as f:
         json.dump(data, f, indent=2, sort_keys=True)
         f.write("\n")
+
+
+@contextlib.contextmanager
+def progress_bars(enabled: bool):
+    """``enabled=False`` also silences transformers' own bars (shard writing, weight loading) for the block."""
+    from transformers.utils import logging as hf_logging
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    if not enabled:
+        hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled and not enabled:
+            hf_logging.enable_progress_bar()
 
 
 def save_folder(
