@@ -32,14 +32,15 @@ from __future__ import annotations
 import torch
 from torch import nn
 from torch.nn import functional as F
-from transformers import PreTrainedModel
-from transformers import initialization as init
+from transformers import PreTrainedModel, initialization as init
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.utils import can_return_tuple
 from transformers.utils.output_capturing import OutputRecorder, capture_outputs
 
 from ..configuration.configuration_bv_bit import BvBiTConfig
-from .modeling_bv_vit import BvImageClassifierOutput, BvViTModelOutput  # same outputs as the ViT (pre_logits_2d, logits_2d)
+
+# The ViT's outputs (pre_logits_2d, logits_2d) and head.
+from .modeling_bv_vit import BvImageClassifierOutput, BvViTModelOutput, image_classifier_output, init_flax_dense_
 
 
 def pad_same(x: torch.Tensor, kernel_size: tuple[int, int], stride: tuple[int, int], value: float = 0.0):
@@ -214,11 +215,7 @@ class BvBiTPreTrainedModel(PreTrainedModel):
             init.ones_(module.weight)
             init.zeros_(module.bias)
         elif isinstance(module, nn.Linear):
-            if self.config.head_zeroinit or self.config.architecture == "resnetv1":
-                init.zeros_(module.weight)
-            else:
-                init.lecun_normal_(module.weight)
-            init.zeros_(module.bias)
+            init_flax_dense_(module, zero_kernel=self.config.head_zeroinit or self.config.architecture == "resnetv1")
         elif isinstance(module, BvBiTBottleneckUnit):
             init.zeros_(module.norm3.weight)
         else:
@@ -312,14 +309,4 @@ class BvBiTForImageClassification(BvBiTPreTrainedModel):
         labels (`torch.LongTensor` of shape `(batch_size,)`, *optional*): class indices for the loss.
         output_2d (`bool`): also return ``logits_2d`` (big_vision ``out["logits_2d"]``, channels last).
         """
-        outputs = self.bit(pixel_values, output_2d=output_2d, **kwargs)
-        logits = self.classifier(outputs.pooler_output)
-        logits_2d = self.classifier(outputs.pre_logits_2d) if output_2d else None
-        loss = self.loss_function(labels, logits, self.config) if labels is not None else None
-        return BvImageClassifierOutput(
-            loss=loss,
-            logits=logits,
-            logits_2d=logits_2d,
-            pooler_output=outputs.pooler_output,
-            hidden_states=outputs.hidden_states,
-        )
+        return image_classifier_output(self, self.bit(pixel_values, output_2d=output_2d, **kwargs), labels)

@@ -17,22 +17,23 @@ big_vision ``out`` dict -> outputs:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from torch import nn
 from transformers import initialization as init
-from transformers.utils import ModelOutput, can_return_tuple
+from transformers.models.siglip.modeling_siglip import SiglipOutput
+from transformers.utils import can_return_tuple
 
 from ..configuration.configuration_bv_clippo import BvClippoConfig
+
 # big_vision one_tower `_compute_embedding` normalises as two_towers.py (`zemb / (norm + 1e-8)`), and trains with
 # the same softmax loss (all processes' negatives under several processes).
-from .modeling_bv_two_towers import l2_normalize, softmax_loss
-from .modeling_bv_vit import BvViTModel, BvViTModelOutput, BvViTPreTrainedModel
+from .modeling_bv_two_towers import contrastive_output, l2_normalize, softmax_loss
+from .modeling_bv_vit import BvViTModel, BvViTModelOutput, BvViTPreTrainedModel, init_flax_dense_
 
 
 @dataclass
-class BvClippoOutput(ModelOutput):
+class BvClippoOutput(SiglipOutput):
     r"""
     loss (`torch.FloatTensor` of shape `(1,)`, with `return_loss=True`):
         big_vision ``softmax_loss``: the mean of the image->text and text->image cross-entropies.
@@ -43,20 +44,6 @@ class BvClippoOutput(ModelOutput):
         big_vision ``zimg`` / ``ztxt``: normalised head outputs.
     vision_model_output / text_model_output (`BvViTModelOutput`): the ViT's outputs on the images / text images.
     """
-
-    loss: torch.FloatTensor | None = None
-    logits_per_image: torch.FloatTensor | None = None
-    logits_per_text: torch.FloatTensor | None = None
-    text_embeds: torch.FloatTensor | None = None
-    image_embeds: torch.FloatTensor | None = None
-    text_model_output: BvViTModelOutput | None = None
-    vision_model_output: BvViTModelOutput | None = None
-
-    def to_tuple(self) -> tuple[Any, ...]:
-        return tuple(
-            self[k] if k not in ("text_model_output", "vision_model_output") else getattr(self, k).to_tuple()
-            for k in self.keys()
-        )
 
 
 class BvClippoModel(BvViTPreTrainedModel):
@@ -84,7 +71,6 @@ class BvClippoModel(BvViTPreTrainedModel):
     config: BvClippoConfig
     config_class = BvClippoConfig
     base_model_prefix = "clippo"
-    _no_split_modules = ["BvViTEmbeddings", "BvViTEncoderLayer", "BvMAPHead"]
 
     def __init__(self, config: BvClippoConfig):
         super().__init__(config)
@@ -103,12 +89,8 @@ class BvClippoModel(BvViTPreTrainedModel):
         super()._init_weights(module)
         if isinstance(module, BvClippoModel):
             init.constant_(module.logit_scale, module.config.log_temperature_init)
-            if module.projection is not None:  # vit head: zeros if head_zeroinit, else nn.Dense's lecun_normal
-                if module.config.vision_config.head_zeroinit:
-                    init.zeros_(module.projection.weight)
-                else:
-                    init.lecun_normal_(module.projection.weight)
-                init.zeros_(module.projection.bias)
+            if module.projection is not None:  # the vit `head`
+                init_flax_dense_(module.projection, zero_kernel=module.config.vision_config.head_zeroinit)
 
     def _encode(
         self, pixel_values: torch.Tensor, interpolate_pos_encoding: bool, **kwargs
@@ -133,6 +115,10 @@ class BvClippoModel(BvViTPreTrainedModel):
     ) -> BvViTModelOutput:
         """As `get_image_features`, on rendered text (big_vision ``txt/logits``): the same tower."""
         return self.get_image_features(text_pixel_values, interpolate_pos_encoding, **kwargs)
+
+    def contrastive_loss(self, image_embeds: torch.Tensor, text_embeds: torch.Tensor) -> torch.Tensor:
+        """big_vision's softmax loss on normalised embeddings of matching pairs (see `softmax_loss`)."""
+        return softmax_loss(image_embeds, text_embeds, self.logit_scale)
 
     @can_return_tuple
     def forward(
@@ -161,20 +147,8 @@ class BvClippoModel(BvViTPreTrainedModel):
         if text_pixel_values is not None:
             text_out, z = self._encode(text_pixel_values, interpolate_pos_encoding, **kwargs)
             text_embeds = l2_normalize(z)  # ztxt
-        logits_per_image = logits_per_text = loss = None
-        if image_embeds is not None and text_embeds is not None:
-            logits_per_image = image_embeds @ text_embeds.t() * self.logit_scale.exp()
-            logits_per_text = logits_per_image.t()
-            if return_loss:
-                loss = softmax_loss(image_embeds, text_embeds, self.logit_scale)
-        elif return_loss:
-            raise ValueError("return_loss needs both pixel_values and text_pixel_values")
-        return BvClippoOutput(
-            loss=loss,
-            logits_per_image=logits_per_image,
-            logits_per_text=logits_per_text,
-            text_embeds=text_embeds,
-            image_embeds=image_embeds,
-            text_model_output=text_out,
-            vision_model_output=image_out,
+        return contrastive_output(  # no bias: big_vision's contrastive trainer
+            image_embeds, text_embeds, self.logit_scale, loss_fn=self.contrastive_loss if return_loss else None,
+            inputs="pixel_values and text_pixel_values", vision_model_output=image_out, text_model_output=text_out,
+            output_class=BvClippoOutput,
         )

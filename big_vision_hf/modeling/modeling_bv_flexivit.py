@@ -139,7 +139,6 @@ class BvFlexiViTEmbeddings(BvViTEmbeddings):
 class BvFlexiViTPreTrainedModel(BvViTPreTrainedModel):
     config: BvFlexiViTConfig
     config_class = BvFlexiViTConfig
-    _no_split_modules = ["BvFlexiViTEmbeddings", "BvViTEncoderLayer", "BvMAPHead"]
 
     @torch.no_grad()
     def _init_weights(self, module):

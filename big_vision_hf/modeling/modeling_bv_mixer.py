@@ -21,14 +21,18 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 from transformers import PreTrainedModel
-from transformers import initialization as init
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.utils import can_return_tuple
 from transformers.utils.output_capturing import capture_outputs
 
 from ..configuration.configuration_bv_mixer import BvMixerConfig
-from .modeling_bv_vit import BvImageClassifierOutput, BvViTMLP  # same output and MLP block as the ViT
+from .modeling_bv_vit import (  # the ViT's output, MLP, head and initialisers
+    BvImageClassifierOutput,
+    BvViTMLP,
+    image_classifier_output,
+    init_flax_dense_,
+)
 
 
 def stochastic_depth(x: torch.Tensor, drop_p: float, training: bool) -> torch.Tensor:
@@ -83,11 +87,7 @@ class BvMixerPreTrainedModel(PreTrainedModel):
         leaf modules: transformers skips parameter-less containers (``BvViTMLP``, this model) for custom code.
         """
         if isinstance(module, (nn.Linear, nn.Conv2d)):
-            if module is getattr(self, "classifier", None):
-                init.zeros_(module.weight)
-            else:
-                init.lecun_normal_(module.weight)
-            init.zeros_(module.bias)
+            init_flax_dense_(module, zero_kernel=module is getattr(self, "classifier", None))
         else:
             super()._init_weights(module)
 
@@ -191,9 +191,4 @@ class BvMixerForImageClassification(BvMixerPreTrainedModel):
         r"""
         labels (`torch.LongTensor` of shape `(batch_size,)`, *optional*): class indices for the loss.
         """
-        outputs = self.mixer(pixel_values, **kwargs)
-        logits = self.classifier(outputs.pooler_output)
-        loss = self.loss_function(labels, logits, self.config) if labels is not None else None
-        return BvImageClassifierOutput(
-            loss=loss, logits=logits, pooler_output=outputs.pooler_output, hidden_states=outputs.hidden_states
-        )
+        return image_classifier_output(self, self.mixer(pixel_values, **kwargs), labels)

@@ -2,8 +2,10 @@
 
 NaFlex = NaViT + FlexiViT: the image is resized to at most ``max_num_patches`` patches keeping its aspect ratio,
 cut into patches, padded, and encoded with masks; the learned ``nposemb x nposemb`` posemb is resized to each
-image's patch grid. Everything after the embeddings is big_vision's ViT encoder and MAP head (shared with
-`BvViTModel`, as big_vision naflex reuses ``vit.MlpBlock``; its ``Encoder1DBlock``/``MAPHead`` only add masks).
+image's patch grid. Everything after the embeddings is `BvViTModel`'s trunk (encoder, pooling, MAP head,
+``rep_size``; `BvNaFlexViTModel` is a `BvViTModel` with NaFlex embeddings), run with big_vision naflex's padding
+masks (``BvViTModel.encode(valid=...)``): big_vision naflex reuses ``vit.MlpBlock``, its ``Encoder1DBlock``/
+``MAPHead`` only add masks.
 
 Inputs (the names of transformers' ``Siglip2VisionModel``, so one processor output feeds both):
 
@@ -27,16 +29,18 @@ import numpy as np
 import torch
 from torch import nn
 from transformers import initialization as init
-from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.utils import can_return_tuple, logging
 from transformers.utils.output_capturing import capture_outputs
 
 from ..configuration.configuration_bv_naflex import BvNaFlexViTConfig
 from .modeling_bv_vit import (
     BvImageClassifierOutput,
-    BvMAPHead,
-    BvViTEncoder,
+    BvViTForImageClassification,
+    BvViTModel,
+    BvViTModelOutput,
     BvViTPreTrainedModel,
+    image_classifier_output,
+    init_flax_dense_,
     resize_grid_antialiased,
 )
 
@@ -83,20 +87,6 @@ def naflex_position_embeddings(posemb: torch.Tensor, patch_coords: torch.Tensor,
     return out.masked_fill(outside, float("nan"))
 
 
-def additive_masks(valid: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    """``[B, N]`` bool -> (self-attention ``[B, 1, N, N]``, pooling ``[B, 1, 1, N]``) additive masks.
-
-    flax ``MultiHeadDotProductAttention`` masks logits with ``finfo.min`` (not ``-inf``): a pad query, whose row
-    (``valid_q & valid_k``) is fully masked, gets a uniform softmax instead of NaN, as in big_vision.
-    """
-    neg = torch.finfo(dtype).min
-    pair = valid[:, None, :, None] & valid[:, None, None, :]
-    zero = torch.zeros((), dtype=dtype, device=valid.device)
-    sa_mask = torch.where(pair, zero, torch.tensor(neg, dtype=dtype, device=valid.device))
-    pool_mask = torch.where(valid[:, None, None, :], zero, torch.tensor(neg, dtype=dtype, device=valid.device))
-    return sa_mask, pool_mask
-
-
 class BvNaFlexViTEmbeddings(nn.Module):
     """big_vision naflex: [``patchln_pre``] -> ``embedding`` Dense -> [``patchln_post``] -> + resized 2-D posemb.
 
@@ -127,31 +117,20 @@ class BvNaFlexViTEmbeddings(nn.Module):
 class BvNaFlexViTPreTrainedModel(BvViTPreTrainedModel):
     config: BvNaFlexViTConfig
     config_class = BvNaFlexViTConfig
-    _no_split_modules = ["BvNaFlexViTEmbeddings", "BvViTEncoderLayer", "BvMAPHead"]
     # Additive float masks with fully masked (pad) rows: flash/flex kernels are not used.
     _supports_flash_attn = False
     _supports_flex_attn = False
 
     @torch.no_grad()
     def _init_weights(self, module):
-        """big_vision naflex's flax initialisers on top of the ViT's (attention, MLP, MAP head)."""
+        """big_vision naflex's flax initialisers on top of the ViT's (attention, MLP, MAP head, rep_size, head)."""
         super()._init_weights(module)
         if isinstance(module, BvNaFlexViTEmbeddings):
-            init.lecun_normal_(module.patch_embedding.weight)  # nn.Dense default
-            init.zeros_(module.patch_embedding.bias)
+            init_flax_dense_(module.patch_embedding)  # the `embedding` nn.Dense
             init.normal_(module.position_embedding, std=1 / np.sqrt(module.config.hidden_size))
-        elif isinstance(module, BvNaFlexViTModel) and module.pre_logits is not None:
-            init.lecun_normal_(module.pre_logits.weight)
-            init.zeros_(module.pre_logits.bias)
-        elif isinstance(module, BvNaFlexViTForImageClassification):
-            if module.config.head_zeroinit:
-                init.zeros_(module.classifier.weight)
-            else:
-                init.lecun_normal_(module.classifier.weight)
-            init.zeros_(module.classifier.bias)
 
 
-class BvNaFlexViTModel(BvNaFlexViTPreTrainedModel):
+class BvNaFlexViTModel(BvNaFlexViTPreTrainedModel, BvViTModel):
     r"""big_vision NaFlex ViT without the classification head: returns ``pre_logits`` as ``pooler_output``.
 
     Example:
@@ -172,17 +151,7 @@ class BvNaFlexViTModel(BvNaFlexViTPreTrainedModel):
     (meaningless in big_vision too).
     """
 
-    def __init__(self, config: BvNaFlexViTConfig):
-        super().__init__(config)
-        self.embeddings = BvNaFlexViTEmbeddings(config)
-        self.encoder = BvViTEncoder(config)
-        self.map_head = BvMAPHead(config) if config.pool_type == "map" else None
-        rep = config.representation_size
-        self.pre_logits = nn.Linear(config.hidden_size, rep) if rep else None
-        self.post_init()
-
-    def get_input_embeddings(self) -> nn.Module:
-        return self.embeddings.patch_embedding
+    embeddings_class = BvNaFlexViTEmbeddings  # the rest of the trunk (encoder, MAP head, rep_size) is the ViT's
 
     @capture_outputs(tie_last_hidden_states=False)
     def forward(
@@ -192,7 +161,7 @@ class BvNaFlexViTModel(BvNaFlexViTPreTrainedModel):
         spatial_shapes: torch.Tensor | None = None,
         patch_coords: torch.Tensor | None = None,
         **kwargs,
-    ) -> BaseModelOutputWithPooling:
+    ) -> BvViTModelOutput:
         r"""
         pixel_values (`torch.FloatTensor` of shape `(batch_size, num_patches, patch_size * patch_size * 3)`):
             Flattened patches in [-1, 1] (big_vision ``patches``), e.g. from `BvNaFlexImageProcessor`.
@@ -226,29 +195,10 @@ class BvNaFlexViTModel(BvNaFlexViTPreTrainedModel):
                 "adjusted post-hoc without retraining)"
             )
         embeddings = self.embeddings(pixel_values, patch_coords)
-        return self.encode(embeddings, valid, **kwargs)
-
-    def encode(self, embeddings: torch.Tensor, valid: torch.Tensor, **kwargs) -> BaseModelOutputWithPooling:
-        """Masked encoder -> masked pooling -> ``rep_size``; ``valid`` ``[B, N]`` marks the patch tokens."""
-        sa_mask, pool_mask = additive_masks(valid, embeddings.dtype)
-        encoded = self.encoder(embeddings, attention_mask=sa_mask, **kwargs)  # out["encoded"]
-        pool = self.config.pool_type
-        keep = valid[..., None].to(encoded.dtype)
-        if pool == "map":
-            pooled = self.map_head(encoded, attention_mask=pool_mask)
-        elif pool == "gap":
-            pooled = (encoded * keep).sum(dim=1) / keep.sum(dim=1)
-        elif pool == "max":  # big_vision: max(mask * x + where(mask, 0, finfo.min))
-            ignore = torch.where(valid[..., None], 0.0, torch.finfo(encoded.dtype).min).to(encoded.dtype)
-            pooled = (keep * encoded + ignore).amax(dim=1)
-        else:  # "none"
-            pooled = encoded
-        if self.pre_logits is not None:
-            pooled = torch.tanh(self.pre_logits(pooled))
-        return BaseModelOutputWithPooling(last_hidden_state=encoded, pooler_output=pooled)
+        return self.encode(embeddings, valid=valid, **kwargs)  # the ViT's, with big_vision naflex's masks
 
 
-class BvNaFlexViTForImageClassification(BvNaFlexViTPreTrainedModel):
+class BvNaFlexViTForImageClassification(BvNaFlexViTPreTrainedModel, BvViTForImageClassification):
     r"""big_vision NaFlex ViT with its ``head`` Dense: ``logits = head(pre_logits)``.
 
     Example:
@@ -263,23 +213,17 @@ class BvNaFlexViTForImageClassification(BvNaFlexViTPreTrainedModel):
     Parity: as `BvNaFlexViTModel`; ``logits`` match big_vision ``out["logits"]``.
     """
 
-    def __init__(self, config: BvNaFlexViTConfig):
-        super().__init__(config)
-        self.vit = BvNaFlexViTModel(config)
-        self.classifier = nn.Linear(config.representation_size or config.hidden_size, config.num_labels)
-        self.post_init()
-
-    def get_input_embeddings(self) -> nn.Module:
-        return self.vit.embeddings.patch_embedding
+    base_model_class = BvNaFlexViTModel
 
     @can_return_tuple
     def forward(
         self,
         pixel_values: torch.Tensor,
+        *,  # labels first, as in the other image classifiers; keyword-only, so no positional call mixes them up
+        labels: torch.Tensor | None = None,
         pixel_attention_mask: torch.Tensor | None = None,
         spatial_shapes: torch.Tensor | None = None,
         patch_coords: torch.Tensor | None = None,
-        labels: torch.Tensor | None = None,
         **kwargs,
     ) -> BvImageClassifierOutput:
         r"""
@@ -287,12 +231,4 @@ class BvNaFlexViTForImageClassification(BvNaFlexViTPreTrainedModel):
         pixel_attention_mask, spatial_shapes, patch_coords: see `BvNaFlexViTModel.forward`.
         """
         outputs = self.vit(pixel_values, pixel_attention_mask, spatial_shapes, patch_coords, **kwargs)
-        logits = self.classifier(outputs.pooler_output)
-        loss = self.loss_function(labels, logits, self.config) if labels is not None else None
-        return BvImageClassifierOutput(
-            loss=loss,
-            logits=logits,
-            pooler_output=outputs.pooler_output,
-            hidden_states=outputs.hidden_states,
-            attentions=outputs.attentions,
-        )
+        return image_classifier_output(self, outputs, labels)

@@ -7,10 +7,10 @@ text pool ``last``); ``conversion/convert_two_towers.py`` puts those there. Ever
 pools ``gap``/``tok``/``0``, sincos posembs, ``rep_size``, an image head (``out_dim[0]``), text pools
 ``first``/``gap``/``max``/``map``, softmax-trained (LiT/CLIP-like) models, and SigLIP 2 NaFlex. The image tower
 is `BvViTModel`, or `BvNaFlexViTModel` for ``image_model="proj.image_text.naflex_vit"`` (SigLIP 2 NaFlex: patches,
-``pixel_attention_mask`` and ``spatial_shapes`` in, as transformers' ``Siglip2Model``); the text tower `BvTextTransformer` reuses the shared `BvViTEncoder` and `BvMAPHead` (``modeling_bv_vit``), as
-big_vision's text tower reuses ``vit.Encoder``/``vit.MAPHead``; LiT's BERT text tower (``text_model=
-"proj.flaxformer.bert"``, ``models/proj/flaxformer/bert.py``) is `BvBertTextTransformer`, built from transformers'
-BERT modules.
+``pixel_attention_mask`` and ``spatial_shapes`` in, as transformers' ``Siglip2Model``); the text tower
+`BvTextTransformer` reuses the shared `BvViTEncoder`, `BvMAPHead` and `pool` (``modeling_bv_vit``), as big_vision's
+text tower reuses ``vit.Encoder``/``vit.MAPHead``; LiT's BERT text tower (``text_model="proj.flaxformer.bert"``,
+``models/proj/flaxformer/bert.py``) is `BvBertTextTransformer`, built from transformers' BERT modules.
 
 big_vision ``out`` dict -> outputs (`transformers.models.siglip.modeling_siglip.SiglipOutput`):
     ``out["img/*"]``                        -> ``vision_model_output`` (`BvViTModelOutput`, see ``modeling_bv_vit``;
@@ -29,6 +29,7 @@ big_vision ``out`` dict -> outputs (`transformers.models.siglip.modeling_siglip.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
 
@@ -42,7 +43,7 @@ from transformers.masking_utils import create_bidirectional_mask
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.models.bert.modeling_bert import BertEmbeddings, BertEncoder, BertPreTrainedModel
 from transformers.models.siglip.modeling_siglip import SiglipOutput
-from transformers.utils import can_return_tuple
+from transformers.utils import ModelOutput, can_return_tuple
 from transformers.utils.output_capturing import capture_outputs
 
 from ..configuration.configuration_bv_two_towers import (
@@ -52,13 +53,22 @@ from ..configuration.configuration_bv_two_towers import (
     BvTwoTowerConfig,
 )
 from .modeling_bv_naflex import BvNaFlexViTModel
-from .modeling_bv_vit import BvMAPHead, BvViTEncoder, BvViTModel, BvViTModelOutput, BvViTPreTrainedModel
+from .modeling_bv_vit import (
+    BvMAPHead,
+    BvViTEncoder,
+    BvViTModel,
+    BvViTModelOutput,
+    BvViTPreTrainedModel,
+    init_flax_dense_,
+    pool,
+)
 
 __all__ = [
     "BvBertTextTransformer",
     "BvSiglipModel",
     "BvTextTransformer",
     "BvTwoTowerModel",
+    "contrastive_output",
     "gather_embeddings",
     "l2_normalize",
     "sigmoid_loss",
@@ -73,6 +83,48 @@ NORM_EPS = 1e-8
 def l2_normalize(z: torch.Tensor) -> torch.Tensor:
     """big_vision two_towers normalisation ``z / (||z|| + 1e-8)`` (not ``F.normalize``'s ``z / max(||z||, eps)``)."""
     return z / (torch.linalg.vector_norm(z, dim=-1, keepdim=True) + NORM_EPS)
+
+
+def contrastive_output(
+    image_embeds: torch.Tensor | None,
+    text_embeds: torch.Tensor | None,
+    logit_scale: torch.Tensor,
+    logit_bias: torch.Tensor | None = None,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    inputs: str = "input_ids and pixel_values",
+    vision_model_output: ModelOutput | None = None,
+    text_model_output: ModelOutput | None = None,
+    output_class: type[SiglipOutput] = SiglipOutput,
+) -> SiglipOutput:
+    """The outputs of big_vision's contrastive models (two towers, CLIPPO) from their normalised embeddings.
+
+    ``logits_per_image = zimg @ ztxt.T * exp(t) (+ b)`` (``None`` unless both embeddings are given) and its transpose
+    ``logits_per_text``; ``loss = loss_fn(zimg, ztxt)`` when ``loss_fn`` is given (``return_loss``), which needs both
+    and matched pairs (row ``i`` of the images goes with row ``i`` of the texts). ``inputs`` names the two inputs in
+    errors; the towers' own outputs are passed through.
+    """
+    logits_per_image = loss = None
+    if image_embeds is not None and text_embeds is not None:
+        logits_per_image = image_embeds @ text_embeds.t() * logit_scale.exp()
+        if logit_bias is not None:
+            logits_per_image = logits_per_image + logit_bias
+    if loss_fn is not None:
+        if logits_per_image is None:
+            raise ValueError(f"return_loss needs both {inputs}")
+        if image_embeds.shape[0] != text_embeds.shape[0]:
+            raise ValueError(
+                f"return_loss needs matched pairs: got {image_embeds.shape[0]} images and {text_embeds.shape[0]} texts"
+            )
+        loss = loss_fn(image_embeds, text_embeds)
+    return output_class(
+        loss=loss,
+        logits_per_image=logits_per_image,
+        logits_per_text=logits_per_image.t() if logits_per_image is not None else None,
+        text_embeds=text_embeds,
+        image_embeds=image_embeds,
+        text_model_output=text_model_output,
+        vision_model_output=vision_model_output,
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -211,13 +263,39 @@ class BvTextModelOutput(BaseModelOutputWithPooling):
     pre_logits: torch.FloatTensor | None = None
 
 
+class BvTextTowerMixin:
+    """The ``forward`` of big_vision's text towers: ``input_ids`` -> the tower's `encode_text` (the encoded tokens,
+    ``out["transformed"]``, and the pooled token, ``out["pre_logits"]``) -> ``head`` Dense -> ``out["logits"]``
+    (the pooled token itself without a head), as ``text_transformer._Model`` and ``flaxformer/bert.py`` end."""
+
+    def encode_text(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, **kwargs
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(encoded tokens, pooled token)``: defined by each tower."""
+        raise NotImplementedError
+
+    @capture_outputs(tie_last_hidden_states=False)
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs
+    ) -> BvTextModelOutput:
+        r"""
+        input_ids (`torch.LongTensor` of shape `(batch_size, text_length)`):
+            Token ids as the tower's big_vision text pp gives them (`BvTextTokenizer`: sticky EOS, padded to the
+            text length; `BvBertTokenizer`: ``[CLS]`` first, 0-padded).
+        attention_mask (`torch.Tensor` of shape `(batch_size, text_length)`, *optional*): 1 for tokens to attend to
+            (see the tower's class).
+        """
+        encoded, pooled = self.encode_text(input_ids, attention_mask, **kwargs)
+        logits = self.head(pooled) if self.head is not None else pooled  # out["logits"]
+        return BvTextModelOutput(last_hidden_state=encoded, pooler_output=logits, pre_logits=pooled)
+
+
 class BvTextPreTrainedModel(BvViTPreTrainedModel):
     config: BvTextConfig
     config_class = BvTextConfig
     base_model_prefix = "text_model"
     main_input_name = "input_ids"
     input_modalities = ("text",)
-    _no_split_modules = ["BvTextEmbeddings", "BvViTEncoderLayer", "BvMAPHead"]
 
     @torch.no_grad()
     def _init_weights(self, module):
@@ -227,11 +305,10 @@ class BvTextPreTrainedModel(BvViTPreTrainedModel):
             init.default_flax_embed_init_(module.token_embedding.weight)  # flax nn.Embed default
             init.normal_(module.position_embedding, std=1 / np.sqrt(module.config.hidden_size))
         elif isinstance(module, BvTextTransformer) and module.head is not None:
-            init.lecun_normal_(module.head.weight)  # nn.Dense default
-            init.zeros_(module.head.bias)
+            init_flax_dense_(module.head)
 
 
-class BvTextTransformer(BvTextPreTrainedModel):
+class BvTextTransformer(BvTextTowerMixin, BvTextPreTrainedModel):
     r"""big_vision's text tower: token embedding + learned posemb -> `BvViTEncoder` (bidirectional) -> pool -> head.
 
     Pools (big_vision ``pool_type``): ``last`` (big_vision assumes sticky-EOS tokenization, so the last token is
@@ -251,6 +328,8 @@ class BvTextTransformer(BvTextPreTrainedModel):
     Parity: as `BvTwoTowerModel`.
     """
 
+    _input_embed_layer = "token_embedding"  # transformers' get/set_input_embeddings: `embeddings.token_embedding`
+
     def __init__(self, config: BvTextConfig):
         super().__init__(config)
         self.embeddings = BvTextEmbeddings(config)
@@ -259,46 +338,24 @@ class BvTextTransformer(BvTextPreTrainedModel):
         self.head = nn.Linear(config.hidden_size, config.projection_size) if config.projection_size else None
         self.post_init()
 
-    def get_input_embeddings(self) -> nn.Module:
-        return self.embeddings.token_embedding
-
-    def set_input_embeddings(self, value: nn.Module):
-        self.embeddings.token_embedding = value
-
-    @capture_outputs(tie_last_hidden_states=False)
-    def forward(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs
-    ) -> BvTextModelOutput:
-        r"""
-        input_ids (`torch.LongTensor` of shape `(batch_size, text_length)`):
-            Token ids as big_vision's text pp gives them (`BvTextTokenizer`: sticky EOS, padded to the text length).
-        attention_mask (`torch.Tensor` of shape `(batch_size, text_length)`, *optional*): 1 for tokens to attend to.
-        """
+    def encode_text(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, **kwargs
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         embeddings = self.embeddings(input_ids)
         mask = create_bidirectional_mask(config=self.config, inputs_embeds=embeddings, attention_mask=attention_mask)
         encoded = self.encoder(embeddings, attention_mask=mask, **kwargs)  # out["transformed"]
-        pool = self.config.pool_type
-        if pool == "last":  # "Assuming 'sticky' EOS tokenization, last token is always EOS."
-            pooled = encoded[:, -1]
-        elif pool == "first":
-            pooled = encoded[:, 0]
-        elif pool == "gap":
-            pooled = encoded.mean(dim=1)
-        elif pool == "max":
-            pooled = encoded.max(dim=1).values
-        else:  # "map"
+        probe_mask = None
+        if self.config.pool_type == "map":  # the probe attends to the unpadded keys only
             probe_mask = create_bidirectional_mask(
                 config=self.config,
                 inputs_embeds=encoded[:, :1],
                 attention_mask=attention_mask,
                 encoder_hidden_states=encoded,
             )
-            pooled = self.map_head(encoded, attention_mask=probe_mask)
-        logits = self.head(pooled) if self.head is not None else pooled
-        return BvTextModelOutput(last_hidden_state=encoded, pooler_output=logits, pre_logits=pooled)
+        return encoded, pool(encoded, self.config.pool_type, map_head=self.map_head, map_attention_mask=probe_mask)
 
 
-class BvBertTextTransformer(BertPreTrainedModel):
+class BvBertTextTransformer(BvTextTowerMixin, BertPreTrainedModel):
     r"""big_vision's BERT text tower (``big_vision/models/proj/flaxformer/bert.py``, LiT): flaxformer's
     ``BertEncoder`` -> the ``[CLS]`` position (no BERT pooler) -> ``head`` Dense. transformers' BERT modules
     (`BertEmbeddings`, `BertEncoder`) compute exactly flaxformer's BERT: token + position + segment embeddings,
@@ -331,6 +388,7 @@ class BvBertTextTransformer(BertPreTrainedModel):
     main_input_name = "input_ids"
     input_modalities = ("text",)
     _no_split_modules = ["BertEmbeddings", "BertLayer"]
+    _input_embed_layer = "word_embeddings"  # transformers' get/set_input_embeddings: `embeddings.word_embeddings`
 
     def __init__(self, config: BvBertTextConfig):
         super().__init__(config)
@@ -344,37 +402,20 @@ class BvBertTextTransformer(BertPreTrainedModel):
         """BERT's initialisers (flaxformer: truncated normal 0.02, as transformers' BERT); big_vision's head."""
         super()._init_weights(module)
         if isinstance(module, BvBertTextTransformer) and module.head is not None:
-            if module.config.head_zeroinit:  # bert.py: `kernel_init=zeros if head_zeroinit`, else nn.Dense's
-                init.zeros_(module.head.weight)
-            else:
-                init.lecun_normal_(module.head.weight)
-            init.zeros_(module.head.bias)
+            # bert.py: `kernel_init=zeros if head_zeroinit`, else nn.Dense's
+            init_flax_dense_(module.head, zero_kernel=module.config.head_zeroinit)
 
-    def get_input_embeddings(self) -> nn.Module:
-        return self.embeddings.word_embeddings
-
-    def set_input_embeddings(self, value: nn.Module):
-        self.embeddings.word_embeddings = value
-
-    @capture_outputs(tie_last_hidden_states=False)
-    def forward(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs
-    ) -> BvTextModelOutput:
-        r"""
-        input_ids (`torch.LongTensor` of shape `(batch_size, text_length)`):
-            Token ids as big_vision's ``bert_tokenize`` gives them (``[CLS]`` first, 0-padded; `BvBertTokenizer`).
-        attention_mask (`torch.Tensor` of shape `(batch_size, text_length)`, *optional*): 1 for tokens to attend
-            to; combined with big_vision's own mask ``input_ids != 0``.
-        """
+    def encode_text(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, **kwargs
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``attention_mask`` is combined with big_vision's own mask ``input_ids != 0``."""
         mask = input_ids != 0  # bert.py: `input_mask=text.astype(jnp.bool_)`
         if attention_mask is not None:
             mask = mask & attention_mask.bool()
         embeddings = self.embeddings(input_ids=input_ids)  # positions arange(L), segment ids 0 (as bert.py)
         mask = create_bidirectional_mask(config=self.config, inputs_embeds=embeddings, attention_mask=mask)
         encoded = self.encoder(embeddings, attention_mask=mask, **kwargs).last_hidden_state  # out["transformed"]
-        pooled = encoded[:, 0]  # out["pre_logits"]: the [CLS] token
-        logits = self.head(pooled) if self.head is not None else pooled  # out["logits"]
-        return BvTextModelOutput(last_hidden_state=encoded, pooler_output=logits, pre_logits=pooled)
+        return encoded, pool(encoded, "first")  # out["pre_logits"]: the [CLS] token
 
 
 # big_vision two_towers `text_model` -> the text tower's class.
@@ -393,8 +434,6 @@ class BvTwoTowerPreTrainedModel(BvViTPreTrainedModel):
     base_model_prefix = "two_towers"
     main_input_name = "input_ids"
     input_modalities = ("image", "text")
-    _no_split_modules = ["BvViTEmbeddings", "BvNaFlexViTEmbeddings", "BvTextEmbeddings", "BvViTEncoderLayer",
-                         "BvMAPHead", "BertEmbeddings", "BertLayer"]
 
     @torch.no_grad()
     def _init_weights(self, module):
@@ -403,12 +442,8 @@ class BvTwoTowerPreTrainedModel(BvViTPreTrainedModel):
             init.constant_(module.logit_scale, module.config.logit_scale_init)  # t = log(temperature_init)
             if module.logit_bias is not None:
                 init.constant_(module.logit_bias, module.config.bias_init)
-            if module.vision_head is not None:  # vit head: zeros if head_zeroinit, else nn.Dense's lecun_normal
-                if module.config.vision_config.head_zeroinit:
-                    init.zeros_(module.vision_head.weight)
-                else:
-                    init.lecun_normal_(module.vision_head.weight)
-                init.zeros_(module.vision_head.bias)
+            if module.vision_head is not None:  # the vit `head`
+                init_flax_dense_(module.vision_head, zero_kernel=module.config.vision_config.head_zeroinit)
 
 
 class BvTwoTowerModel(BvTwoTowerPreTrainedModel):
@@ -516,7 +551,8 @@ class BvTwoTowerModel(BvTwoTowerPreTrainedModel):
         """The image tower's outputs with ``pooler_output`` = the image embedding before normalisation
         (big_vision ``img/logits``, or ``img/pre_logits`` without an image head). A NaFlex tower takes
         ``pixel_attention_mask``/``spatial_shapes``/``patch_coords`` (see `BvNaFlexViTModel`)."""
-        naflex = dict(pixel_attention_mask=pixel_attention_mask, spatial_shapes=spatial_shapes, patch_coords=patch_coords)
+        naflex = dict(pixel_attention_mask=pixel_attention_mask, spatial_shapes=spatial_shapes,
+                      patch_coords=patch_coords)
         outputs, embedding = self._vision(pixel_values, interpolate_pos_encoding, naflex, **kwargs)
         outputs.pooler_output = embedding
         return outputs
@@ -572,29 +608,10 @@ class BvTwoTowerModel(BvTwoTowerPreTrainedModel):
         if input_ids is not None:
             text_outputs = self.text_model(input_ids, attention_mask=attention_mask, **kwargs)
             text_embeds = l2_normalize(text_outputs.pooler_output)  # ztxt
-        logits_per_image = logits_per_text = loss = None
-        if image_embeds is not None and text_embeds is not None:
-            logits_per_image = image_embeds @ text_embeds.t() * self.logit_scale.exp()
-            if self.logit_bias is not None:
-                logits_per_image = logits_per_image + self.logit_bias
-            logits_per_text = logits_per_image.t()
-            if return_loss:
-                if image_embeds.shape[0] != text_embeds.shape[0]:
-                    raise ValueError(
-                        f"return_loss needs matched pairs: got {image_embeds.shape[0]} images and "
-                        f"{text_embeds.shape[0]} texts"
-                    )
-                loss = self.contrastive_loss(image_embeds, text_embeds)
-        elif return_loss:
-            raise ValueError("return_loss needs both input_ids and pixel_values")
-        return SiglipOutput(
-            loss=loss,
-            logits_per_image=logits_per_image,
-            logits_per_text=logits_per_text,
-            text_embeds=text_embeds,
-            image_embeds=image_embeds,
-            text_model_output=text_outputs,
-            vision_model_output=vision_outputs,
+        return contrastive_output(
+            image_embeds, text_embeds, self.logit_scale, self.logit_bias,
+            loss_fn=self.contrastive_loss if return_loss else None, inputs="input_ids and pixel_values",
+            vision_model_output=vision_outputs, text_model_output=text_outputs,
         )
 
 

@@ -1,7 +1,8 @@
 """PyTorch port of big_vision's ViT (``big_vision/models/vit.py``) and the shared transformer layers.
 
-This file owns the attention, MLP, encoder layer, encoder, MAP head and posemb helpers that every
-big_vision tower reuses (FlexiViT, SigLIP towers, NaFlex, ...), as big_vision reuses ``vit.Encoder``.
+This file owns the attention, MLP, encoder layer, encoder, MAP head, posemb helpers and the one pooling function
+(`pool`, with NaFlex's padding masks) that every big_vision tower reuses (FlexiViT, SigLIP towers, NaFlex, ...), as
+big_vision reuses ``vit.Encoder``/``vit.MAPHead``; `BvViTModel.encode` is the trunk after the embeddings.
 
 Why our own ``PreTrainedModel``: transformers' ``ViTModel`` always prepends a cls token with an N+1
 posemb and classifies the raw cls token; ``SiglipVisionModel`` has neither cls tokens, sincos posembs,
@@ -27,8 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
-from transformers import PreTrainedModel
-from transformers import initialization as init
+from transformers import PreTrainedModel, initialization as init
 from transformers.activations import ACT2FN
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPooling, ImageClassifierOutput
@@ -253,6 +253,80 @@ class BvMAPHead(nn.Module):
 
 
 # ---------------------------------------------------------------------------------------------------------
+# Padding masks and pooling (big_vision vit._Model, naflex_vit._Model, text_transformer._Model)
+# ---------------------------------------------------------------------------------------------------------
+
+
+def additive_mask(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """A bool mask -> an additive one: 0 where ``allowed``, ``finfo(dtype).min`` elsewhere.
+
+    flax ``MultiHeadDotProductAttention`` masks logits with ``finfo.min`` (not ``-inf``): a pad query, whose row is
+    fully masked, gets a uniform softmax instead of NaN, as in big_vision.
+    """
+    zero = torch.zeros((), dtype=dtype, device=allowed.device)
+    return torch.where(allowed, zero, torch.tensor(torch.finfo(dtype).min, dtype=dtype, device=allowed.device))
+
+
+def additive_masks(valid: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """``[B, N]`` bool (``True`` for real tokens, ``False`` for pads) -> additive (self-attention ``[B, 1, N, N]``,
+    pooling ``[B, 1, 1, N]``) masks, as big_vision ``naflex_vit._Model``: ``sa_mask = valid_q & valid_k`` and
+    ``pool_mask = valid`` (the MAP head's keys)."""
+    pair = valid[:, None, :, None] & valid[:, None, None, :]
+    return additive_mask(pair, dtype), additive_mask(valid[:, None, None, :], dtype)
+
+
+def pool(
+    encoded: torch.Tensor,
+    pool_type: str,
+    valid: torch.Tensor | None = None,
+    map_head: BvMAPHead | None = None,
+    map_attention_mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """big_vision's pooling of encoder tokens ``[B, N, D]``: one function for every tower.
+
+    ``valid`` (``[B, N]`` bool, optional) marks real tokens of padded sequences (NaFlex ``ptype == 1``); the pools
+    big_vision ``naflex_vit._Model`` masks (``gap``, ``max``, ``map``) then ignore the pads, as it does:
+
+    - ``"map"``: ``map_head(encoded)`` (`BvMAPHead`, big_vision ``vit.MAPHead``); its keys are masked by
+      ``map_attention_mask`` (additive, or whatever the attention implementation takes), by default built from
+      ``valid`` (naflex ``MAPHead(mask=pool_mask)``).
+    - ``"gap"``: the mean over tokens (``vit``: ``jnp.mean(x, axis=1)``; text ``"gap"``/``"mean"``); with ``valid``,
+      naflex's ``sum(x * mask) / sum(mask)``.
+    - ``"max"``: the max over tokens (text ``"max"``/``"gmp"``: ``x.max(axis=1)``); with ``valid``, naflex's
+      ``max(mask * x + where(mask, 0, finfo.min))``: a pad counts as ``finfo.min``, not as ``-inf``.
+    - ``"tok"``, ``"0"``, ``"first"``: token 0 (``vit``'s ``[cls]`` or first patch; text ``"first"``).
+    - ``"last"``: the last token (text tower: "Assuming 'sticky' EOS tokenization, last token is always EOS").
+    - ``"none"``: every token, unpooled.
+    """
+    if pool_type == "map":
+        if map_head is None:
+            raise ValueError("pool_type='map' needs the MAP head")
+        if map_attention_mask is None and valid is not None:
+            map_attention_mask = additive_mask(valid[:, None, None, :], encoded.dtype)
+        return map_head(encoded, attention_mask=map_attention_mask)
+    if pool_type == "gap":
+        if valid is None:
+            return encoded.mean(dim=1)
+        keep = valid[..., None].to(encoded.dtype)
+        return (encoded * keep).sum(dim=1) / keep.sum(dim=1)
+    if pool_type == "max":
+        if valid is None:
+            return encoded.amax(dim=1)
+        keep = valid[..., None].to(encoded.dtype)
+        ignore = torch.where(valid[..., None], 0.0, torch.finfo(encoded.dtype).min).to(encoded.dtype)
+        return (keep * encoded + ignore).amax(dim=1)
+    if pool_type in ("tok", "0", "first"):
+        return encoded[:, 0]
+    if pool_type == "last":
+        if valid is not None:
+            raise ValueError("pool_type='last' reads a fixed position; big_vision has no masked form of it")
+        return encoded[:, -1]
+    if pool_type == "none":
+        return encoded
+    raise ValueError(f"Unknown pool type: {pool_type!r}")
+
+
+# ---------------------------------------------------------------------------------------------------------
 # ViT
 # ---------------------------------------------------------------------------------------------------------
 
@@ -326,6 +400,17 @@ class BvImageClassifierOutput(ImageClassifierOutput):
     pooler_output: torch.FloatTensor | None = None
 
 
+def init_flax_dense_(layer: nn.Module, zero_kernel: bool = False) -> None:
+    """flax ``nn.Dense``/``nn.Conv`` defaults: lecun_normal kernel, zero bias; ``zero_kernel`` for big_vision's
+    zero-initialised heads (``kernel_init=nn.initializers.zeros``, e.g. ``head_zeroinit``). Guarded (transformers'
+    ``initialization``): loaded tensors are left alone."""
+    if zero_kernel:
+        init.zeros_(layer.weight)
+    else:
+        init.lecun_normal_(layer.weight)
+    init.zeros_(layer.bias)
+
+
 class BvViTPreTrainedModel(PreTrainedModel):
     config: BvViTConfig
     config_class = BvViTConfig
@@ -333,7 +418,12 @@ class BvViTPreTrainedModel(PreTrainedModel):
     main_input_name = "pixel_values"
     input_modalities = ("image",)
     supports_gradient_checkpointing = True
-    _no_split_modules = ["BvViTEmbeddings", "BvViTEncoderLayer", "BvMAPHead"]
+    # The unsplittable modules of every model on this base (ViT, FlexiViT, NaFlex, the text tower; composite models
+    # also collect their towers' lists in `post_init`).
+    _no_split_modules = [
+        "BvViTEmbeddings", "BvFlexiViTEmbeddings", "BvNaFlexViTEmbeddings", "BvTextEmbeddings", "BvViTEncoderLayer",
+        "BvMAPHead",
+    ]
     _supports_sdpa = True
     _supports_flash_attn = True
     _supports_flex_attn = True
@@ -355,9 +445,7 @@ class BvViTPreTrainedModel(PreTrainedModel):
         """big_vision's flax initialisers (``models/vit.py``); loaded tensors are left alone."""
         super()._init_weights(module)
         if isinstance(module, BvViTEmbeddings):
-            # nn.Conv default: lecun_normal kernel, zero bias.
-            init.lecun_normal_(module.patch_embedding.weight)
-            init.zeros_(module.patch_embedding.bias)
+            init_flax_dense_(module.patch_embedding)  # nn.Conv default
             if module.config.posemb == "learn":
                 init.normal_(module.position_embedding, std=1 / np.sqrt(module.config.hidden_size))
             else:
@@ -376,14 +464,9 @@ class BvViTPreTrainedModel(PreTrainedModel):
             bound = float(np.sqrt(6.0 / (1 + module.probe.shape[-1])))
             init.uniform_(module.probe, -bound, bound)
         elif isinstance(module, BvViTModel) and module.pre_logits is not None:
-            init.lecun_normal_(module.pre_logits.weight)  # nn.Dense default
-            init.zeros_(module.pre_logits.bias)
+            init_flax_dense_(module.pre_logits)
         elif isinstance(module, BvViTForImageClassification):
-            if module.config.head_zeroinit:
-                init.zeros_(module.classifier.weight)
-            else:
-                init.lecun_normal_(module.classifier.weight)
-            init.zeros_(module.classifier.bias)
+            init_flax_dense_(module.classifier, zero_kernel=module.config.head_zeroinit)
 
 
 class BvViTModel(BvViTPreTrainedModel):
@@ -436,29 +519,57 @@ class BvViTModel(BvViTPreTrainedModel):
         return self.encode(embeddings, grid, output_2d=output_2d, **kwargs)
 
     def encode(
-        self, embeddings: torch.Tensor, grid: tuple[int, int], output_2d: bool = False, **kwargs
+        self,
+        embeddings: torch.Tensor,
+        grid: tuple[int, int] | None = None,
+        output_2d: bool = False,
+        valid: torch.Tensor | None = None,
+        **kwargs,
     ) -> BvViTModelOutput:
         """Encoder -> pooling -> ``rep_size``: everything after the embeddings, shared with towers that embed
-        differently (FlexiViT). ``grid`` is the patch grid ``(h, w)`` of ``embeddings``."""
-        encoded = self.encoder(embeddings, **kwargs)  # out["encoded"]
-        pool = self.config.pool_type
-        if pool == "map":
-            pooled = self.map_head(encoded)
-        elif pool == "gap":
-            pooled = encoded.mean(dim=1)
-        elif pool in ("0", "tok"):
-            pooled = encoded[:, 0]
-        else:  # "none": big_vision keeps every token
-            pooled = encoded
-        patch_tokens = encoded[:, 1:] if pool == "tok" else encoded  # vit._Model drops [cls] for the 2-D map
+        differently (FlexiViT, NaFlex). ``grid`` is the patch grid ``(h, w)`` of ``embeddings`` (for ``output_2d``).
+
+        ``valid`` (``[B, N]`` bool, NaFlex): the real tokens of padded sequences. As big_vision ``naflex_vit``, the
+        self-attention then only pairs real tokens and the pooling ignores the pads (see `pool`).
+        """
+        sa_mask = pool_mask = None
+        if valid is not None:
+            sa_mask, pool_mask = additive_masks(valid, embeddings.dtype)
+        encoded = self.encoder(embeddings, attention_mask=sa_mask, **kwargs)  # out["encoded"]
+        pool_type = self.config.pool_type
+        pooled = pool(encoded, pool_type, valid, self.map_head, pool_mask)
+        patch_tokens = encoded[:, 1:] if pool_type == "tok" else encoded  # vit._Model drops [cls] for the 2-D map
         if self.pre_logits is not None:  # rep_size: tanh(Dense(x)), shared by the pooled and 2-D outputs
             pooled = torch.tanh(self.pre_logits(pooled))
         pre_logits_2d = None
         if output_2d:
+            if grid is None:
+                raise ValueError("output_2d needs the patch grid of the tokens")
             pre_logits_2d = patch_tokens.reshape(patch_tokens.shape[0], grid[0], grid[1], -1)
             if self.pre_logits is not None:
                 pre_logits_2d = torch.tanh(self.pre_logits(pre_logits_2d))
         return BvViTModelOutput(last_hidden_state=encoded, pooler_output=pooled, pre_logits_2d=pre_logits_2d)
+
+
+def image_classifier_output(
+    model: PreTrainedModel, outputs: BaseModelOutputWithPooling, labels: torch.Tensor | None = None
+) -> BvImageClassifierOutput:
+    """big_vision's ``head`` Dense on a backbone's outputs: ``out["logits"] = head(out["pre_logits"])``, and
+    ``out["logits_2d"]`` = the head on every position of ``pre_logits_2d`` when the backbone returned it; with
+    ``labels``, transformers' loss for ``model.config``. ``model.classifier`` is the head. Shared by the image
+    classifiers (ViT, FlexiViT, NaFlex, BiT, Mixer)."""
+    logits = model.classifier(outputs.pooler_output)
+    pre_logits_2d = getattr(outputs, "pre_logits_2d", None)
+    logits_2d = model.classifier(pre_logits_2d) if pre_logits_2d is not None else None
+    loss = model.loss_function(labels, logits, model.config) if labels is not None else None
+    return BvImageClassifierOutput(
+        loss=loss,
+        logits=logits,
+        logits_2d=logits_2d,
+        pooler_output=outputs.pooler_output,
+        hidden_states=outputs.hidden_states,
+        attentions=outputs.attentions,
+    )
 
 
 class BvViTForImageClassification(BvViTPreTrainedModel):
@@ -503,15 +614,7 @@ class BvViTForImageClassification(BvViTPreTrainedModel):
         labels (`torch.LongTensor` of shape `(batch_size,)`, *optional*): class indices for the loss.
         interpolate_pos_encoding, output_2d: see `BvViTModel.forward`.
         """
-        outputs = self.vit(pixel_values, interpolate_pos_encoding=interpolate_pos_encoding, output_2d=output_2d, **kwargs)
-        logits = self.classifier(outputs.pooler_output)
-        logits_2d = self.classifier(outputs.pre_logits_2d) if output_2d else None
-        loss = self.loss_function(labels, logits, self.config) if labels is not None else None
-        return BvImageClassifierOutput(
-            loss=loss,
-            logits=logits,
-            logits_2d=logits_2d,
-            pooler_output=outputs.pooler_output,
-            hidden_states=outputs.hidden_states,
-            attentions=outputs.attentions,
+        outputs = self.vit(
+            pixel_values, interpolate_pos_encoding=interpolate_pos_encoding, output_2d=output_2d, **kwargs
         )
+        return image_classifier_output(self, outputs, labels)

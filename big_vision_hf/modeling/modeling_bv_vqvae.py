@@ -26,8 +26,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 from torch.nn import functional as F
-from transformers import PreTrainedModel
-from transformers import initialization as init
+from transformers import PreTrainedModel, initialization as init
 from transformers.utils import ModelOutput
 
 from ..configuration.configuration_bv_vqvae import BvSegVQVAEConfig

@@ -21,9 +21,9 @@ This file imports only numpy, PIL and transformers (torch tensors are accepted a
 
 from __future__ import annotations
 
-import math
 import ast
 import io
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -42,6 +42,7 @@ from transformers.image_utils import (
 from transformers.processing_utils import ImagesKwargs
 
 __all__ = [
+    "BvBaseImageProcessor",
     "BvImageProcessor",
     "central_crop",
     "decode",
@@ -450,7 +451,50 @@ class BvImageProcessorKwargs(ImagesKwargs, total=False):
     value_range: list[float] | tuple[float, float] | None
 
 
-class BvImageProcessor(PilBackend):
+class BvBaseImageProcessor(PilBackend):
+    """What big_vision's image processors share (`BvImageProcessor`, ``BvNaFlexImageProcessor``): big_vision
+    ``decode`` of any input (:meth:`process_image`), and ``value_range(-1, 1)`` described in transformers' terms
+    (``1/255`` rescale, mean = std = 0.5) so the saved config reads naturally; each subclass applies big_vision's
+    own ops in ``_preprocess`` (``resample`` is only descriptive)."""
+
+    resample = PILImageResampling.BILINEAR
+    do_resize = True
+    do_rescale = True
+    rescale_factor = 1 / 255
+    do_normalize = True
+    image_mean = [0.5, 0.5, 0.5]
+    image_std = [0.5, 0.5, 0.5]
+    do_convert_rgb = True
+
+    def process_image(
+        self,
+        image,
+        do_convert_rgb: bool | None = None,
+        input_data_format: str | ChannelDimension | None = None,
+        **kwargs,
+    ) -> np.ndarray:
+        """Raw input -> uint8 ``(C, H, W)``: big_vision ``decode`` (alpha dropped, gray repeated)."""
+        image_type = get_image_type(image)
+        if image_type == ImageType.PIL:
+            arr = decode(image) if do_convert_rgb else np.asarray(image)
+            if arr.ndim == 2:
+                arr = arr[..., None]
+        elif image_type in (ImageType.TORCH, ImageType.NUMPY):
+            arr = image.detach().cpu().numpy() if image_type == ImageType.TORCH else np.asarray(image)
+            if arr.ndim == 2:
+                arr = arr[..., None]
+            else:
+                fmt = input_data_format or infer_channel_dimension_format(arr, num_channels=(1, 2, 3, 4))
+                if ChannelDimension(fmt) == ChannelDimension.FIRST:
+                    arr = np.moveaxis(arr, 0, -1)
+            if do_convert_rgb:
+                arr = decode(arr)
+        else:
+            raise ValueError(f"Unsupported input image type {image_type}")
+        return np.moveaxis(_as_uint8(arr), -1, 0)
+
+
+class BvImageProcessor(BvBaseImageProcessor):
     r"""Image processor reproducing big_vision's input pipeline exactly (numpy float32, no TF).
 
     Default: ``decode|resize(224)|value_range(-1, 1)``. With ``resize_mode="resize_small"``,
@@ -478,18 +522,10 @@ class BvImageProcessor(PilBackend):
     valid_kwargs = BvImageProcessorKwargs
     model_input_names = ["pixel_values"]
 
-    resample = PILImageResampling.BILINEAR
     size = {"height": 224, "width": 224}
     default_to_square = True
     crop_size = None
-    do_resize = True
     do_center_crop = False
-    do_rescale = True
-    rescale_factor = 1 / 255
-    do_normalize = True
-    image_mean = [0.5, 0.5, 0.5]
-    image_std = [0.5, 0.5, 0.5]
-    do_convert_rgb = True
     resize_mode = "resize"
     resize_method = None
     resize_antialias = False
@@ -544,33 +580,6 @@ class BvImageProcessor(PilBackend):
         if mode == "resize_small" and not size.shortest_edge:
             raise ValueError(f"resize_mode='resize_small' needs size={{'shortest_edge'}}, got {dict(size)}")
 
-    def process_image(
-        self,
-        image,
-        do_convert_rgb: bool | None = None,
-        input_data_format: str | ChannelDimension | None = None,
-        **kwargs,
-    ) -> np.ndarray:
-        """Raw input -> uint8 ``(C, H, W)``: big_vision ``decode`` (alpha dropped, gray repeated)."""
-        image_type = get_image_type(image)
-        if image_type == ImageType.PIL:
-            arr = decode(image) if do_convert_rgb else np.asarray(image)
-            if arr.ndim == 2:
-                arr = arr[..., None]
-        elif image_type in (ImageType.TORCH, ImageType.NUMPY):
-            arr = image.detach().cpu().numpy() if image_type == ImageType.TORCH else np.asarray(image)
-            if arr.ndim == 2:
-                arr = arr[..., None]
-            else:
-                fmt = input_data_format or infer_channel_dimension_format(arr, num_channels=(1, 2, 3, 4))
-                if ChannelDimension(fmt) == ChannelDimension.FIRST:
-                    arr = np.moveaxis(arr, 0, -1)
-            if do_convert_rgb:
-                arr = decode(arr)
-        else:
-            raise ValueError(f"Unsupported input image type {image_type}")
-        return np.moveaxis(_as_uint8(arr), -1, 0)
-
     def _preprocess(
         self,
         images: list[np.ndarray],
@@ -600,7 +609,9 @@ class BvImageProcessor(PilBackend):
             if do_resize:
                 self._check_size(resize_mode, size)
                 if resize_mode == "resize":
-                    x = resize(x, (size.height, size.width), method=resize_method or "bilinear", antialias=resize_antialias)
+                    x = resize(
+                        x, (size.height, size.width), method=resize_method or "bilinear", antialias=resize_antialias
+                    )
                 elif resize_mode == "resize_small":
                     x = resize_small(x, size.shortest_edge, method=resize_method or "area", antialias=resize_antialias)
                 else:

@@ -17,17 +17,13 @@ big_vision's ``yidx``/``xidx`` are its row-major coordinates, :func:`patchify` r
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import numpy as np
-from transformers.image_processing_backends import PilBackend
 from transformers.image_processing_base import BatchFeature
-from transformers.image_utils import PILImageResampling
 from transformers.processing_utils import ImagesKwargs
 
-from .image_processing_bv import BvImageProcessor, resize_bilinear_antialias
-from .image_processing_bv import value_range as bv_value_range
+from .image_processing_bv import BvBaseImageProcessor, resize_bilinear_antialias, value_range as bv_value_range
 
 __all__ = [
     "BvNaFlexImageProcessor",
@@ -127,7 +123,7 @@ class BvNaFlexImageProcessorKwargs(ImagesKwargs, total=False):
     value_range: list[float] | tuple[float, float]
 
 
-class BvNaFlexImageProcessor(PilBackend):
+class BvNaFlexImageProcessor(BvBaseImageProcessor):
     r"""Image processor reproducing big_vision's NaFlex input pipeline (numpy float32, no TF).
 
     ``decode|value_range(-1, 1)|resize_to_sequence(P, N)|patchify(P)|pad_to_shape(N)``; :meth:`pp_string` gives
@@ -141,20 +137,10 @@ class BvNaFlexImageProcessor(PilBackend):
     valid_kwargs = BvNaFlexImageProcessorKwargs
     model_input_names = ["pixel_values", "pixel_attention_mask", "spatial_shapes"]
 
-    resample = PILImageResampling.BILINEAR  # descriptive: the resize is resize_bilinear_antialias
-    do_resize = True
-    do_rescale = True
-    rescale_factor = 1 / 255
-    do_normalize = True
-    image_mean = [0.5, 0.5, 0.5]
-    image_std = [0.5, 0.5, 0.5]
-    do_convert_rgb = True
+    # `resample` (bilinear) is descriptive: the resize is resize_bilinear_antialias.
     patch_size = 16  # SigLIP 2 NaFlex B/16, So400m/16
     max_num_patches = 256  # the sequence length of the SigLIP 2 README results
     value_range = [-1.0, 1.0]
-
-    # big_vision `decode`: the shared conversion of any input to uint8 (C, H, W).
-    process_image = BvImageProcessor.process_image
 
     def pp_string(self) -> str:
         """The big_vision pp string this processor reproduces."""

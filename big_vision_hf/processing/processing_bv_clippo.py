@@ -18,6 +18,7 @@ The CLIPPO pipeline (``configs/proj/clippo/train_clippo.py``)::
 
 from __future__ import annotations
 
+import inspect
 import os
 from collections.abc import Sequence
 
@@ -146,6 +147,13 @@ def render_unifont(
     return np.repeat(img.astype(np.uint8)[..., None], 3, axis=-1)  # tf.image.grayscale_to_rgb
 
 
+# The drawing arguments of `render_unifont` that `BvClippoProcessor(render_kwargs=...)` takes (all but the text, the
+# font and the image size, which the processor gives).
+RENDER_OPTIONS = tuple(
+    name for name in inspect.signature(render_unifont).parameters if name not in ("text", "glyphs", "image_size")
+)
+
+
 class BvClippoProcessor(ProcessorMixin):
     r"""CLIPPO's processor: images through the folder's image processor, texts rendered with Unifont.
 
@@ -157,9 +165,11 @@ class BvClippoProcessor(ProcessorMixin):
         unifont_path: a Unifont ``.hex`` file (plane 0); required to render text, which fails with a one-line
             ``FileNotFoundError`` naming the file if it is missing.
         unifont_upper_path: optional upper-planes ``.hex`` (big_vision loads ``unifont_upper-9.0.06.hex`` too).
-        text_image_size, font_size, max_chars, background_brightness, text_brightness, lower, monospace,
-            spacing, min_width: big_vision ``render_unifont`` arguments (CLIPPO: ``lower=True``,
-            ``text_brightness=0``, ``background_brightness=127``).
+        text_image_size: big_vision ``render_unifont``'s ``image_size`` (default: the image processor's size).
+        render_kwargs: the other arguments of big_vision ``render_unifont`` (:func:`render_unifont`: ``font_size``,
+            ``max_chars``, ``background_brightness``, ``text_brightness``, ``lower``, ``monospace``, ``spacing``,
+            ``min_width``); its defaults are CLIPPO's (``lower=True``, ``text_brightness=0``,
+            ``background_brightness=127``).
 
     Example:
         >>> from big_vision_hf import BvImageProcessor  # doctest: +SKIP
@@ -174,27 +184,16 @@ class BvClippoProcessor(ProcessorMixin):
         unifont_path: str | None = None,
         unifont_upper_path: str | None = None,
         text_image_size: int | None = None,
-        font_size: int = 16,
-        max_chars: int = 768,
-        background_brightness: int = 127,
-        text_brightness: int = 0,
-        lower: bool = True,
-        monospace: bool = False,
-        spacing: int = 1,
-        min_width: int = 4,
+        render_kwargs: dict | None = None,
     ):
         super().__init__(image_processor)
         self.unifont_path = unifont_path
         self.unifont_upper_path = unifont_upper_path
         self.text_image_size = text_image_size
-        self.font_size = font_size
-        self.max_chars = max_chars
-        self.background_brightness = background_brightness
-        self.text_brightness = text_brightness
-        self.lower = lower
-        self.monospace = monospace
-        self.spacing = spacing
-        self.min_width = min_width
+        self.render_kwargs = dict(render_kwargs or {})
+        unknown = sorted(set(self.render_kwargs) - set(RENDER_OPTIONS))
+        if unknown:
+            raise ValueError(f"unknown render_unifont arguments {unknown}; known: {', '.join(RENDER_OPTIONS)}")
         self._glyphs: UnifontGlyphs | None = None
 
     @property
@@ -217,11 +216,7 @@ class BvClippoProcessor(ProcessorMixin):
 
     def render(self, text: str) -> np.ndarray:
         """One text -> uint8 ``(S, S, 3)`` (big_vision ``render_unifont`` with this processor's settings)."""
-        return render_unifont(
-            text, self.glyphs, image_size=self._size(), font_size=self.font_size, max_chars=self.max_chars,
-            background_brightness=self.background_brightness, text_brightness=self.text_brightness,
-            lower=self.lower, monospace=self.monospace, spacing=self.spacing, min_width=self.min_width,
-        )
+        return render_unifont(text, self.glyphs, image_size=self._size(), **self.render_kwargs)
 
     def __call__(self, images=None, text: str | list[str] | None = None, return_tensors=None, **kwargs) -> BatchFeature:
         if images is None and text is None:

@@ -49,9 +49,25 @@ def _is_false(value) -> bool:
 
 
 class SentencePieceProtoMixin:
-    """Save / pickle support for tokenizers that hold their SentencePiece model as serialized bytes (``_proto``,
-    loaded into ``sp_model``): ``save_vocabulary`` writes those bytes (PaliGemma: the model WITH its appended
+    """What tokenizers that hold their SentencePiece model as serialized bytes (``_proto``, loaded into
+    ``sp_model``) share: the SentencePiece vocabulary as transformers' (``vocab_size``, ``get_vocab``, piece <-> id),
+    and save / pickle support: ``save_vocabulary`` writes those bytes (PaliGemma: the model WITH its appended
     ``<loc>``/``<seg>`` pieces), pickling drops the C++ processor and rebuilds it from them."""
+
+    @property
+    def vocab_size(self) -> int:
+        return self.sp_model.GetPieceSize()
+
+    def get_vocab(self) -> dict[str, int]:
+        vocab = {self.sp_model.IdToPiece(i): i for i in range(self.vocab_size)}
+        vocab.update(self._added_tokens_encoder)
+        return vocab
+
+    def _convert_token_to_id(self, token: str) -> int:
+        return self.sp_model.PieceToId(token)
+
+    def _convert_id_to_token(self, index: int) -> str:
+        return self.sp_model.IdToPiece(index)
 
     def save_vocabulary(self, save_directory: str, filename_prefix: str | None = None) -> tuple[str]:
         if not os.path.isdir(save_directory):
@@ -183,16 +199,7 @@ class BvTextTokenizer(SentencePieceProtoMixin, PreTrainedTokenizer):
                     )
         return super().__call__(text, *args, **kwargs)
 
-    # --- transformers backend ------------------------------------------------------------------------------
-
-    @property
-    def vocab_size(self) -> int:
-        return self.sp_model.GetPieceSize()
-
-    def get_vocab(self) -> dict[str, int]:
-        vocab = {self.sp_model.IdToPiece(i): i for i in range(self.vocab_size)}
-        vocab.update(self._added_tokens_encoder)
-        return vocab
+    # --- transformers backend (vocabulary: `SentencePieceProtoMixin`) ----------------------------------------
 
     def prepare_for_tokenization(self, text: str, is_split_into_words: bool = False, **kwargs):
         return (ascii_lower(text) if self.lower else text), kwargs
@@ -200,12 +207,6 @@ class BvTextTokenizer(SentencePieceProtoMixin, PreTrainedTokenizer):
     def _tokenize(self, text: str, **kwargs) -> list[str]:
         # The pieces of big_vision's `EncodeAsIds` (an unknown character is `<unk>`, as its id).
         return [self.sp_model.IdToPiece(i) for i in self.sp_model.EncodeAsIds(text)]
-
-    def _convert_token_to_id(self, token: str) -> int:
-        return self.sp_model.PieceToId(token)
-
-    def _convert_id_to_token(self, index: int) -> str:
-        return self.sp_model.IdToPiece(index)
 
     def convert_tokens_to_string(self, tokens: list[str]) -> str:
         return self.sp_model.DecodePieces(list(tokens))

@@ -231,25 +231,10 @@ class BvPaliGemmaTokenizer(SentencePieceProtoMixin, PreTrainedTokenizer):
         """Ids of ``<seg000>`` ... ``<seg127>`` (257024.. for Gemma)."""
         return [self.sp_model.PieceToId(t) for t in SEG_TOKENS]
 
-    # --- transformers backend ------------------------------------------------------------------------------
-
-    @property
-    def vocab_size(self) -> int:
-        return self.sp_model.GetPieceSize()
-
-    def get_vocab(self) -> dict[str, int]:
-        vocab = {self.sp_model.IdToPiece(i): i for i in range(self.vocab_size)}
-        vocab.update(self._added_tokens_encoder)
-        return vocab
+    # --- transformers backend (vocabulary: `SentencePieceProtoMixin`) ----------------------------------------
 
     def _tokenize(self, text: str, **kwargs) -> list[str]:
         return self.sp_model.EncodeAsPieces(text)
-
-    def _convert_token_to_id(self, token: str) -> int:
-        return self.sp_model.PieceToId(token)
-
-    def _convert_id_to_token(self, index: int) -> str:
-        return self.sp_model.IdToPiece(index)
 
     def convert_tokens_to_string(self, tokens: list[str]) -> str:
         """SentencePiece decoding of runs of pieces; added tokens (``<image>``) and control pieces kept verbatim."""
