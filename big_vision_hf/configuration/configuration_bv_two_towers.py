@@ -187,6 +187,27 @@ def bv_bert_kwargs_to_config(kwargs: dict) -> dict:
 TEXT_MODELS = {"proj.image_text.text_transformer": BvTextConfig, "proj.flaxformer.bert": BvBertTextConfig}
 
 
+def resolve_tower(field: str, config, model_field: str, model_name: str, table: dict, default: str):
+    """A tower's big_vision model name <-> its config's class: ``(model name, config)``.
+
+    A config object decides by its class; a dict (or ``None``) by its ``model_type``, else by ``model_name``, and is
+    built here for any tower but ``default`` (``sub_configs_defaults`` builds that one).
+    """
+    if isinstance(config, PreTrainedConfig):
+        names = [name for name, cls in table.items() if type(config) is cls]
+        if not names:
+            raise ValueError(f"{field} must be one of {[c.__name__ for c in table.values()]}, got {type(config).__name__}")
+        return names[0], config
+    by_type = {cls.model_type: name for name, cls in table.items()}
+    if isinstance(config, dict) and config.get("model_type") in by_type:
+        model_name = by_type[config["model_type"]]
+    if model_name not in table:
+        raise ValueError(f"Unknown {model_field} {model_name!r}; expected one of {list(table)}")
+    if model_name != default:
+        config = table[model_name](**{k: v for k, v in (config or {}).items() if k != "model_type"})
+    return model_name, config
+
+
 @strict
 class BvTwoTowerConfig(PreTrainedConfig):
     r"""Configuration of a big_vision two-tower model (``big_vision.models.proj.image_text.two_towers.Model``)
@@ -250,39 +271,14 @@ class BvTwoTowerConfig(PreTrainedConfig):
 
     def _resolve_image_model(self) -> None:
         """``image_model`` <-> the class of ``vision_config`` (``sub_configs_defaults`` only knows `BvViTConfig`)."""
-        vision = self.vision_config
-        if isinstance(vision, PreTrainedConfig):
-            names = [name for name, cls in IMAGE_MODELS.items() if type(vision) is cls]
-            if not names:
-                raise ValueError(f"vision_config must be one of {[c.__name__ for c in IMAGE_MODELS.values()]}, "
-                                 f"got {type(vision).__name__}")
-            self.image_model = names[0]
-            return
-        if isinstance(vision, dict) and vision.get("model_type") == BvNaFlexViTConfig.model_type:
-            self.image_model = "proj.image_text.naflex_vit"
-        if self.image_model not in IMAGE_MODELS:
-            raise ValueError(f"Unknown image_model {self.image_model!r}; expected one of {list(IMAGE_MODELS)}")
-        if self.image_model != "vit":  # a dict (or None): built here, as sub_configs_defaults would build a BvViTConfig
-            vision = {k: v for k, v in (vision or {}).items() if k != "model_type"}
-            self.vision_config = IMAGE_MODELS[self.image_model](**vision)
+        self.image_model, self.vision_config = resolve_tower(
+            "vision_config", self.vision_config, "image_model", self.image_model, IMAGE_MODELS, "vit")
 
     def _resolve_text_model(self) -> None:
         """``text_model`` <-> the class of ``text_config`` (``sub_configs_defaults`` only knows `BvTextConfig`)."""
-        text = self.text_config
-        if isinstance(text, PreTrainedConfig):
-            names = [name for name, cls in TEXT_MODELS.items() if type(text) is cls]
-            if not names:
-                raise ValueError(f"text_config must be one of {[c.__name__ for c in TEXT_MODELS.values()]}, "
-                                 f"got {type(text).__name__}")
-            self.text_model = names[0]
-            return
-        if isinstance(text, dict) and text.get("model_type") == BvBertTextConfig.model_type:
-            self.text_model = "proj.flaxformer.bert"
-        if self.text_model not in TEXT_MODELS:
-            raise ValueError(f"Unknown text_model {self.text_model!r}; expected one of {list(TEXT_MODELS)}")
-        if self.text_model != "proj.image_text.text_transformer":  # built here, as for image_model
-            text = {k: v for k, v in (text or {}).items() if k != "model_type"}
-            self.text_config = TEXT_MODELS[self.text_model](**text)
+        self.text_model, self.text_config = resolve_tower(
+            "text_config", self.text_config, "text_model", self.text_model, TEXT_MODELS,
+            "proj.image_text.text_transformer")
 
     @classmethod
     def from_loss(cls, loss: str, **kwargs) -> BvTwoTowerConfig:
