@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from big_vision_hf.transfer import synthetic
-from big_vision_hf.transfer.collator import PaliGemmaCollator, paligemma_loss
+from big_vision_hf.transfer.collator import PaliGemmaCollator
+from big_vision_hf.transfer.loss import paligemma_loss
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,8 @@ import pytest
 import torch
 from PIL import Image
 
-from big_vision_hf.transfer import data as tdata
+from big_vision_hf.transfer import data as tdata, masks, synthetic
+from big_vision_hf.transfer.recipe import Recipe
 from big_vision_hf.transfer.tasks import TASKS, Hparams, TransferTask, get_task, register_task
 
 
@@ -54,6 +55,43 @@ def test_registry_has_tasks_and_per_res_values():
         get_task("nope")
     with pytest.raises(AttributeError):
         TASKS["vqav2"].lr  # registry entries have no res
+
+
+def test_task_recipe_resolves_everything_once():
+    r = get_task("gqa", 448).recipe()
+    assert (r.name, r.res, r.lr, r.wd, r.epochs, r.steps, r.batch_size) == ("gqa", 448, 1e-5, 0.0, 1, None, 256)
+    assert (r.b2, r.grad_clip_norm, r.warmup_percent, r.frozen, r.text_len, r.max_new_tokens) == (
+        0.999, 1.0, 0.05, ("img",), 32, 32)
+    assert (r.metric, r.decoding, r.num_beams) == ("vqa", "greedy", 1)
+    assert get_task("gqa").recipe(448) == r and TASKS["gqa"].recipe(448) == r
+    with pytest.raises(ValueError, match="res=None"):
+        TASKS["gqa"].recipe()
+    r = get_task("refcoco_seg", 224).recipe(lr=3e-6, epochs=None, steps=5)  # None keeps the task's value
+    assert (r.lr, r.epochs, r.steps, r.num_steps(10_000), r.label_smoothing, r.llm_dropout) == (3e-6, 100, 5, 5,
+                                                                                               0.3, 0.1)
+    assert r.replace(epochs=2).num_steps(1000) == 2 * 4  # new epochs count in epochs: ceil(1000 / 256) per epoch
+    with pytest.raises(TypeError, match="not Recipe fields"):
+        r.replace(dropout=0.1)
+    # num_beams: the task's, or the decoding's default (NUM_BEAMS) when the decoding changes
+    assert get_task("textcaps").recipe().num_beams == 3 and get_task("cococap").recipe().num_beams == 2
+    assert get_task("cococap").recipe(decoding="greedy").num_beams == 1
+    assert get_task("vqav2").recipe(decoding="beam").num_beams == 2
+    assert get_task("vqav2").recipe(decoding="beam", num_beams=4).num_beams == 4
+    with pytest.raises(ValueError, match="use decoding='beam'"):
+        get_task("vqav2").recipe(num_beams=3)
+    # the synthetic tasks and the tiny model's hyperparameters for a registry task's prompts and metric
+    s = synthetic.SYNTHETIC_TASKS["synthetic_segment"].recipe()
+    assert (s.name, s.res, s.lr, s.epochs, s.batch_size, s.text_len, s.metric) == (
+        "synthetic_segment", 64, 1e-3, 24, 32, 32, "segmentation")
+    t = get_task("vqav2").recipe(64, hparams=synthetic.TINY_HPARAMS, batch_size=8)
+    assert (t.res, t.lr, t.epochs, t.batch_size, t.wd, t.metric, t.text_len) == (64, 1e-3, 24, 8, 0.0, "vqav2", 32)
+    assert "lr 0.001, 24 epochs, batch 8" in t.summary() and "metric vqav2" in t.summary()
+    settings = t.settings()
+    assert settings["llm_dropout"] == 0.0 and settings["max_new_tokens"] == 32 and "metric_kwargs" not in settings
+    # what TransferTask no longer pretends to be (SyntheticTask's names): only Recipe has epochs / dropout / b2
+    for alias in ("epochs", "dropout", "b2", "grad_clip_norm"):
+        assert not hasattr(get_task("vqav2"), alias), alias
+    assert Recipe().num_beams == 1 and Recipe(decoding="beam").num_beams == 2
 
 
 def test_prompts():
@@ -245,9 +283,9 @@ def test_coco_rle_decoding():
     rng = np.random.default_rng(0)
     m = rng.random((7, 5)) > 0.5
     counts = _rle_counts(m)
-    assert (tdata.coco_rle_to_mask({"size": [7, 5], "counts": counts}) == m).all()
-    assert (tdata.coco_rle_to_mask({"size": [7, 5], "counts": _rle_string(counts)}) == m).all()
-    poly = tdata.coco_polygons_to_mask([[1, 1, 3, 1, 3, 4, 1, 4]], 6, 5)
+    assert (masks.coco_rle_to_mask({"size": [7, 5], "counts": counts}) == m).all()
+    assert (masks.coco_rle_to_mask({"size": [7, 5], "counts": _rle_string(counts)}) == m).all()
+    poly = masks.coco_polygons_to_mask([[1, 1, 3, 1, 3, 4, 1, 4]], 6, 5)
     assert poly[1:5, 1:4].all() and poly.sum() == 12
 
 

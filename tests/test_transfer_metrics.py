@@ -7,7 +7,6 @@ import json
 import math
 import os
 import shutil
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -17,6 +16,7 @@ from transformers import PaliGemmaConfig, PaliGemmaForConditionalGeneration
 
 from big_vision_hf.transfer import metrics as M
 from big_vision_hf.transfer.evaluation import evaluate
+from big_vision_hf.transfer.recipe import Recipe
 from conftest import FIXTURES
 
 # ---------------------------------------------------------------------------------------------------------
@@ -300,8 +300,8 @@ def _rows(n=3):
 def test_evaluate_writes_predictions_and_metrics(tiny, tmp_path):
     model, processor = tiny
     rows = _rows(3)
-    task = SimpleNamespace(metric="vqa", max_new_tokens=5, decoding="greedy")
-    res = evaluate(model, processor, rows, task, batch_size=2, output_dir=tmp_path / "out", progress=False)
+    recipe = Recipe(metric="vqa", text_len=5)
+    res = evaluate(model, processor, rows, recipe, batch_size=2, output_dir=tmp_path / "out", progress=False)
     assert len(res.predictions) == 3
     lines = [json.loads(line) for line in open(res.predictions_file)]
     assert [r["index"] for r in lines] == [0, 1, 2] and lines[1]["question_id"] == 1
@@ -311,7 +311,7 @@ def test_evaluate_writes_predictions_and_metrics(tiny, tmp_path):
     assert saved["settings"]["metric"] == "vqa" and saved["settings"]["num_examples"] == 3
     # Left padding + token_type_ids: batching does not change the greedy outputs; they match a manual
     # prompt -> generate -> strip.
-    single = evaluate(model, processor, rows, metric="vqa", max_new_tokens=5, batch_size=1, progress=False)
+    single = evaluate(model, processor, rows, recipe, batch_size=1, progress=False)
     assert single.predictions == res.predictions
     prompt = processor(images=[rows[2]["image"]], text=[rows[2]["prefix"]], return_tensors="pt")
     with torch.no_grad():
@@ -323,20 +323,22 @@ def test_evaluate_writes_predictions_and_metrics(tiny, tmp_path):
 def test_evaluate_beam_and_caption_metric(tiny, tmp_path):
     model, processor = tiny
     rows = [dict(r, suffix=["a cat", "one cat"]) for r in _rows(2)]
-    res = evaluate(model, processor, rows, metric="cider", max_new_tokens=4, decoding="beam", num_beams=2,
+    res = evaluate(model, processor, rows, Recipe(metric="cider", text_len=4, decoding="beam"),  # 2 beams default
                    batch_size=2, output_dir=tmp_path, progress=False)
     assert math.isfinite(res.metrics["cider"]) and os.path.exists(tmp_path / "metrics.json")
     assert json.load(open(tmp_path / "metrics.json"))["settings"]["num_beams"] == 2
     with pytest.raises(ValueError, match="unknown metric"):
-        evaluate(model, processor, rows, metric="bleu", max_new_tokens=4)
+        evaluate(model, processor, rows, Recipe(metric="bleu", text_len=4))
     with pytest.raises(ValueError, match="use decoding='beam'"):
-        evaluate(model, processor, rows, metric="vqa", max_new_tokens=4, num_beams=3)
-    with pytest.raises(ValueError, match="max_new_tokens is required"):
-        evaluate(model, processor, rows, metric="vqa")
+        evaluate(model, processor, rows, Recipe(metric="vqa", text_len=4, num_beams=3))
+    with pytest.raises(ValueError, match="text_len is required"):
+        evaluate(model, processor, rows, Recipe(metric="vqa"))
+    with pytest.raises(TypeError, match="takes a Recipe"):
+        evaluate(model, processor, rows, "vqa")
 
 
 def test_segmentation_reads_masks_kept_as_paths(tmp_path):
-    """Records from JSONL keep the mask as a file path (tasks.load_mask reads it), as refcoco_seg data does."""
+    """Records from JSONL keep the mask as a file path (masks.load_mask reads it), as refcoco_seg data does."""
     from PIL import Image
 
     quarter = np.zeros((100, 100), np.uint8)

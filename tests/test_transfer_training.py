@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from big_vision_hf.transfer import synthetic
+from big_vision_hf.transfer.recipe import Recipe
 from big_vision_hf.transfer.training import (
     LORA_PRESETS,
     BvAdam,
@@ -27,6 +28,7 @@ from big_vision_hf.transfer.training import (
     apply_lora,
     build_optimizer,
     decay_parameter_names,
+    freeze_language_model,
     freeze_vision,
     qlora_available,
     qlora_quantization_config,
@@ -105,7 +107,7 @@ def test_qlora_trains_on_gpu(tok, processor, rows, tmp_path):
     model = PaliGemmaForConditionalGeneration.from_pretrained(
         tmp_path / "base", quantization_config=qlora_quantization_config(torch.bfloat16), device_map={"": 0})
     assert model.config.quantization_config.bnb_4bit_compute_dtype == torch.bfloat16
-    result = train(model, processor, rows, tmp_path / "run", lora="llm", lr=1e-3, max_steps=2, batch_size=4,
+    result = train(model, processor, rows, tmp_path / "run", Recipe(lr=1e-3, steps=2, batch_size=4), lora="llm",
                    progress=False, precision="bf16")
     assert all(math.isfinite(h["loss"]) for h in result.log_history if "loss" in h)
 
@@ -177,6 +179,15 @@ def test_build_optimizer_groups(tok):
     assert names == set(decay_parameter_names(model))
 
 
+def test_freeze_language_model_leaves_vision_trainable(tok):
+    model = _model(tok)
+    frozen = set(freeze_language_model(model))
+    assert frozen and all(".language_model." in n or n.startswith("lm_head.") for n in frozen)
+    for n, p in model.named_parameters():
+        assert p.requires_grad == (n not in frozen), n
+    assert any(".vision_tower." in n for n, p in model.named_parameters() if p.requires_grad)
+
+
 def test_residual_dropout_hooks(tok):
     model = _model(tok)
     handles = add_residual_dropout(model, 0.5)
@@ -196,8 +207,8 @@ def _losses(result):
 def test_train_full_with_frozen_vit_and_weight_decay(tok, processor, rows, tmp_path):
     model = _model(tok)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    result = train(model, processor, rows, tmp_path, lr=3e-3, max_steps=4, batch_size=8, wd=0.01,
-                   freeze_vit=True, label_smoothing=0.1, dropout=0.1, logging_steps=1, progress=False)
+    recipe = Recipe(lr=3e-3, steps=4, batch_size=8, wd=0.01, freeze_vit=True, label_smoothing=0.1, llm_dropout=0.1)
+    result = train(model, processor, rows, tmp_path, recipe, logging_steps=1, progress=False)
     losses = _losses(result)
     assert len(losses) == 4 and all(math.isfinite(x) for x in losses)
     for n, p in result.model.named_parameters():
@@ -208,8 +219,8 @@ def test_train_full_with_frozen_vit_and_weight_decay(tok, processor, rows, tmp_p
 
 
 def test_train_lora_changes_only_adapters(tok, processor, rows, tmp_path):
-    result = train(_model(tok), processor, rows, tmp_path, lora="llm", lora_rank=2, lr=1e-2, max_steps=2,
-                   batch_size=8, progress=False)
+    result = train(_model(tok), processor, rows, tmp_path, Recipe(lr=1e-2, steps=2, batch_size=8), lora="llm",
+                   lora_rank=2, progress=False)
     assert 0 < result.trainable_parameters < result.total_parameters
     assert all(math.isfinite(x) for x in _losses(result) or [0.0])
 
@@ -220,8 +231,8 @@ def test_resume_continues_the_same_loss_curve(tok, processor, rows, tmp_path, lo
     # names (every weight "missing"), see PaliGemmaTrainer._load_from_checkpoint.
     from transformers import TrainerCallback
 
-    common = dict(lr=3e-3, max_steps=6, batch_size=8, save_steps=3, logging_steps=1, progress=False, wd=0.01,
-                  save_total_limit=None, lora=lora)
+    common = dict(recipe=Recipe(lr=3e-3, steps=6, batch_size=8, wd=0.01), save_steps=3, logging_steps=1,
+                  progress=False, save_total_limit=None, lora=lora)
     straight = train(_model(tok), processor, rows, tmp_path / "straight", **common)
 
     class Kill(TrainerCallback):
@@ -247,6 +258,7 @@ def test_resume_continues_the_same_loss_curve(tok, processor, rows, tmp_path, lo
 _DDP_SCRIPT = textwrap.dedent("""
     import os, sys, torch
     from big_vision_hf.transfer import synthetic
+    from big_vision_hf.transfer.recipe import Recipe
     from big_vision_hf.transfer.training import train
     out = sys.argv[1]
     tok = synthetic.make_tokenizer(os.path.join(out, f"sp{os.environ['RANK']}.model"))
@@ -254,7 +266,7 @@ _DDP_SCRIPT = textwrap.dedent("""
     model = synthetic.make_model(tok, res=32, patch=16, vision_width=32, text_width=32, text_layers=1,
                                  vision_layers=1)
     rows = synthetic.make_dataset("synthetic", "train", num_examples=16, res=32)
-    result = train(model, proc, rows, os.path.join(out, "run"), lr=1e-3, max_steps=2, batch_size=4,
+    result = train(model, proc, rows, os.path.join(out, "run"), Recipe(lr=1e-3, steps=2, batch_size=4),
                    progress=False, logging_steps=1, use_cpu=True)
     assert result.trainer.args.world_size == 2, result.trainer.args.world_size
     total = sum(float(p.detach().double().sum()) for p in result.model.parameters())
@@ -306,7 +318,8 @@ def test_last_layer_on_loss_rows_only_is_exact(tok, processor, rows, family, tex
     global), and the last layer's q_proj / MLP really see only those rows."""
     from transformers import TrainingArguments
 
-    from big_vision_hf.transfer.collator import PaliGemmaCollator, paligemma_loss
+    from big_vision_hf.transfer.collator import PaliGemmaCollator
+    from big_vision_hf.transfer.loss import paligemma_loss
     from big_vision_hf.transfer.training import PaliGemmaTrainer
 
     def model_and_batch():

@@ -34,22 +34,21 @@ import json
 import logging
 import os
 import random
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import datasets
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image
 
 from ..processing.paligemma_decoding import box_to_loc_tokens, mask_to_tokens
+from .masks import coco_annotation_mask
 from .tasks import BuildContext, TransferTask, get_task
 
 __all__ = [
     "BadImageError",
     "DataReport",
     "build_examples",
-    "coco_polygons_to_mask",
-    "coco_rle_to_mask",
     "load_coco",
     "load_records",
     "prepare_dataset",
@@ -353,65 +352,6 @@ def prepare_dataset(source, task: TransferTask | str = "jsonl", *, res: int | No
 # ---------------------------------------------------------------------------------------------------------
 
 
-def coco_polygons_to_mask(polygons: Sequence[Sequence[float]], height: int, width: int) -> np.ndarray:
-    """COCO polygons (``[[x1, y1, x2, y2, ...], ...]`` in pixels) -> ``bool [H, W]`` (union, PIL fill)."""
-    canvas = Image.new("L", (width, height), 0)
-    draw = ImageDraw.Draw(canvas)
-    for poly in polygons:
-        if len(poly) >= 6:
-            draw.polygon([(float(poly[k]), float(poly[k + 1])) for k in range(0, len(poly) - 1, 2)], fill=1)
-    return np.asarray(canvas, dtype=bool)
-
-
-def _rle_string_to_counts(s: str) -> list[int]:
-    """pycocotools ``rleFrString`` (maskApi.c): LEB128-like, 5 bits per char offset by 48, deltas from index 3."""
-    counts, p = [], 0
-    while p < len(s):
-        x, k, more = 0, 0, True
-        while more:
-            c = ord(s[p]) - 48
-            x |= (c & 0x1F) << (5 * k)
-            more = bool(c & 0x20)
-            p += 1
-            k += 1
-            if not more and (c & 0x10):
-                x |= -1 << (5 * k)
-        if len(counts) > 2:
-            x += counts[-2]
-        counts.append(x)
-    return counts
-
-
-def coco_rle_to_mask(rle: Mapping) -> np.ndarray:
-    """COCO RLE (``{"size": [H, W], "counts": [...] or "compressed string"}``) -> ``bool [H, W]``. Both the
-    uncompressed (``iscrowd`` list) and compressed (string / bytes) forms are decoded here, without pycocotools."""
-    h, w = (int(v) for v in rle["size"])
-    counts = rle["counts"]
-    if isinstance(counts, bytes):
-        counts = counts.decode("ascii")
-    if isinstance(counts, str):
-        counts = _rle_string_to_counts(counts)
-    flat = np.zeros(h * w, dtype=bool)
-    pos, val = 0, False
-    for c in counts:
-        if val:
-            flat[pos:pos + c] = True
-        pos += int(c)
-        val = not val
-    if pos != h * w:
-        raise ValueError(f"RLE covers {pos} pixels, expected {h}*{w}={h * w}")
-    return flat.reshape(w, h).T  # column-major (Fortran) order
-
-
-def _ann_mask(ann: Mapping, height: int, width: int) -> np.ndarray:
-    seg = ann.get("segmentation")
-    if isinstance(seg, list):
-        return coco_polygons_to_mask(seg, height, width)
-    if isinstance(seg, Mapping):
-        return coco_rle_to_mask(seg)
-    raise ValueError("annotation has no segmentation")
-
-
 def load_coco(instances_json, *, image_dir=None, kind: str = "detection", vqvae=None, group: str = "image",
               include_crowd: bool = False, keep_empty: bool = False, keep_masks: bool = False) -> datasets.Dataset:
     """COCO ``instances_*.json`` -> records for the ``detection`` / ``segmentation`` tasks.
@@ -462,7 +402,7 @@ def load_coco(instances_json, *, image_dir=None, kind: str = "detection", vqvae=
             mask = None
             try:
                 if kind == "segmentation":
-                    mask = _ann_mask(ann, h, w)
+                    mask = coco_annotation_mask(ann, h, w)
                     tokens = mask_to_tokens(mask, vqvae, box)
                 else:
                     tokens = box_to_loc_tokens(box)

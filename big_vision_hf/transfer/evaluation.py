@@ -18,16 +18,15 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 
 import numpy as np
 import torch
 
 from .metrics import METRICS
-from .tasks import DECODINGS, task_value
+from .recipe import Recipe
 
 __all__ = ["EvalResult", "evaluate"]
-
 
 
 @dataclasses.dataclass
@@ -72,19 +71,15 @@ def evaluate(
     model,
     processor,
     dataset: Iterable[dict],
-    task=None,
+    recipe: Recipe,
     batch_size: int = 8,
-    max_new_tokens: int | None = None,
-    decoding: str | None = None,
-    num_beams: int | None = None,
     *,
-    metric: str | None = None,
     metric_kwargs: dict | None = None,
     output_dir: str | os.PathLike | None = None,
     progress: bool = True,
     generate_kwargs: dict | None = None,
 ) -> EvalResult:
-    """Generates an answer for every row of ``dataset`` and scores it with the task's metric.
+    """Generates an answer for every row of ``dataset`` and scores it with the recipe's metric.
 
     Args:
         model: a ``PaliGemmaForConditionalGeneration`` (set to eval mode here).
@@ -92,15 +87,12 @@ def evaluate(
         dataset: rows (dicts, e.g. a ``datasets.Dataset``) with ``image`` (PIL), ``prefix`` (the prompt),
             ``suffix`` (the reference: a string, or a list of strings for several ground truths) and the extra
             fields the metric reads (``answer_type``, ``question_type``, ``issimple``, ``bbox``, ``mask``, ...).
-        task: any object with ``.metric`` (a :data:`~big_vision_hf.transfer.metrics.METRICS` key),
-            ``.max_new_tokens`` and ``.decoding`` (``"greedy"`` or ``"beam"``), optionally ``.num_beams`` and
-            ``.metric_kwargs``; the explicit arguments below override it. ``None``: give them explicitly.
+        recipe: a :class:`~big_vision_hf.transfer.recipe.Recipe` (``task.recipe(...)``, or
+            ``Recipe(metric=..., text_len=...)``): its ``metric`` and ``metric_kwargs``, decoding (greedy, or beams
+            ranked by summed log-probability) and ``max_new_tokens`` (big_vision's ``max_decode_len`` =
+            ``text_len``).
         batch_size: prompts per ``generate`` call.
-        max_new_tokens: big_vision's ``max_decode_len`` (the config's ``text_len``); required.
-        decoding: ``"greedy"`` (default) or ``"beam"``.
-        num_beams: beams for ``decoding="beam"`` (default 2, COCO's; TextCaps uses 3).
-        metric: the metric name when there is no ``task``.
-        metric_kwargs: options for the metric (``to_lower=True``, ``vqvae=...``, ``tokenizer="java"``, ...).
+        metric_kwargs: more options for the metric, over the recipe's (``vqvae=...`` for segmentation's mIoU).
         output_dir: where ``predictions.jsonl`` and ``metrics.json`` are written (created); ``None``: not written.
         progress: show a tqdm progress bar.
         generate_kwargs: more ``model.generate`` arguments.
@@ -108,21 +100,15 @@ def evaluate(
     Returns:
         An :class:`EvalResult`.
     """
-    metric = task_value(task, "metric", metric)
-    if metric not in METRICS:
-        raise ValueError(f"unknown metric {metric!r}; known: {sorted(METRICS)}")
-    max_new_tokens = task_value(task, "max_new_tokens", max_new_tokens)
-    if not max_new_tokens or max_new_tokens < 1:
-        raise ValueError("max_new_tokens is required (big_vision decodes up to the config's text_len tokens)")
-    decoding = task_value(task, "decoding", decoding, "greedy")
-    if decoding not in DECODINGS:
-        raise ValueError(f"decoding must be one of {DECODINGS}, got {decoding!r}")
-    num_beams = task_value(task, "num_beams", num_beams, 2 if decoding == "beam" else 1)
-    if decoding == "greedy" and num_beams != 1:
-        raise ValueError(f"decoding='greedy' with num_beams={num_beams}: use decoding='beam'")
-    if decoding == "beam" and num_beams < 2:
-        raise ValueError(f"decoding='beam' needs num_beams >= 2, got {num_beams}")
-    metric_kwargs = dict(task_value(task, "metric_kwargs", metric_kwargs, {}) or {})
+    if not isinstance(recipe, Recipe):
+        raise TypeError(f"evaluate() takes a Recipe (task.recipe(res, ...)), got {type(recipe).__name__}")
+    metric, decoding, num_beams = recipe.metric, recipe.decoding, recipe.num_beams
+    max_new_tokens = recipe.max_new_tokens
+    if metric is None:
+        raise ValueError(f"recipe {recipe.name!r} has no metric; known: {sorted(METRICS)}")
+    if not max_new_tokens:
+        raise ValueError("the recipe's text_len is required: big_vision decodes up to the config's text_len tokens")
+    metric_kwargs = {**recipe.metric_kwargs, **(metric_kwargs or {})}
     if batch_size < 1:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
 

@@ -30,6 +30,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from .masks import load_mask
+
 __all__ = [
     "METRICS",
     "anls",
@@ -652,11 +654,11 @@ def segmentation(predictions, references=None, examples=None, *, vqvae=None,
 
     ``examples`` need ``bbox`` (``objects/bbox``: normalised ``y1, x1, y2, x2``) and, for ``miou``, ``mask``
     (``objects/mask``: ``[H, W]`` or ``[H, W, 1]``, object where ``> 0``; an array, or a file path / PIL image /
-    ``datasets`` image dict as :func:`~big_vision_hf.transfer.tasks.load_mask` reads) plus ``vqvae`` (a ``BvSegVQVAEModel``);
-    without ``vqvae`` only the box metrics are computed. ``references`` are unused (the targets are in the rows).
+    ``datasets`` image dict as :func:`~big_vision_hf.transfer.masks.load_mask` reads) plus ``vqvae`` (a
+    ``BvSegVQVAEModel``); without ``vqvae`` only the box metrics are computed. ``references`` are unused (the
+    targets are in the rows).
     """
     from ..processing.paligemma_decoding import LOC_BINS, paste_mask
-    from .tasks import load_mask
 
     n = len(predictions)
     bboxes = _field(examples, ("bbox", "objects/bbox"), n, required=True)

@@ -5,12 +5,16 @@ This is what ``big-vision-hf transfer`` and ``big-vision-hf evaluate`` run. Two 
 - **Built-in default** (no ``model``): a tiny ``PaliGemmaForConditionalGeneration`` made from scratch, a
   SentencePiece tokenizer trained on the spot (on the synthetic texts plus the given data's prefixes and
   suffixes) and, without ``data``, the synthetic shapes dataset of :mod:`~big_vision_hf.transfer.synthetic`
-  (captions, counts, boxes, masks through a VQ-VAE trained on the spot). It finishes in minutes on a laptop CPU and visibly learns. Hyperparameters then
-  default to the tiny-model recipe (lr 1e-3, 24 epochs, batch 32), since big_vision's values fine-tune a
-  pretrained 3B model.
+  (captions, counts, boxes, masks through a VQ-VAE trained on the spot). It finishes in minutes on a laptop CPU
+  and visibly learns. Hyperparameters then default to the tiny-model recipe (``synthetic.TINY_HPARAMS``: lr 1e-3,
+  24 epochs, batch 32), since big_vision's values fine-tune a pretrained 3B model.
 - **A converted PaliGemma** (``model=DIR``, written by ``big-vision-hf convert ... --tokenizer
   paligemma_tokenizer.model``): the task's big_vision recipe (:mod:`~big_vision_hf.transfer.tasks`) on the
   user's data (:func:`~big_vision_hf.transfer.data.prepare_dataset`).
+
+Each way in is one set-up function returning the model, processor, data and the run's
+:class:`~big_vision_hf.transfer.recipe.Recipe` (every hyperparameter, resolved once with the command's overrides);
+the recipe is printed before training and saved in ``metrics.json``.
 
 The result folder::
 
@@ -30,25 +34,18 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
-import math
 import os
 import random
 from collections.abc import Mapping, Sequence
-from types import SimpleNamespace
 
 import torch
 from PIL import Image
 
 from . import synthetic
-from .tasks import get_task, task_value
+from .recipe import Recipe
+from .tasks import get_task
 
 __all__ = ["TransferOutcome", "load_model_and_processor", "run_evaluate", "run_transfer"]
-
-# Attributes train() / evaluate() read from a task (TransferTask, SyntheticTask or an override of either).
-_RECIPE_FIELDS = ("lr", "epochs", "batch_size", "label_smoothing", "dropout", "wd", "b2", "freeze_vit", "text_len",
-                  "metric", "metric_kwargs", "decoding", "num_beams", "max_new_tokens", "name")
-# The tiny from-scratch model's recipe (synthetic.SyntheticTask's values): used for user data without a model.
-_TINY_RECIPE = dict(lr=1e-3, epochs=24, batch_size=32, label_smoothing=0.0, dropout=0.0, wd=0.0, freeze_vit=False)
 
 
 @dataclasses.dataclass
@@ -61,16 +58,6 @@ class TransferOutcome:
     losses: list[tuple[int, float]]
     trainable_parameters: int
     total_parameters: int
-
-
-def _recipe(task, **overrides) -> SimpleNamespace:
-    """The task's attributes as a plain namespace, with ``overrides`` (``None`` = keep the task's)."""
-    values = {name: task_value(task, name, overrides.get(name)) for name in _RECIPE_FIELDS}
-    if values["num_beams"] is None:
-        values["num_beams"] = 1 if values["decoding"] in (None, "greedy") else 2
-    if values["max_new_tokens"] is None:
-        values["max_new_tokens"] = values["text_len"]
-    return SimpleNamespace(**values)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -127,15 +114,15 @@ def _split_eval(train, eval_fraction: float, max_eval: int, seed: int):
     return train.select(kept), train.select(held)
 
 
-def _user_data(data, eval_data, task, res, *, split, eval_split, column_map, skip_bad, seed, eval_limit, vqvae):
+def _user_data(data, eval_data, task, *, split, eval_split, column_map, skip_bad, seed, eval_limit, vqvae):
     from .data import prepare_dataset
 
     common = dict(column_map=column_map, skip_bad=skip_bad, seed=seed, vqvae=vqvae)
-    train = prepare_dataset(data, task, res=res, split=split, **common)
+    train = prepare_dataset(data, task, split=split, **common)
     if eval_data is not None:
-        evaluation = prepare_dataset(eval_data, task, res=res, split=eval_split, expand="list", **common)
+        evaluation = prepare_dataset(eval_data, task, split=eval_split, expand="list", **common)
     elif eval_split is not None:
-        evaluation = prepare_dataset(data, task, res=res, split=eval_split, expand="list", **common)
+        evaluation = prepare_dataset(data, task, split=eval_split, expand="list", **common)
     else:
         train, evaluation = _split_eval(train, 0.1, 256, seed)
         print(f"no evaluation data given: holding out {len(evaluation)} of {len(train) + len(evaluation)} "
@@ -160,15 +147,14 @@ def _texts(rows) -> list[str]:
 
 
 def _evaluate_all(model, processor, evaluation, recipe, out_dir, batch_size, progress, vqvae=None) -> dict[str, dict]:
-    """Scores ``evaluation`` with the task's metric; the synthetic mixture scores each kind with its own.
+    """Scores ``evaluation`` with the recipe's metric; the synthetic mixture scores each kind with its own task's.
     ``vqvae`` decodes ``<seg>`` tokens for the segmentation metric (mIoU; without it only the boxes are scored)."""
     from .evaluation import evaluate
 
-    def seg_kwargs(task):
-        kwargs = dict(getattr(task, "metric_kwargs", None) or {})
-        if task.metric == "segmentation" and vqvae is not None:
-            kwargs["vqvae"] = vqvae
-        return kwargs
+    def scores(rows, rows_recipe, rows_dir):
+        extra = {"vqvae": vqvae} if rows_recipe.metric == "segmentation" and vqvae is not None else None
+        return evaluate(model, processor, rows, rows_recipe, batch_size=batch_size, metric_kwargs=extra,
+                        output_dir=rows_dir, progress=progress).metrics
 
     if recipe.name == "synthetic":
         results = {}
@@ -176,13 +162,9 @@ def _evaluate_all(model, processor, evaluation, recipe, out_dir, batch_size, pro
             sub = synthetic.SYNTHETIC_TASKS[f"synthetic_{kind}"]
             rows = [r for r in evaluation if r.get("task") == kind]
             if rows:
-                res = evaluate(model, processor, rows, sub, batch_size=batch_size, metric_kwargs=seg_kwargs(sub),
-                               output_dir=os.path.join(out_dir, kind), progress=progress)
-                results[sub.name] = res.metrics
+                results[sub.name] = scores(rows, sub.recipe(), os.path.join(out_dir, kind))
         return results
-    res = evaluate(model, processor, evaluation, recipe, batch_size=batch_size, output_dir=out_dir,
-                   progress=progress, metric_kwargs=seg_kwargs(recipe))
-    return {recipe.name: res.metrics}
+    return {recipe.name: scores(evaluation, recipe, out_dir)}
 
 
 def _headline(metrics: Mapping[str, float]) -> tuple[str, float]:
@@ -286,7 +268,7 @@ mean, then batch mean), Adam (b2 {recipe.b2}), grad-norm clip 1.0, cosine schedu
 - Base model: `{base}`
 - Data: {data_desc} ({n_train} training examples, {n_eval} evaluation examples)
 - Steps: {steps}; lr {recipe.lr}; batch {recipe.batch_size}; label smoothing {recipe.label_smoothing};
-  LLM dropout {recipe.dropout}; text_len {recipe.text_len}
+  LLM dropout {recipe.llm_dropout}; text_len {recipe.text_len}
 - Decoding: {recipe.decoding}, up to {recipe.max_new_tokens} tokens; metric `{recipe.metric}`
 
 ## Results
@@ -347,6 +329,86 @@ def _losses(log_history) -> list[tuple[int, float]]:
 
 
 # ---------------------------------------------------------------------------------------------------------
+# Set-up: model, processor, data and recipe of each way in
+# ---------------------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class _Setup:
+    """What a run trains and evaluates, and (for the model card) where the model and data came from."""
+
+    model: object
+    processor: object
+    train_rows: object
+    eval_rows: object
+    recipe: Recipe
+    base: str
+    data_desc: str
+    vqvae: object = None
+
+
+def _synthetic_setup(task: str | None, output_dir: str, overrides: dict, *, eval_limit, seed, vqvae) -> _Setup:
+    """The built-in default: synthetic shapes, the tiny model, the synthetic task's recipe."""
+    task = task or "synthetic"
+    if task not in synthetic.SYNTHETIC_TASKS:
+        raise ValueError(f"--task {task}: without --data only the synthetic tasks run "
+                         f"({', '.join(synthetic.SYNTHETIC_TASKS)}); give --data for {task!r}")
+    base_task = synthetic.SYNTHETIC_TASKS[task]
+    if "segment" in base_task.kinds and vqvae is None:
+        vqvae = synthetic.make_vqvae()  # trained on the synthetic masks in seconds (vae-oid's stand-in)
+        vqvae.save_pretrained(os.path.join(output_dir, "vqvae"))
+    train_rows = synthetic.make_dataset(base_task, "train", vqvae=vqvae)
+    eval_rows = synthetic.make_dataset(base_task, "validation", vqvae=vqvae)
+    if eval_limit:
+        eval_rows = eval_rows[:eval_limit]
+    net, processor = _tiny_model_and_processor(os.path.join(output_dir, "checkpoints"), [], seed)
+    return _Setup(net, processor, train_rows, eval_rows, base_task.recipe(**overrides), "(tiny, from scratch)",
+                  "the built-in synthetic shapes dataset (`big_vision_hf.transfer.synthetic`)", vqvae)
+
+
+def _user_data_setup(task: str, data, eval_data, output_dir: str, overrides: dict, load: dict, seed: int) -> _Setup:
+    """The user's data on the tiny model: the task's prompts and metric, the tiny model's hyperparameters."""
+    res_task = get_task(task, res=min(_resolutions(task)))
+    train_rows, eval_rows = _user_data(data, eval_data, res_task, seed=seed, **load)
+    net, processor = _tiny_model_and_processor(os.path.join(output_dir, "checkpoints"),
+                                               _texts(train_rows.select_columns(["prefix", "suffix"])), seed)
+    recipe = res_task.recipe(processor.image_processor.size["height"], hparams=synthetic.TINY_HPARAMS, **overrides)
+    return _Setup(net, processor, train_rows, eval_rows, _fit_batch(recipe, len(train_rows)), "(tiny, from scratch)",
+                  _describe(data), load["vqvae"])
+
+
+def _model_setup(task: str, model: str, data, eval_data, res: int | None, overrides: dict, load: dict,
+                 seed: int) -> _Setup:
+    """The user's data on a converted PaliGemma: the task's big_vision recipe at the model's resolution."""
+    net, processor = load_model_and_processor(model)
+    image_res = processor.image_processor.size["height"]
+    res_task = get_task(task, res=res or _nearest(image_res, _resolutions(task)))
+    train_rows, eval_rows = _user_data(data, eval_data, res_task, seed=seed, **load)
+    recipe = res_task.recipe(**overrides)
+    return _Setup(net, processor, train_rows, eval_rows, _fit_batch(recipe, len(train_rows)), os.path.abspath(model),
+                  _describe(data), load["vqvae"])
+
+
+def _fit_batch(recipe: Recipe, num_examples: int) -> Recipe:
+    """A batch larger than the data becomes the whole data (a few-example dataset still trains)."""
+    return recipe.replace(batch_size=max(1, num_examples)) if recipe.batch_size > num_examples else recipe
+
+
+def _describe(data) -> str:
+    return f"`{data}`" if isinstance(data, (str, os.PathLike)) else f"a {type(data).__name__}"
+
+
+def _load_vqvae(path: str | None):
+    if path is None:
+        return None
+    from transformers import AutoModel
+
+    import big_vision_hf  # noqa: F401  registers the VQ-VAE
+
+    return AutoModel.from_pretrained(path).eval()
+
+
+# ---------------------------------------------------------------------------------------------------------
 # Entry points
 # ---------------------------------------------------------------------------------------------------------
 
@@ -403,70 +465,37 @@ def run_transfer(
     from .training import train
 
     os.makedirs(output_dir, exist_ok=True)
-    vqvae_model = None
-    if vqvae is not None:
-        from transformers import AutoModel
-
-        import big_vision_hf  # noqa: F401  registers the VQ-VAE
-
-        vqvae_model = AutoModel.from_pretrained(vqvae).eval()
-
+    vqvae_model = _load_vqvae(vqvae)
+    overrides = dict(lr=lr, epochs=epochs, steps=max_steps, batch_size=batch_size)
     if data is None and model is None:
-        task = task or "synthetic"
-        if task not in synthetic.SYNTHETIC_TASKS:
-            raise ValueError(f"--task {task}: without --data only the synthetic tasks run "
-                             f"({', '.join(synthetic.SYNTHETIC_TASKS)}); give --data for {task!r}")
-        base_task = synthetic.SYNTHETIC_TASKS[task]
-        if "segment" in base_task.kinds and vqvae_model is None:
-            vqvae_model = synthetic.make_vqvae()  # trained on the synthetic masks in seconds (vae-oid's stand-in)
-            vqvae_model.save_pretrained(os.path.join(output_dir, "vqvae"))
-        train_rows = synthetic.make_dataset(base_task, "train", vqvae=vqvae_model)
-        eval_rows = synthetic.make_dataset(base_task, "validation", vqvae=vqvae_model)
-        if eval_limit:
-            eval_rows = eval_rows[:eval_limit]
-        net, processor = _tiny_model_and_processor(os.path.join(output_dir, "checkpoints"), [], seed)
-        recipe = _recipe(base_task, lr=lr, epochs=epochs, batch_size=batch_size)
-        data_desc, base = "the built-in synthetic shapes dataset (`big_vision_hf.transfer.synthetic`)", "(tiny, from scratch)"
+        setup = _synthetic_setup(task, output_dir, overrides, eval_limit=eval_limit, seed=seed, vqvae=vqvae_model)
     elif data is None:
         raise ValueError("--model needs --data (the synthetic default runs on the built-in tiny model only)")
     else:
-        task = task or "jsonl"
+        load = dict(split=split, eval_split=eval_split, column_map=column_map, skip_bad=skip_bad,
+                    eval_limit=eval_limit, vqvae=vqvae_model)
         if model is None:
-            res_task = get_task(task, res=min(_resolutions(task)))
-            train_rows, eval_rows = _user_data(data, eval_data, res_task, None, split=split, eval_split=eval_split,
-                                               column_map=column_map, skip_bad=skip_bad, seed=seed,
-                                               eval_limit=eval_limit, vqvae=vqvae_model)
-            net, processor = _tiny_model_and_processor(os.path.join(output_dir, "checkpoints"),
-                                                       _texts(train_rows.select_columns(["prefix", "suffix"])), seed)
-            recipe = _recipe(res_task, **{**_TINY_RECIPE, **_given(lr=lr, epochs=epochs, batch_size=batch_size)})
-            base = "(tiny, from scratch)"
+            setup = _user_data_setup(task or "jsonl", data, eval_data, output_dir, overrides, load, seed)
         else:
-            net, processor = load_model_and_processor(model)
-            image_res = processor.image_processor.size["height"]
-            res_task = get_task(task, res=res or _nearest(image_res, _resolutions(task)))
-            train_rows, eval_rows = _user_data(data, eval_data, res_task, None, split=split, eval_split=eval_split,
-                                               column_map=column_map, skip_bad=skip_bad, seed=seed,
-                                               eval_limit=eval_limit, vqvae=vqvae_model)
-            recipe = _recipe(res_task, lr=lr, epochs=epochs, batch_size=batch_size)
-            base = os.path.abspath(model)
-        if recipe.batch_size > len(train_rows):
-            recipe.batch_size = max(1, len(train_rows))
-        data_desc = f"`{data}`" if isinstance(data, (str, os.PathLike)) else f"a {type(data).__name__}"
+            setup = _model_setup(task or "jsonl", model, data, eval_data, res, overrides, load, seed)
+    net, processor, train_rows, eval_rows = setup.model, setup.processor, setup.train_rows, setup.eval_rows
+    recipe, vqvae_model = setup.recipe, setup.vqvae
     processor.text_len = recipe.text_len
 
     print(f"task {recipe.name}: {len(train_rows)} training / {len(eval_rows)} evaluation examples; "
           f"{'LoRA ' + lora if lora else 'full fine-tuning'}, lr {recipe.lr}, batch {recipe.batch_size}, "
-          f"{f'{max_steps} steps' if max_steps else f'{recipe.epochs} epochs'}")
+          f"{f'{recipe.steps} steps' if recipe.steps is not None else f'{recipe.epochs} epochs'}")
+    if progress:
+        print(recipe.summary())
     before = {}
     if eval_before and not resume:
         before = _evaluate_all(net, processor, eval_rows, recipe, os.path.join(output_dir, "eval_before"),
                                eval_batch_size, progress, vqvae_model)
         _print_metrics("before training", before)
 
-    result = train(net, processor, train_rows, os.path.join(output_dir, "checkpoints"), recipe, lr=recipe.lr,
-                   epochs=recipe.epochs, batch_size=recipe.batch_size, max_steps=max_steps, lora=lora,
+    result = train(net, processor, train_rows, os.path.join(output_dir, "checkpoints"), recipe, lora=lora,
                    lora_rank=lora_rank, precision=precision, resume=resume, seed=seed, progress=progress,
-                   logging_steps=max(1, min(10, _steps(len(train_rows), recipe, max_steps) // 50)),
+                   logging_steps=max(1, min(10, recipe.num_steps(len(train_rows)) // 50)),
                    training_args=training_args)
     trained = result.model
     after = _evaluate_all(trained, processor, eval_rows, recipe, os.path.join(output_dir, "eval_after"),
@@ -481,14 +510,13 @@ def run_transfer(
     _save_result(trained, processor, output_dir, lora, adapter_only)
     losses = _losses(result.log_history)
     steps = int(result.trainer.state.global_step)
-    settings = {k: v for k, v in vars(recipe).items() if isinstance(v, (str, int, float, bool, type(None)))}
     with open(os.path.join(output_dir, "metrics.json"), "w") as f:
         json.dump({"task": recipe.name, "before": before, "after": after, "steps": steps, "lora": lora,
-                   "final_loss": losses[-1][1] if losses else None, "recipe": settings,
+                   "final_loss": losses[-1][1] if losses else None, "recipe": recipe.settings(),
                    "num_train": len(train_rows), "num_eval": len(eval_rows)}, f, indent=2)
     _plot(os.path.join(output_dir, "training_curves.png"), losses, before, after)
     with open(os.path.join(output_dir, "README.md"), "w", encoding="utf-8") as f:
-        f.write(_model_card(recipe, data_desc, base, lora, adapter_only, before, after, len(train_rows),
+        f.write(_model_card(recipe, setup.data_desc, setup.base, lora, adapter_only, before, after, len(train_rows),
                             len(eval_rows), steps))
     print(f"wrote {output_dir}: weights, processor, README.md, metrics.json, training_curves.png"
           + (f", {len(samples)} drawn samples in samples/" if samples else ""))
@@ -506,16 +534,12 @@ def run_evaluate(model: str, data, task: str = "jsonl", output_dir: str | None =
 
     net, processor = load_model_and_processor(model)
     t = get_task(task, res=_nearest(processor.image_processor.size["height"], _resolutions(task)))
-    vqvae_model = None
-    if vqvae is not None:
-        from transformers import AutoModel
-
-        vqvae_model = AutoModel.from_pretrained(vqvae).eval()
+    vqvae_model = _load_vqvae(vqvae)
     rows = prepare_dataset(data, t, split=split, column_map=column_map, skip_bad=skip_bad, expand="list",
                            vqvae=vqvae_model)
     if limit:
         rows = rows.select(range(min(limit, len(rows))))
-    recipe = _recipe(t, decoding=decoding, num_beams=num_beams)
+    recipe = t.recipe(decoding=decoding, num_beams=num_beams)
     processor.text_len = recipe.text_len
     metrics = _evaluate_all(net, processor, rows, recipe, output_dir, batch_size, progress, vqvae_model)
     _print_metrics(f"{task} on {len(rows)} examples", metrics)
@@ -525,10 +549,6 @@ def run_evaluate(model: str, data, task: str = "jsonl", output_dir: str | None =
 # ---------------------------------------------------------------------------------------------------------
 # Small helpers
 # ---------------------------------------------------------------------------------------------------------
-
-
-def _given(**kw):
-    return {k: v for k, v in kw.items() if v is not None}
 
 
 def _resolutions(task: str) -> tuple[int, ...]:
@@ -544,10 +564,6 @@ def _resolutions(task: str) -> tuple[int, ...]:
 
 def _nearest(res: int, available: Sequence[int]) -> int:
     return min(available, key=lambda r: abs(r - res))
-
-
-def _steps(n: int, recipe, max_steps: int | None) -> int:
-    return max_steps or max(1, math.ceil(n / recipe.batch_size * recipe.epochs))
 
 
 def _print_metrics(title: str, metrics: dict) -> None:

@@ -34,11 +34,13 @@ from PIL import Image, ImageDraw
 
 from ..processing.paligemma_decoding import box_to_loc_tokens, mask_crop_64, mask_to_tokens
 from ..processing.tokenization_paligemma import BvPaliGemmaTokenizer
+from .recipe import Hparams, Recipe
 
 __all__ = [
     "COLORS",
     "SHAPES",
     "SYNTHETIC_TASKS",
+    "TINY_HPARAMS",
     "SyntheticTask",
     "make_dataset",
     "make_model",
@@ -52,14 +54,17 @@ SHAPES = ("circle", "square")
 NUMBERS = {1: "1", 2: "2", 3: "3", 0: "0"}
 
 
+# The tiny from-scratch model's hyperparameters (not big_vision's: those fine-tune a 3B pretrained model). The rest
+# of its recipe is big_vision's (Adam b2 0.999, cosine with 5% warmup, grad clip 1, text_len = decode length).
+TINY_HPARAMS = Hparams(
+    lr=1e-3,  # 3e-3 fits the language prior within 50 steps and then never grounds on the image
+    wd=0.0, total_epochs=24, batch_size=32)
+
+
 @dataclasses.dataclass(frozen=True)
 class SyntheticTask:
-    """A transfer recipe for the synthetic data (same fields as the registry's tasks that training/eval read).
-
-    ``lr``/``epochs``/``batch_size`` are tuned for the tiny from-scratch model (not big_vision's numbers: those
-    fine-tune a 3B pretrained model); the rest follows big_vision's conventions (Adam b2 0.999, cosine with 5%
-    warmup, grad clip 1, ``text_len`` = decode length).
-    """
+    """A synthetic task: which row kinds it mixes, its metric and text length, and the tiny model's
+    :data:`TINY_HPARAMS`; :meth:`recipe` resolves them for a run, as ``TransferTask.recipe`` does."""
 
     name: str
     kinds: tuple[str, ...]
@@ -67,19 +72,15 @@ class SyntheticTask:
     metric_kwargs: dict = dataclasses.field(default_factory=dict)
     text_len: int = 24
     res: int = 64
-    lr: float = 1e-3  # 3e-3 fits the language prior within 50 steps and then never grounds on the image
-    epochs: float = 24
-    batch_size: int = 32
-    label_smoothing: float = 0.0
-    dropout: float = 0.0
-    wd: float = 0.0
-    freeze_vit: bool = False
+    hparams: Hparams = TINY_HPARAMS
     decoding: str = "greedy"
-    b2: float = 0.999
 
-    @property
-    def max_new_tokens(self) -> int:
-        return self.text_len
+    def recipe(self, res: int | None = None, **overrides) -> Recipe:
+        """The hyperparameters of a run (``overrides``: :class:`~big_vision_hf.transfer.recipe.Recipe` fields,
+        ``None`` keeps the task's)."""
+        return Recipe.from_hparams(self.hparams, name=self.name, res=res or self.res, text_len=self.text_len,
+                                   metric=self.metric, metric_kwargs=self.metric_kwargs,
+                                   decoding=self.decoding).replace(**overrides)
 
 
 SYNTHETIC_TASKS = {

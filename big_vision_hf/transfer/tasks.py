@@ -31,7 +31,7 @@ Add your own task in a few lines::
         hparams={224: Hparams(lr=1e-5, wd=3e-7, total_epochs=15, batch_size=32)},  # forkme.py's values
         metric="exact_match",
     ))
-    task = get_task("receipts", res=224)      # task.lr, task.batch_size, task.max_new_tokens, ...
+    recipe = get_task("receipts").recipe(224, lr=3e-5)   # the run's hyperparameters (transfer.recipe.Recipe)
 """
 
 from __future__ import annotations
@@ -42,7 +42,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from .masks import load_mask
 from .metrics import METRICS
+from .recipe import Hparams, Recipe, resolve_num_beams
 
 __all__ = [
     "BuildContext",
@@ -53,49 +55,12 @@ __all__ = [
     "get_task",
     "list_tasks",
     "register_task",
-    "task_value",
 ]
 
 BV_CONFIG_DIR = "big_vision/configs/proj/paligemma/transfers"
 RESOLUTIONS = (224, 448, 896)
 # big_vision_hf.transfer.metrics.METRICS keys (what transfer.evaluation.evaluate() accepts).
 KNOWN_METRICS = tuple(METRICS)
-DECODINGS = ("greedy", "beam")
-
-
-@dataclass(frozen=True)
-class Hparams:
-    """One resolution's training hyperparameters, with big_vision's names and semantics.
-
-    Attributes:
-        lr: ``c.lr`` (Adam, cosine schedule).
-        wd: ``c.wd``: big_vision decays ``wd * p`` (NOT multiplied by lr) on ``.*/kernel$`` params only (ViT and
-            projector); the PyTorch AdamW equivalent is ``weight_decay = wd / lr`` on those params only.
-        total_epochs: ``c.total_epochs`` (``None`` when the config sets ``total_steps`` instead).
-        batch_size: ``c.input.batch_size``.
-        label_smoothing: ``c.label_smoothing`` (big_vision: target ``1 - eps``, the rest ``eps / (V - 1)``).
-        llm_dropout: ``c.model.llm.dropout`` (big_vision: on the attention- and MLP-output residual branches).
-        freeze_vit: ``c.schedule = [('img/.*', None), ...]``: the image tower (and projector ``img/head``) frozen.
-        freeze_llm: ``('llm/.*', None)``.
-        warmup_percent: ``schedule.warmup_percent`` (linear warmup, then cosine).
-        total_steps: ``c.total_steps`` when the config counts steps (POPE: 0, evaluation only).
-    """
-
-    lr: float
-    wd: float
-    total_epochs: float | None
-    batch_size: int
-    label_smoothing: float = 0.0
-    llm_dropout: float = 0.0
-    freeze_vit: bool = False
-    freeze_llm: bool = False
-    warmup_percent: float = 0.05
-    total_steps: int | None = None
-
-    @property
-    def frozen(self) -> tuple[str, ...]:
-        """The frozen parts, big_vision's names: ``("img",)``, ``("llm",)``, both or ``()``."""
-        return tuple(n for n, f in (("img", self.freeze_vit), ("llm", self.freeze_llm)) if f)
 
 
 @dataclass
@@ -116,7 +81,8 @@ ExampleFn = Callable[[Mapping, BuildContext], "tuple[str, str | list[str]]"]
 class TransferTask:
     """One transfer task (see the module docstring). ``get_task(name, res)`` returns a copy with ``res`` set, whose
     properties (``lr``, ``wd``, ``total_epochs``, ``batch_size``, ``label_smoothing``, ``llm_dropout``,
-    ``freeze_vit``, ``frozen``, ``warmup_percent``) read ``hparams[res]``.
+    ``freeze_vit``, ``frozen``, ``warmup_percent``) read ``hparams[res]``; a run's hyperparameters, resolved with
+    its overrides, are :meth:`recipe`.
 
     Attributes:
         name: registry key.
@@ -127,7 +93,8 @@ class TransferTask:
         hparams: ``{res: Hparams}`` for the resolutions the config publishes.
         metric: a :data:`big_vision_hf.transfer.metrics.METRICS` key.
         metric_kwargs: options of the metric (``{"to_lower": True}`` where the evaluator sets ``to_lower``).
-        decoding: ``"greedy"`` or ``"beam"``; num_beams: beams (1 for greedy).
+        decoding: ``"greedy"`` or ``"beam"``; num_beams: beams (``None``: the decoding's default,
+            :data:`~big_vision_hf.transfer.recipe.NUM_BEAMS`).
         references: the record field holding the ground truth(s) for evaluation, kept as a column.
         example: ``fn(record, ctx) -> (prefix, suffix)`` when prefix and suffix share a random draw (ScienceQA's
             choice shuffle); replaces ``prefix``/``suffix`` in :meth:`build`.
@@ -146,7 +113,7 @@ class TransferTask:
     metric: str
     metric_kwargs: Mapping[str, Any] = field(default_factory=dict)
     decoding: str = "greedy"
-    num_beams: int = 1
+    num_beams: int | None = None
     references: str | None = None
     example: ExampleFn | None = None
     fields: tuple[str, ...] = ()
@@ -157,10 +124,7 @@ class TransferTask:
     def __post_init__(self):
         if self.metric not in KNOWN_METRICS:
             raise ValueError(f"task {self.name!r}: unknown metric {self.metric!r}; known: {KNOWN_METRICS}")
-        if self.decoding not in DECODINGS:
-            raise ValueError(f"task {self.name!r}: decoding must be one of {DECODINGS}, got {self.decoding!r}")
-        if (self.decoding == "beam") != (self.num_beams > 1):
-            raise ValueError(f"task {self.name!r}: decoding={self.decoding!r} with num_beams={self.num_beams}")
+        object.__setattr__(self, "num_beams", resolve_num_beams(self.decoding, self.num_beams, f"task {self.name!r}"))
         if not self.hparams:
             raise ValueError(f"task {self.name!r}: hparams needs at least one resolution")
         if self.res is not None and self.res not in self.hparams:
@@ -188,11 +152,6 @@ class TransferTask:
     freeze_llm = property(lambda self: self._hp().freeze_llm)
     frozen = property(lambda self: self._hp().frozen)
     warmup_percent = property(lambda self: self._hp().warmup_percent)
-    # Aliases with the names transfer/synthetic.py's SyntheticTask uses (so training code can take either).
-    epochs = total_epochs
-    dropout = llm_dropout
-    b2 = 0.999  # optax = dict(b2=0.999) in every config (scale_by_adam)
-    grad_clip_norm = 1.0  # every config
 
     @property
     def max_new_tokens(self) -> int:
@@ -204,6 +163,20 @@ class TransferTask:
         """Image tokens, ``(res / 14) ** 2`` (So400m/14): 256 / 1024 / 4096."""
         self._hp()
         return (self.res // 14) ** 2
+
+    def recipe(self, res: int | None = None, *, hparams: Hparams | None = None, **overrides) -> Recipe:
+        """The hyperparameters of a run at ``res`` (default: the resolution :func:`get_task` chose): ``hparams``
+        (default: the published ``self.hparams[res]``) with the task's ``text_len``, decoding and metric, then
+        ``overrides`` (:class:`~big_vision_hf.transfer.recipe.Recipe` fields; ``None`` keeps the task's)."""
+        res = self.res if res is None else res
+        if hparams is None:
+            if res not in self.hparams:
+                raise ValueError(f"task {self.name!r} has no published setting for res={res}; "
+                                 f"available: {sorted(self.hparams)}")
+            hparams = self.hparams[res]
+        return Recipe.from_hparams(hparams, name=self.name, res=res, text_len=self.text_len, metric=self.metric,
+                                   metric_kwargs=self.metric_kwargs, decoding=self.decoding,
+                                   num_beams=self.num_beams).replace(**overrides)
 
     # ---- record -> prefix / suffix ---------------------------------------------------------------------------
     def build(self, record: Mapping, ctx: BuildContext | None = None) -> tuple[str, str | list[str]]:
@@ -220,15 +193,6 @@ class TransferTask:
         """The target, or the list of targets big_vision draws one from (``choice_no_replacement``)."""
         ctx = ctx or BuildContext()
         return _format(self.suffix, record, self.name) if isinstance(self.suffix, str) else self.suffix(record, ctx)
-
-
-def task_value(task, name: str, override, default=None):
-    """``override`` if given, else ``task.<name>`` if the task has it (set), else ``default``: how training and
-    evaluation read a recipe from any task-like object (``TransferTask``, ``SyntheticTask``, a namespace)."""
-    if override is not None:
-        return override
-    value = getattr(task, name, None) if task is not None else None
-    return default if value is None else value
 
 
 def _format(template: str, record: Mapping, task: str) -> str:
@@ -314,24 +278,6 @@ def refcoco_suffix(record: Mapping, ctx: BuildContext) -> str:
         raise ValueError("refcoco_seg needs a VQ-VAE with encoder: pass vqvae=BvSegVQVAEModel(...)")
     bbox = record.get("bbox")
     return mask_to_tokens(load_mask(record["mask"]), ctx.vqvae, None if bbox is None else list(bbox))
-
-
-def load_mask(value):
-    """A mask as a numpy array, from an array / nested list, a PIL image, a file path or a ``datasets`` image
-    dict (``{"bytes", "path"}``)."""
-    import io
-
-    import numpy as np
-    from PIL import Image
-
-    if isinstance(value, dict):
-        value = Image.open(io.BytesIO(value["bytes"])) if value.get("bytes") else value["path"]
-    if isinstance(value, str):
-        value = Image.open(value)
-    if isinstance(value, Image.Image):
-        value.load()
-        return np.asarray(value)
-    return np.asarray(value)
 
 
 def refcoco_det_suffix(record: Mapping, ctx: BuildContext = None) -> str:
@@ -573,25 +519,22 @@ _reg("refcoco_det", "refcoco_seg.py",
      notes="not in the config: big_vision has no detection transfer. Hyperparameters borrowed from refcoco_seg.py; "
            "prompt 'detect {sentence}' is the pretraining/mix detection prompt, not a transfer config.")
 
-# ---- generic COCO-style detection ('detect a ; b'): NO big_vision config ----
-_reg("detection", "forkme.py",
-     prefix="detect {categories}", suffix="{objects}", fields=("categories", "objects"),
-     text_len=128, metric="detection",
-     hparams={224: H(lr=1e-5, wd=3e-7, total_epochs=15, batch_size=32),
-              448: H(lr=1e-5, wd=3e-7, total_epochs=15, batch_size=32),
-              896: H(lr=1e-5, wd=3e-7, total_epochs=15, batch_size=32)},
-     notes="not in the config: hyperparameters are forkme.py's (224 only there; 448/896 copied). Records come "
-           "from data.load_coco(): categories 'cat ; dog', objects '<loc>x4 cat ; <loc>x4 dog'. The `detection` "
-           "metric scores only the first box.")
+# forkme.py's hyperparameters (224 only there), for the tasks without a big_vision config.
+FORKME_HPARAMS = H(lr=1e-5, wd=3e-7, total_epochs=15, batch_size=32)
 
-# ---- generic COCO-style segmentation ('segment a ; b'): NO big_vision config ----
-_reg("segmentation", "forkme.py",
-     prefix="segment {categories}", suffix="{objects}", fields=("categories", "objects"),
-     text_len=128, metric="segmentation",
-     hparams={224: H(lr=1e-5, wd=3e-7, total_epochs=15, batch_size=32),
-              448: H(lr=1e-5, wd=3e-7, total_epochs=15, batch_size=32),
-              896: H(lr=1e-5, wd=3e-7, total_epochs=15, batch_size=32)},
-     notes="not in the config: hyperparameters are forkme.py's. objects: '<loc>x4<seg>x16 cat ; ...'.")
+
+def _reg_coco(kind: str, verb: str, notes: str):
+    """A generic COCO-style task (``verb a ; b``), records from ``data.load_coco(kind=kind)``: NO big_vision
+    config, forkme.py's hyperparameters at every resolution."""
+    _reg(kind, "forkme.py", prefix=f"{verb} {{categories}}", suffix="{objects}", fields=("categories", "objects"),
+         text_len=128, metric=kind, hparams=dict.fromkeys(RESOLUTIONS, FORKME_HPARAMS),
+         notes=f"not in the config: hyperparameters are forkme.py's (224 only there; 448/896 copied). {notes}")
+
+
+# ---- generic COCO-style detection ('detect a ; b') and segmentation ('segment a ; b'): NO big_vision config ----
+_reg_coco("detection", "detect", "Records come from data.load_coco(): categories 'cat ; dog', objects "
+                                 "'<loc>x4 cat ; <loc>x4 dog'. The `detection` metric scores only the first box.")
+_reg_coco("segmentation", "segment", "objects: '<loc>x4<seg>x16 cat ; ...'.")
 
 # ---- big_vision/configs/proj/paligemma/transfers/screen2words.py ----
 _reg("screen2words", "screen2words.py",
@@ -642,7 +585,7 @@ _reg("pope", "pope.py",
 _reg("jsonl", "forkme.py",
      prefix="{prefix}", suffix="{suffix}", fields=("prefix", "suffix"),
      text_len=128, metric="exact_match",  # forkme evaluates perplexity + storepreds; no metric in the config
-     hparams={224: H(lr=1e-5, wd=3e-7, total_epochs=15, batch_size=32)},
+     hparams={224: FORKME_HPARAMS},
      dataset="bv:jsonl {'image', 'prefix', 'suffix'}",
      notes="records already carry prefix/suffix (the labeling-tool format). forkme.py's pp then OVERWRITES the "
            "prefix with strfmt('caption en'); here the record's prefix is kept. forkme's metric is perplexity + "

@@ -14,8 +14,9 @@ big_vision (commit 0127fb6), ``trainers/proj/paligemma/train.py`` + ``big_vision
   ``get_cosine_schedule_with_warmup`` with ``warmup = round(0.05 * total)``.
 - frozen ViT (``freeze_vit``: GQA-448, ScienceQA, video): ``schedule=[('img/.*', None), ...]``: ``img/`` is the
   SigLIP tower **and** the projector (``img/head``); :func:`freeze_vision` sets ``requires_grad=False`` on both.
+  ``freeze_llm`` (``('llm/.*', None)``, a forkme.py flag): :func:`freeze_language_model`.
 - loss: per-example mean, then batch mean, label smoothing over the shifted targets
-  (:func:`~big_vision_hf.transfer.collator.paligemma_loss`, used by :class:`PaliGemmaTrainer.compute_loss`).
+  (:func:`~big_vision_hf.transfer.loss.paligemma_loss`, used by :class:`PaliGemmaTrainer.compute_loss`).
 - LLM dropout (``config.model.llm.dropout``): on the attention-output and MLP-output residual branches
   (``models/ppp/gemma.py Block``), not on attention probabilities: :func:`add_residual_dropout`.
 
@@ -29,7 +30,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
-import math
 import os
 import re
 import sys
@@ -38,8 +38,9 @@ import warnings
 import torch
 from torch import nn
 
-from .collator import PaliGemmaCollator, _reduce, _token_logp, paligemma_loss
-from .tasks import task_value
+from .collator import PaliGemmaCollator
+from .loss import paligemma_loss, reduce_token_logp, token_logp
+from .recipe import Recipe
 
 __all__ = [
     "LORA_PRESETS",
@@ -50,6 +51,7 @@ __all__ = [
     "apply_lora",
     "build_optimizer",
     "decay_parameter_names",
+    "freeze_language_model",
     "freeze_vision",
     "lora_target_modules",
     "qlora_quantization_config",
@@ -105,14 +107,25 @@ def qlora_available() -> tuple[bool, str]:
     return True, ""
 
 
-def freeze_vision(model) -> list[str]:
-    """big_vision ``freeze_vit``: no updates for ``img/.*`` = SigLIP tower + projector. Returns frozen names."""
+def _freeze_matching(model, pattern: str) -> list[str]:
+    """``requires_grad=False`` on the parameters whose name matches ``pattern``; returns their names."""
     frozen = []
     for name, p in model.named_parameters():
-        if re.search(r"(^|\.)(vision_tower|multi_modal_projector)\.", name):
+        if re.search(pattern, name):
             p.requires_grad_(False)
             frozen.append(name)
     return frozen
+
+
+def freeze_vision(model) -> list[str]:
+    """big_vision ``freeze_vit``: no updates for ``img/.*`` = SigLIP tower + projector. Returns frozen names."""
+    return _freeze_matching(model, r"(^|\.)(vision_tower|multi_modal_projector)\.")
+
+
+def freeze_language_model(model) -> list[str]:
+    """big_vision ``freeze_llm`` (``('llm/.*', None)``): no updates for Gemma (embeddings, layers, final norm;
+    ``lm_head`` is tied to the embeddings). Returns frozen names."""
+    return _freeze_matching(model, r"(^|\.)(language_model|lm_head)\.")
 
 
 def decay_parameter_names(model) -> list[str]:
@@ -355,8 +368,8 @@ def _trainer_class():
                     logits = model(**inputs, use_cache=False, logits_to_keep=0 if rows_only else keep).logits
                 if rows_only:
                     logits = logits[0]
-                return _reduce(_token_logp(logits, targets[mask], self.label_smoothing, self.loss_vocab_size),
-                               mask, "mean")
+                return reduce_token_logp(token_logp(logits, targets[mask], self.label_smoothing,
+                                                    self.loss_vocab_size), mask, "mean")
             # Only positions from the one before the first supervised token get logits (the image part of a
             # PaliGemma sequence is most of it; lm_head over a 257k vocabulary there is wasted work).
             supervised = (labels != -100).any(0).nonzero()
@@ -409,25 +422,13 @@ def train(
     processor,
     train_dataset,
     output_dir: str | os.PathLike,
-    task=None,
+    recipe: Recipe,
     *,
-    lr: float | None = None,
-    epochs: float | None = None,
-    max_steps: int | None = None,
-    batch_size: int | None = None,
-    label_smoothing: float | None = None,
-    dropout: float | None = None,
-    wd: float | None = None,
-    b2: float | None = None,
-    freeze_vit: bool | None = None,
-    text_len: int | None = None,
     lora: str | None = None,
     lora_rank: int = 8,
     lora_alpha: int | None = None,
     precision: str = "fp32",
     gradient_accumulation_steps: int = 1,
-    warmup_percent: float = 0.05,
-    grad_clip: float = 1.0,
     save_steps: int | None = None,
     save_total_limit: int | None = 2,
     resume: bool | str = False,
@@ -442,30 +443,24 @@ def train(
 ) -> TrainResult:
     """Fine-tunes ``model`` on ``train_dataset`` (rows ``{image, prefix, suffix}``) with big_vision's recipe.
 
-    Hyper-parameters come from ``task`` (attributes ``lr``, ``epochs``, ``batch_size``, ``label_smoothing``,
-    ``dropout``, ``wd``, ``b2``, ``freeze_vit``, ``text_len``) unless given. ``batch_size`` is the global batch
-    (split over processes and ``gradient_accumulation_steps``). ``lora``: ``None`` (full fine-tuning, big_vision),
-    ``"llm"`` or ``"llm+vision"`` (:data:`LORA_PRESETS`); for QLoRA load the model with
-    :func:`qlora_quantization_config` and pass ``lora``. ``precision``: ``"fp32"`` or ``"bf16"`` (autocast;
-    master weights stay fp32). ``resume``: ``True`` continues from the last checkpoint in ``output_dir`` (or a
-    checkpoint path): optimizer, schedule, RNG and data order are restored, so the loss curve continues.
-    Checkpoints every ``save_steps`` steps (default: about 10 per run).
+    Every hyperparameter comes from ``recipe`` (:class:`~big_vision_hf.transfer.recipe.Recipe`, e.g.
+    ``task.recipe(224, lr=...)``): lr, epochs or steps, batch size (the global batch, split over processes and
+    ``gradient_accumulation_steps``), weight decay, Adam b2, grad clip, warmup, label smoothing, LLM dropout, frozen
+    parts, text_len. ``lora``: ``None`` (full fine-tuning, big_vision), ``"llm"`` or ``"llm+vision"``
+    (:data:`LORA_PRESETS`); for QLoRA load the model with :func:`qlora_quantization_config` and pass ``lora``.
+    ``precision``: ``"fp32"`` or ``"bf16"`` (autocast; master weights stay fp32). ``resume``: ``True`` continues
+    from the last checkpoint in ``output_dir`` (or a checkpoint path): optimizer, schedule, RNG and data order are
+    restored, so the loss curve continues. Checkpoints every ``save_steps`` steps (default: about 10 per run).
     """
     from transformers import TrainingArguments
 
-    lr = task_value(task, "lr", lr, 1e-5)
-    epochs = task_value(task, "epochs", epochs, 1)
-    batch_size = task_value(task, "batch_size", batch_size, 32)
-    label_smoothing = task_value(task, "label_smoothing", label_smoothing, 0.0)
-    dropout = task_value(task, "dropout", dropout, 0.0)
-    wd = task_value(task, "wd", wd, 0.0)
-    b2 = task_value(task, "b2", b2, 0.999)
-    freeze_vit = task_value(task, "freeze_vit", freeze_vit, False)
-    text_len = task_value(task, "text_len", text_len, None)
+    if not isinstance(recipe, Recipe):
+        raise TypeError(f"train() takes a Recipe (task.recipe(res, ...)), got {type(recipe).__name__}")
     if precision not in ("fp32", "bf16"):
         raise ValueError(f"precision must be 'fp32' or 'bf16', got {precision!r}")
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
+    batch_size = recipe.batch_size
     per_device = batch_size // (world * gradient_accumulation_steps)
     if per_device < 1 or per_device * world * gradient_accumulation_steps != batch_size:
         raise ValueError(f"batch_size {batch_size} is not divisible by {world} processes x "
@@ -473,21 +468,22 @@ def train(
 
     if hasattr(processor, "check_model"):
         processor.check_model(model, training=True)
-    if freeze_vit:
+    if recipe.freeze_vit:
         freeze_vision(model)
+    if recipe.freeze_llm:
+        freeze_language_model(model)
     if lora:
         model = apply_lora(model, lora, r=lora_rank, alpha=lora_alpha)
-    add_residual_dropout(model, dropout)
+    add_residual_dropout(model, recipe.llm_dropout)
 
-    steps_per_epoch = math.ceil(len(train_dataset) / batch_size)
-    total = max_steps if max_steps else max(1, int(math.ceil(steps_per_epoch * epochs)))
+    total = max(1, recipe.num_steps(len(train_dataset)))  # POPE counts 0 steps (evaluation only; its lr is 0)
     args = dict(
         output_dir=str(output_dir),
         per_device_train_batch_size=per_device,
         gradient_accumulation_steps=gradient_accumulation_steps,
-        learning_rate=lr,
+        learning_rate=recipe.lr,
         max_steps=total,
-        max_grad_norm=grad_clip,
+        max_grad_norm=recipe.grad_clip_norm,
         lr_scheduler_type="cosine",
         logging_steps=logging_steps,
         save_strategy="steps",
@@ -510,12 +506,12 @@ def train(
         model=model,
         args=TrainingArguments(**args),
         train_dataset=train_dataset,
-        data_collator=PaliGemmaCollator(processor, text_len=text_len, random_suffix=random_suffix, seed=seed),
+        data_collator=PaliGemmaCollator(processor, text_len=recipe.text_len, random_suffix=random_suffix, seed=seed),
         callbacks=callbacks,
-        label_smoothing=label_smoothing,
-        weight_decay_bv=wd,
-        b2=b2,
-        warmup_percent=warmup_percent,
+        label_smoothing=recipe.label_smoothing,
+        weight_decay_bv=recipe.wd,
+        b2=recipe.b2,
+        warmup_percent=recipe.warmup_percent,
         loss_vocab_size=loss_vocab_size,
     )
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
