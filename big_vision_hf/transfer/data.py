@@ -322,7 +322,7 @@ def prepare_dataset(source, task: TransferTask | str = "jsonl", *, res: int | No
 
     Args:
         source: see :func:`load_records` (a file, folder, ``Dataset``, Hub name, list of dicts).
-        task: a :class:`TransferTask` or a registry name (``"vqav2"``, ``"jsonl"``, ...).
+        task: a :class:`TransferTask` or a task name (``"vqav2"``, ``"jsonl"``, ...).
         res: resolution for :func:`get_task` (only used to pick the task's setting; images are not resized here).
         column_map: ``{"field": "your_column"}``.
         skip_bad: drop (and count) records whose image cannot be read instead of raising.

@@ -237,6 +237,8 @@ def _plot(path: str, losses: list[tuple[int, float]], before: dict, after: dict)
 
 def _model_card(recipe, data_desc: str, base: str, lora, adapter_only: bool, before: dict, after: dict,
                 n_train: int, n_eval: int, steps: int) -> str:
+    from ..conversion.model_card import render_model_card
+
     rows = "\n".join(
         f"| {name} | {k} | {before.get(name, {}).get(k, float('nan')):.4g} | {v:.4g} |"
         for name, metrics in after.items() for k, v in metrics.items() if k not in ("total", "invalid"))
@@ -246,42 +248,23 @@ def _model_card(recipe, data_desc: str, base: str, lora, adapter_only: bool, bef
             "model = PeftModel.from_pretrained(base, \"path/to/this/folder\")" if adapter_only else
             "from transformers import PaliGemmaForConditionalGeneration\n\n"
             "model = PaliGemmaForConditionalGeneration.from_pretrained(\"path/to/this/folder\")")
-    return f"""---
-library_name: {'peft' if adapter_only else 'transformers'}
-pipeline_tag: image-text-to-text
-tags:
-- big_vision
-- big_vision_hf
-- paligemma
-- transfer
-- {recipe.name}
-base_model: {json.dumps(base)}
----
-
-# PaliGemma transfer: `{recipe.name}`
-
-Fine-tuned with `big-vision-hf transfer` ({how}) following big_vision's PaliGemma transfer recipe: prompts
+    intro = f"""Fine-tuned with `big-vision-hf transfer` ({how}) following big_vision's PaliGemma transfer recipe: prompts
 `[BOS] prefix "\\n" suffix [EOS]` with a prefix-LM mask (`token_type_ids`), loss on the suffix only (per-example
 mean, then batch mean), Adam (b2 {recipe.b2}), grad-norm clip 1.0, cosine schedule with 5% warmup, weight decay
-{recipe.wd} on kernels only{', ViT frozen' if recipe.freeze_vit else ''}.
-
-- Base model: `{base}`
-- Data: {data_desc} ({n_train} training examples, {n_eval} evaluation examples)
-- Steps: {steps}; lr {recipe.lr}; batch {recipe.batch_size}; label smoothing {recipe.label_smoothing};
-  LLM dropout {recipe.llm_dropout}; text_len {recipe.text_len}
-- Decoding: {recipe.decoding}, up to {recipe.max_new_tokens} tokens; metric `{recipe.metric}`
-
-## Results
-
-| task | metric | before | after |
+{recipe.wd} on kernels only{', ViT frozen' if recipe.freeze_vit else ''}."""
+    facts = [
+        f"Base model: `{base}`",
+        f"Data: {data_desc} ({n_train} training examples, {n_eval} evaluation examples)",
+        f"Steps: {steps}; lr {recipe.lr}; batch {recipe.batch_size}; label smoothing {recipe.label_smoothing};\n"
+        f"  LLM dropout {recipe.llm_dropout}; text_len {recipe.text_len}",
+        f"Decoding: {recipe.decoding}, up to {recipe.max_new_tokens} tokens; metric `{recipe.metric}`",
+    ]
+    results = f"""| task | metric | before | after |
 |---|---|---|---|
 {rows}
 
-![training curves](training_curves.png)
-
-## Usage
-
-```python
+![training curves](training_curves.png)"""
+    usage = f"""```python
 {load}
 from big_vision_hf.processing.processing_paligemma import BvPaliGemmaProcessor
 
@@ -289,8 +272,12 @@ processor = BvPaliGemmaProcessor.from_pretrained("path/to/this/folder")
 inputs = processor(images=[image], text=["<your prefix>"], return_tensors="pt")  # token_type_ids included
 out = model.generate(**inputs, max_new_tokens={recipe.max_new_tokens}, do_sample=False)
 print(processor.post_process_generation(out, inputs["input_ids"])[0])
-```
-"""
+```"""
+    return render_model_card(
+        f"PaliGemma transfer: `{recipe.name}`", [(None, intro), (None, facts), ("Results", results), ("Usage", usage)],
+        library_name="peft" if adapter_only else "transformers", pipeline_tag="image-text-to-text",
+        tags=["big_vision", "big_vision_hf", "paligemma", "transfer", recipe.name], metadata={"base_model": base},
+    )
 
 
 def _save_result(trained, processor, out_dir: str, lora, adapter_only: bool) -> None:

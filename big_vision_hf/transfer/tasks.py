@@ -85,7 +85,7 @@ class TransferTask:
     its overrides, are :meth:`recipe`.
 
     Attributes:
-        name: registry key.
+        name: the task table's key.
         config: the big_vision config file it mirrors (``"(own)"`` for user tasks).
         prefix: template over record fields, or ``fn(record) -> str``.
         suffix: template, or ``fn(record, ctx) -> str | list[str]`` (a list = answers to draw from).
@@ -101,7 +101,7 @@ class TransferTask:
         fields: record fields the task reads (checked by the data loader; a column mapping renames yours).
         dataset: the TFDS dataset / split of the config (``final_split=True``), for the record.
         notes: departures and caveats (things big_vision does in its pp that are not a prefix/suffix op).
-        res: the resolution chosen by :func:`get_task` (``None`` on registry entries).
+        res: the resolution chosen by :func:`get_task` (``None`` on the table's entries).
     """
 
     name: str
@@ -287,7 +287,7 @@ def refcoco_det_suffix(record: Mapping, ctx: BuildContext = None) -> str:
 
 
 # ---------------------------------------------------------------------------------------------------------
-# The registry
+# The task table
 # ---------------------------------------------------------------------------------------------------------
 
 TASKS: dict[str, TransferTask] = {}
