@@ -115,3 +115,24 @@ def test_segmentation_notebook(tmp_path, monkeypatch):
     assert objects[0].mask is not None and objects[0].mask.shape == row["image"].size[::-1]
     assert (tmp_path / ns["OUTPUT_DIR"] / "predictions.png").stat().st_size > 0
     _assert_saved_folder(ns, tmp_path)
+
+
+MODEL_NOTEBOOKS = ["captioners_cappa_uvim.ipynb"]
+
+
+@pytest.mark.parametrize("name", MODEL_NOTEBOOKS)
+def test_model_notebook_is_clean_nbformat4(name):
+    nb = _load(name)
+    assert nb["nbformat"] == 4
+    for c in nb["cells"]:
+        if c["cell_type"] == "code":
+            assert c["outputs"] == [] and c["execution_count"] is None, "outputs are not stored"
+
+
+def test_captioners_notebook(tmp_path, monkeypatch):
+    """CapPa captions (greedy, beam, parallel) and UViM gives a panoptic map, on the fixtures' tiny models."""
+    ns = run_notebook("captioners_cappa_uvim.ipynb", tmp_path, monkeypatch)
+    assert set(ns["captions"]) == {"greedy", "beam", "parallel"}
+    assert all(isinstance(c, str) for c in ns["captions"].values())
+    assert type(ns["pipe"]).__name__ == "UViMPanopticPipeline"
+    assert ns["panoptic"].shape == (64, 64, 2)
