@@ -117,7 +117,7 @@ def test_segmentation_notebook(tmp_path, monkeypatch):
     _assert_saved_folder(ns, tmp_path)
 
 
-MODEL_NOTEBOOKS = ["captioners_cappa_uvim.ipynb"]
+MODEL_NOTEBOOKS = ["captioners_cappa_uvim.ipynb", "generative_givt_jet.ipynb"]
 
 
 @pytest.mark.parametrize("name", MODEL_NOTEBOOKS)
@@ -136,3 +136,11 @@ def test_captioners_notebook(tmp_path, monkeypatch):
     assert all(isinstance(c, str) for c in ns["captions"].values())
     assert type(ns["pipe"]).__name__ == "UViMPanopticPipeline"
     assert ns["panoptic"].shape == (64, 64, 2)
+
+
+def test_generative_notebook(tmp_path, monkeypatch):
+    """GIVT samples images through the pipeline (CFG, seed), Jet computes bits per dimension and inverts."""
+    ns = run_notebook("generative_givt_jet.ipynb", tmp_path, monkeypatch)
+    assert len(ns["samples"]) == 3
+    assert all(float(b) > 0 for b in ns["bpd"])
+    assert ns["round_trip_error"] < 1e-3
