@@ -12,6 +12,7 @@ from transformers import (
     AutoImageProcessor,
     AutoModel,
     AutoModelForImageClassification,
+    AutoModelForImageTextToText,
     AutoModelForZeroShotImageClassification,
     AutoProcessor,
     AutoTokenizer,
@@ -20,8 +21,12 @@ from transformers import (
 
 def _table():
     from .configuration.configuration_bv_bit import BvBiTConfig
+    from .configuration.configuration_bv_cappa import BvCapPaConfig
     from .configuration.configuration_bv_clippo import BvClippoConfig
     from .configuration.configuration_bv_flexivit import BvFlexiViTConfig
+    from .configuration.configuration_bv_givt import BvGivtCNNVAEConfig, BvGivtConfig, BvGivtViTVAEConfig
+    from .configuration.configuration_bv_jet import BvJetConfig
+    from .configuration.configuration_bv_jetformer import BvJetFormerConfig
     from .configuration.configuration_bv_mixer import BvMixerConfig
     from .configuration.configuration_bv_naflex import BvNaFlexViTConfig
     from .configuration.configuration_bv_two_towers import (
@@ -30,20 +35,28 @@ def _table():
         BvTextConfig,
         BvTwoTowerConfig,
     )
+    from .configuration.configuration_bv_uvim import BvUViMVQVAEConfig, BvUViMVTTConfig
     from .configuration.configuration_bv_vit import BvViTConfig
     from .configuration.configuration_bv_vqvae import BvSegVQVAEConfig
     from .modeling import (
         modeling_bv_bit as bit,
+        modeling_bv_cappa as cappa,
         modeling_bv_clippo as clippo,
         modeling_bv_flexivit as flexi,
+        modeling_bv_givt as givt,
+        modeling_bv_givt_vae as givt_vae,
+        modeling_bv_jet as jet,
+        modeling_bv_jetformer as jetformer,
         modeling_bv_mixer as mixer,
         modeling_bv_naflex as naflex,
         modeling_bv_two_towers as towers,
+        modeling_bv_uvim as uvim,
         modeling_bv_vit as vit,
         modeling_bv_vqvae as vqvae,
     )
     from .processing.image_processing_bv import BvImageProcessor
     from .processing.image_processing_bv_naflex import BvNaFlexImageProcessor
+    from .processing.processing_bv_cappa import BvCapPaProcessor
     from .processing.processing_bv_clippo import BvClippoProcessor
     from .processing.tokenization_bv_bert import BvBertTokenizer
     from .processing.tokenization_bv_text import BvTextTokenizer
@@ -68,6 +81,18 @@ def _table():
                          BvImageProcessor, BvTextTokenizer, None),
         BvClippoConfig: ({AutoModel: clippo.BvClippoModel}, BvImageProcessor, None, BvClippoProcessor),
         BvSegVQVAEConfig: ({AutoModel: vqvae.BvSegVQVAEModel}, None, None, None),
+        BvJetConfig: ({AutoModel: jet.BvJetModel}, BvImageProcessor, None, None),
+        BvJetFormerConfig: ({AutoModel: jetformer.BvJetFormerModel}, BvImageProcessor, None, None),
+        BvUViMVQVAEConfig: ({AutoModel: uvim.BvUViMVQVAEModel}, BvImageProcessor, None, None),
+        BvUViMVTTConfig: ({AutoModel: uvim.BvUViMVTTModel,
+                           AutoModelForImageTextToText: uvim.BvUViMVTTForConditionalGeneration},
+                          BvImageProcessor, None, None),
+        BvCapPaConfig: ({AutoModel: cappa.BvCapPaModel,
+                         AutoModelForImageTextToText: cappa.BvCapPaForConditionalGeneration},
+                        BvImageProcessor, BvTextTokenizer, BvCapPaProcessor),
+        BvGivtConfig: ({AutoModel: givt.BvGivtModel}, BvImageProcessor, None, None),
+        BvGivtCNNVAEConfig: ({AutoModel: givt_vae.BvGivtCNNVAEModel}, BvImageProcessor, None, None),
+        BvGivtViTVAEConfig: ({AutoModel: givt_vae.BvGivtViTVAEModel}, None, None, None),
     }
 
 
@@ -75,9 +100,10 @@ def exported_classes() -> dict[str, type]:
     """``{name: class}`` of every config, model, image processor, tokenizer and processor of the table (and
     PaliGemma's processor and tokenizer): what ``big_vision_hf`` exports."""
     from .processing.processing_paligemma import BvPaliGemmaProcessor
+    from .processing.tokenization_fast import FAST_TWINS
     from .processing.tokenization_paligemma import BvPaliGemmaTokenizer
 
-    classes = [BvPaliGemmaProcessor, BvPaliGemmaTokenizer]
+    classes = [BvPaliGemmaProcessor, BvPaliGemmaTokenizer, *FAST_TWINS.values()]
     for config_cls, (models, image_processor, tokenizer, processor) in _table().items():
         classes += [config_cls, *models.values(), image_processor, tokenizer, processor]
     return {cls.__name__: cls for cls in classes if cls is not None}
@@ -91,10 +117,22 @@ def register_auto_classes() -> None:
         if image_processor is not None:
             AutoImageProcessor.register(config_cls, image_processor_classes={"pil": image_processor}, exist_ok=True)
         if tokenizer is not None:
-            AutoTokenizer.register(config_cls, tokenizer_class=tokenizer, exist_ok=True)
+            _register_tokenizer(config_cls, tokenizer)
         if processor is not None:
             AutoProcessor.register(config_cls, processor, exist_ok=True)
     _register_paligemma_processor()
+
+
+def _register_tokenizer(config_cls, tokenizer) -> None:
+    """``AutoTokenizer`` gives the fast twin of our SentencePiece tokenizers (`tokenization_fast`, the same ids), and
+    a folder naming the slow class resolves to it by name (no remote-code prompt while the package is imported)."""
+    from .processing.tokenization_fast import FAST_TWINS
+
+    fast = FAST_TWINS.get(tokenizer)
+    if fast is None:
+        AutoTokenizer.register(config_cls, tokenizer_class=tokenizer, exist_ok=True)
+    else:
+        AutoTokenizer.register(config_cls, slow_tokenizer_class=tokenizer, fast_tokenizer_class=fast, exist_ok=True)
 
 
 def _register_paligemma_processor() -> None:
@@ -108,5 +146,7 @@ def _register_paligemma_processor() -> None:
     from transformers import PaliGemmaConfig
 
     from .processing.processing_paligemma import BvPaliGemmaProcessor
+    from .processing.tokenization_paligemma import BvPaliGemmaTokenizer
 
     AutoProcessor.register(PaliGemmaConfig, BvPaliGemmaProcessor, exist_ok=True)
+    _register_tokenizer(PaliGemmaConfig, BvPaliGemmaTokenizer)  # the same fallback rule for AutoTokenizer

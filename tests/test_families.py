@@ -18,8 +18,12 @@ from big_vision_hf.conversion.family import Family
 from conftest import FIXTURES, Golden
 
 EXPECTED = {
+    "proj.cappa.cappa",
     "bit", "bit_paper", "mlp_mixer", "proj.clippo.one_tower", "proj.flexi.vit", "proj.image_text.naflex_vit",
-    "proj.image_text.two_towers", "proj.paligemma.paligemma", "proj.paligemma.vqvae", "vit",
+    "proj.image_text.two_towers", "proj.paligemma.paligemma", "proj.paligemma.vqvae", "proj.uvim.vit",
+    "proj.uvim.vtt", "vit",
+    "proj.jet.jet", "proj.jetformer.jetformer",
+    "proj.givt.givt", "proj.givt.cnn", "proj.givt.vit",
 }
 # Fixtures whose family must be named (their trees are a ViT's).
 NAMED = {"flexi_vit": "proj.flexi.vit", "naflex_vit": "proj.image_text.naflex_vit"}

@@ -17,7 +17,8 @@ import json
 import torch
 from transformers import PreTrainedModel
 
-from .checkpoint import CheckpointError, LazyArray, read_checkpoint
+from ..atomic import atomic_folder, check_output
+from .checkpoint import CheckpointError, LazyArray, check_tree, read_checkpoint
 from .export import progress_bars, save_folder
 from .families import FAMILY_NAMES, detect_family, family_named
 from .family import Built, Family
@@ -47,19 +48,26 @@ def build(
 ) -> Built:
     """The family's `Built` for a checkpoint (a path, ``path:subtree``, or its already-read arrays); nothing is read
     but the header. The family is ``model_name``'s, else detected from the tree. A config the arrays or the kwargs
-    make invalid is a `CheckpointError` here, whichever family raised it."""
+    make invalid is a `CheckpointError` here, whichever family raised it; so are ranks no big_vision parameter has
+    (`check_tree`, before the builder reads shapes) and any shape the builder cannot make sense of."""
     params = read_checkpoint(checkpoint) if isinstance(checkpoint, str) else checkpoint
     source = checkpoint if isinstance(checkpoint, str) else source
     family = family_named(model_name or detect_family(params, source))
     unknown = sorted(set(options) - set(family.options))
     if unknown:
         raise CheckpointError(f"{', '.join(unknown)} do(es) not apply to {family.name}")
+    check_tree(params, source)
+    kwargs = parse_model_config(model_config)
     try:
-        built = family.build(params, parse_model_config(model_config), **options)
+        built = family.build(params, kwargs, **options)
     except CheckpointError:
         raise
     except ValueError as e:  # a config class refusing what the kwargs and arrays say
         raise CheckpointError(f"{family.name}: {e}") from None
+    except (IndexError, KeyError, TypeError, ZeroDivisionError, OverflowError, RuntimeError) as e:
+        # a builder reading config values from shapes no big_vision model has (a mangled header)
+        raise CheckpointError(f"{source}: the arrays' shapes make no {family.name} model "
+                              f"({type(e).__name__}: {e})") from None
     built.family = family.name
     return built
 
@@ -70,6 +78,7 @@ def convert_checkpoint(
     model_config: str | dict | None = None,
     dtype: torch.dtype = torch.float32,
     progress: bool = False,
+    allow_nonfinite: bool = False,
     **options,
 ) -> PreTrainedModel:
     """Converts a big_vision ``.npz`` (``path`` or ``path:subtree``) into one of our models, strictly.
@@ -80,9 +89,12 @@ def convert_checkpoint(
             --families``); detected from the arrays when omitted.
         model_config: big_vision ``config.model`` kwargs, as a dict or JSON string.
         dtype: dtype of the returned model's floating-point weights.
+        allow_nonfinite: convert NaN/Inf parameters instead of refusing them.
         options: family options, e.g. ``image_size=(384, 384)`` to resample a learned posemb.
     """
-    return build(checkpoint, model_name, model_config, **options).instantiate(dtype, progress)
+    built = build(checkpoint, model_name, model_config, **options)
+    built.allow_nonfinite = allow_nonfinite
+    return built.instantiate(dtype, progress)
 
 
 def convert_to_folder(
@@ -100,6 +112,8 @@ def convert_to_folder(
     target: str = "auto",
     tokenizer: str | None = None,
     text_preset: str | None = None,
+    overwrite: bool = False,
+    allow_nonfinite: bool = False,
     **options,
 ) -> str:
     """Converts a checkpoint and writes a Hub-ready folder (what ``big-vision-hf convert`` runs).
@@ -110,7 +124,12 @@ def convert_to_folder(
     ``tokenizer`` (``--tokenizer``) adds the family's text side (``text_preset``: its text pp; default the zoo
     entry's, else the text tower's). The header is read once; the family record decides how the folder is finished,
     and anything that does not apply is refused before a file is written.
+
+    The folder is written atomically (`atomic_folder`): into a temporary folder beside ``out_dir``, renamed at the
+    end, so a killed conversion leaves no folder or a complete one. An existing non-empty ``out_dir`` is refused
+    unless ``overwrite``. NaN/Inf parameters are refused unless ``allow_nonfinite``.
     """
+    check_output(out_dir, overwrite)
     entry = find_entry(registry_name or checkpoint, model_name)
     if registry_name and entry is None:
         raise CheckpointError(f"unknown checkpoint name {registry_name!r}; see `big-vision-hf list`")
@@ -134,13 +153,20 @@ def convert_to_folder(
     if tokenizer is not None:
         check_text_side(family, tokenizer)
     built = build(params, family.name, kwargs, source=checkpoint, **options)
-    with progress_bars(progress):
-        out = write_folder(built, family, checkpoint, out_dir, kwargs, entry, dtype, max_shard_size, remote_code,
+    built.allow_nonfinite = allow_nonfinite
+    with progress_bars(progress), atomic_folder(out_dir, overwrite) as tmp:
+        out = write_folder(built, family, checkpoint, tmp, kwargs, entry, dtype, max_shard_size, remote_code,
                            progress, labels)
         if tokenizer is not None:
             preset = text_preset or (entry.text_preset if entry else None) or None
             family.text_side(out, tokenizer, preset, remote_code)
-    return out
+    if tokenizer is None and family.text_side is not None:
+        import sys
+
+        print(f"warning: {out_dir} has no tokenizer: its text input (the zero-shot / image-text-to-text pipelines, "
+              "the processor) needs the SentencePiece file the checkpoint was trained with: convert again with "
+              "--tokenizer FILE", file=sys.stderr)
+    return out_dir
 
 
 def write_folder(built: Built, family: Family, checkpoint: str, out_dir: str, kwargs: dict, entry, dtype,
@@ -155,7 +181,8 @@ def write_folder(built: Built, family: Family, checkpoint: str, out_dir: str, kw
         set_labels(model, labels)
     processor, pp = folder_processor(family, model.config, entry.preprocessing if entry else "resize")
     note = family.parity_note(model, built) if family.parity_note else ""
-    card = conversion_card(model, family.name, checkpoint, entry, preprocessing=pp, parity_note=note)
+    usage = family.card_usage(model) if family.card_usage else ""
+    card = conversion_card(model, family.name, checkpoint, entry, preprocessing=pp, parity_note=note, usage=usage)
     return save_folder(model, out_dir, processor, card, max_shard_size=max_shard_size, remote_code=remote_code)
 
 
@@ -185,3 +212,25 @@ def check_text_side(family: Family, tokenizer_file: str) -> None:
         raise CheckpointError(f"--tokenizer {tokenizer_file}: no such file")
     if family.text_side is None:
         raise CheckpointError(f"--tokenizer applies to models with text input, not to {family.name}")
+    with open(tokenizer_file, "rb") as f:
+        data = f.read()
+    try:
+        import sentencepiece as spm
+
+        spm.SentencePieceProcessor().LoadFromSerializedProto(data)
+        return
+    except (RuntimeError, TypeError):
+        pass
+    if family.name == "proj.image_text.two_towers" and _is_vocab_text(data):
+        return  # LiT's BERT vocab.txt (checked against the text tower when the folder is finished)
+    raise CheckpointError(f"--tokenizer {tokenizer_file}: not a SentencePiece model"
+                          + (" or a BERT vocab.txt" if family.name == "proj.image_text.two_towers" else ""))
+
+
+def _is_vocab_text(data: bytes) -> bool:
+    """A vocabulary text file: UTF-8, one token per line, no NUL bytes."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return "\x00" not in text and len(text.splitlines()) > 1

@@ -187,6 +187,9 @@ def build_vit(params: dict[str, LazyArray], model_kwargs: dict | None = None, im
     """The ViT or its classifier (``head`` present) for a ``vit`` checkpoint; nothing is read yet."""
     params = prepare_vit_params(params)
     config_kwargs, num_classes = infer_vit_config(params, model_kwargs, image_size)
+    if image_size is None and config_kwargs.get("posemb") != "learn":  # a registered checkpoint brings its size
+        raise CheckpointError("the checkpoint's sincos2d posemb does not tell the resolution it was trained at: pass "
+                              "--image-size H [W] (or --name for a registered checkpoint, see `big-vision-hf list`)")
     cls, rules, head = with_head(VIT_RULES, num_classes, BvViTModel, BvViTForImageClassification, "vit.")
     config = BvViTConfig(**config_kwargs, **head)
     mapped = map_params(params, rules)
@@ -198,6 +201,7 @@ FAMILY = Family(
     name="vit",
     build=build_vit,
     summary="ViT (models/vit.py): AugReg, DeiT-3, 'better plain ViT', SigLIP image towers",
-    signatures=(("embedding/kernel", "!Mixer/"),),  # the paper's legacy Mixer files have embedding/kernel too
+    # The paper's legacy Mixer files and GIVT's ViT VAE (proj.givt.vit) have embedding/kernel too.
+    signatures=(("embedding/kernel", "!Mixer/", "!decoder_head/kernel"),),
     classes=("BvViTModel", "BvViTForImageClassification"),
 )

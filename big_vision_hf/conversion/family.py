@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 import torch
 
 from .checkpoint import LazyArray
-from .mapping import check_fits, materialize
+from .checkpoint import CheckpointError
+from .mapping import check_fits, load_into
 
 
 @dataclass
@@ -31,15 +32,25 @@ class Built:
     mapped: dict[str, LazyArray]
     exact: Built | None = None
     family: str = ""
+    allow_nonfinite: bool = False  # ``--allow-nonfinite``: NaN/Inf parameters are converted, not refused
 
     def instantiate(self, dtype: torch.dtype = torch.float32, progress: bool = False):
-        """The model with every array read and loaded strictly (names and shapes checked before any read)."""
+        """The model with every array read and loaded strictly: names, shapes and dtypes are checked on a ``meta``
+        model before any memory is allocated (a malformed header cannot make a huge model), then each array is read
+        into its parameter, one at a time (finite values unless ``allow_nonfinite``)."""
         from transformers.initialization import no_init_weights
 
+        try:
+            with torch.device("meta"):
+                skeleton = self.model_class(self.config)
+        except (ValueError, TypeError, IndexError, ZeroDivisionError, RuntimeError) as e:
+            raise CheckpointError(f"{self.family or self.model_class.__name__}: the checkpoint's shapes make no valid "
+                                  f"{self.model_class.__name__} ({type(e).__name__}: {e})") from None
+        check_fits(self.mapped, skeleton)
+        del skeleton
         with no_init_weights():
             model = self.model_class(self.config)
-        check_fits(self.mapped, model)
-        model.load_state_dict(materialize(self.mapped, dtype=dtype, progress=progress), strict=True)
+        load_into(model, self.mapped, progress=progress, allow_nonfinite=self.allow_nonfinite)
         model.tie_weights()  # declared ties (PaliGemma's lm_head = embedding); `no_init_weights` skipped them
         model.to(dtype)
         if self.family:
@@ -73,6 +84,8 @@ class Family:
             progress) -> out_dir`` for models too large to hold in memory (PaliGemma); ``None``: the model is built
             in memory and written by ``export.save_folder``.
         parity_note: ``(model, built) -> str``: a sentence for the model card (a measured deviation); ``""``: none.
+        card_usage: ``(model) -> str``: the model card's usage section (markdown); ``None``: the usage of the model's
+            pipeline tag.
         classes: names of the model classes it converts into, for the docs and ``list --families``.
     """
 
@@ -85,6 +98,7 @@ class Family:
     text_side: Callable | None = None
     write_folder: Callable[..., str] | None = None
     parity_note: Callable[..., str] | None = None
+    card_usage: Callable[..., str] | None = None
     classes: tuple[str, ...] = field(default=())
 
     def matches(self, names) -> bool:

@@ -197,6 +197,74 @@ for _res in (160, 224):
                          paper="https://arxiv.org/abs/2106.05237"))
 
 
+# UViM (https://arxiv.org/abs/2205.10337), big_vision configs/proj/uvim/README.md (files): stage I = the VQ-VAE of
+# vqvae_{coco_panoptic,nyu_depth,imagenet2012_colorization}.py (= `config.oracle.model` of the stage II configs),
+# stage II = `config.model` of train_*_pretrained.py (VTT_MODELS["large"], patches 16, posemb "learn"). Both read the
+# image at 512 px with `resize(512)|value_range(-1, 1)` (colorization: gray first, `processing.uvim_tasks`).
+_UVIM_STAGE_I = dict(input_size=[512, 512], patch_size=[16, 16], code_len=256, width=768, enc_depth=6, dec_depth=12,
+                     mlp_dim=3072, num_heads=12, dict_size=4096, codeword_dim=768, with_encoder_ctx=True,
+                     with_decoder_ctx=True, code_dropout="random", bottleneck_resize=True)
+_UVIM_STAGE_II = dict(num_layers=24, num_heads=16, mlp_dim=4096, emb_dim=1024, patches={"size": [16, 16]},
+                      vocab_size=4096 + 1, posemb_type="learn", input_size=[512, 512], seq_len=256)
+for _task, _file, _targets in (
+    ("panoptic", "panoptic", {"semantics": [133 + 1, 256], "instances": [100, 256]}),  # COCO: +1 for void
+    ("depth", "depth", {"depth": [256, 256]}),  # NYU depth v2: 256 bins in [1e-3, 10] m
+    ("colorization", "color", {"color": [3, 256]}),  # ImageNet
+):
+    _add(CheckpointEntry(f"UViM {_task} stage I", f"gs://big_vision/uvim/{_file}_stageI_params.npz", "proj.uvim.vit",
+                         {**_UVIM_STAGE_I, "inputs": _targets, "outputs": _targets}, 512, "resize",
+                         paper="https://arxiv.org/abs/2205.10337"))
+    _add(CheckpointEntry(f"UViM {_task} stage II", f"gs://big_vision/uvim/{_file}_stageII_params.npz",
+                         "proj.uvim.vtt", dict(_UVIM_STAGE_II), 512, "resize", paper="https://arxiv.org/abs/2205.10337"))
+
+
+# GIVT (https://arxiv.org/abs/2312.02116): files from big_vision configs/proj/givt/README.md; model configs from
+# givt_imagenet2012.py (`model_size="default"`), givt_coco_panoptic.py, givt_nyu_depth.py; sampling settings (kept in
+# the config, the defaults of `BvGivtModel.generate`) from the README's table and givt_demo_colab.ipynb. The ImageNet
+# VAEs are flax msgpack files without extension (a malib training state: `cnn.load(malib_ckpt=True,
+# use_ema_params=True)`), fully convolutional (the same VAE serves 256 and 512 px).
+_GIVT = "https://arxiv.org/abs/2312.02116"
+_GIVT_CNN_VAE = dict(codeword_dim=16, code_len=256, filters=128, num_res_blocks=2, channel_multipliers=[1, 1, 2, 2, 4],
+                     conv_downsample=False, activation_fn="swish", norm_type="GN", malib_ckpt=True)
+for _beta, _tag in (("1e-5", "1e-5"), ("2.5e-5", "2p5e-5"), ("5e-5", "5e-5"), ("1e-4", "1e-4"), ("2e-4", "2e-4")):
+    _add(CheckpointEntry(f"GIVT VAE ImageNet beta={_beta}", f"gs://big_vision/givt/vae_imagenet_2012_beta_{_tag}_params",
+                         "proj.givt.cnn", dict(_GIVT_CNN_VAE), 256, "resize_small", paper=_GIVT))
+_GIVT_I1K = dict(num_decoder_layers=24, num_heads=16, mlp_dim=4096, emb_dim=1024, num_layers=0, num_labels=1000,
+                 out_dim=16, num_mixtures=16, posemb_type="learn", scale_tol=1e-6, min_masking_rate_training=0.3,
+                 mask_style="concat", drop_labels_probability=0.1, fix_square_plus=True, per_channel_mixtures=False,
+                 scan=True)
+_add(CheckpointEntry(  # README: t=0.95, DB-CFG=0.4 (FID 3.35); VAE beta=5e-5
+    "GIVT-Causal ImageNet 256", "gs://big_vision/givt/givt_imagenet_2012_causal_params.npz", "proj.givt.givt",
+    {**_GIVT_I1K, "style": "ar", "seq_len": 256, "dec_dropout_rate": 0.2,
+     "ar_generation_config": dict(temp=0.95, temp_probs=1.0, beam_size=1, fan_size=1, rand_top_k=False,
+                                  rand_top_k_temp=1.0, cfg_inference_weight=0.4)}, 256, paper=_GIVT))
+# README: t_C=35, DB-CFG=0.1 (256 px); t_C=140 (512 px)
+for _res, _seq, _choice, _cfg in ((256, 256, 35.0, 0.1), (512, 1024, 140.0, 0.0)):
+    _add(CheckpointEntry(
+        f"GIVT-MaskGIT ImageNet {_res}",
+        f"gs://big_vision/givt/givt_imagenet_2012_maskgit{'_512' if _res == 512 else ''}_params.npz", "proj.givt.givt",
+        {**_GIVT_I1K, "style": "masked", "seq_len": _seq, "dec_dropout_rate": 0.4,
+         "masked_generation_config": dict(num_steps=16, choice_temperature=_choice, ordering="maskgit",
+                                          schedule="cosine", cfg_inference_weight=_cfg)}, _res, paper=_GIVT))
+# UViM-style GIVTs: a ViT VAE (stage I) and a GIVT with a ViT-L/16 encoder (stage II), images at 512 px
+# (`pp_predict`: decode|resize(512)|value_range(-1, 1)). The VAE's codeword_dim is read from the arrays
+# (givt_coco_panoptic.py says 16 and the GIVT's out_dim follows it; vae_coco_panoptic.py says 32).
+_GIVT_VIT_VAE = dict(input_size=[512, 512], patch_size=[16, 16], code_len=256, width=768, enc_depth=6, dec_depth=12,
+                     mlp_dim=3072, num_heads=12, code_dropout="none", bottleneck_resize=True)
+_GIVT_UVIM = dict(num_layers=24, num_decoder_layers=24, num_heads=16, mlp_dim=4096, emb_dim=1024, patches=[16, 16],
+                  input_size=[512, 512], posemb_type="learn", seq_len=256, num_labels=None, num_mixtures=1,
+                  fix_square_plus=True, scale_tol=1e-6, dec_dropout_rate=0.0)
+for _task, _file, _specs, _temp, _beams in (
+    ("COCO panoptic", "coco_panoptic", {"semantics": [0, 133 + 1], "instances": [1, 100]}, 0.85, 4),  # +1: void
+    ("NYU depth", "nyu_depth", {"depth": [0, 256]}, 0.9, 2),  # 256 depth bins in [1e-3, 10] m
+):
+    _add(CheckpointEntry(f"GIVT VAE {_task}", f"gs://big_vision/givt/vae_{_file}_params.npz", "proj.givt.vit",
+                         {**_GIVT_VIT_VAE, "inout_specs": _specs}, 512, "resize", paper=_GIVT))
+    _sampling = dict(temp=_temp, temp_probs=1.0, beam_size=_beams, fan_size=8, rand_top_k=False, rand_top_k_temp=1.0)
+    _add(CheckpointEntry(f"GIVT {_task}", f"gs://big_vision/givt/givt_{_file}_params.npz", "proj.givt.givt",
+                         {**_GIVT_UVIM, "ar_generation_config": _sampling}, 512, "resize", paper=_GIVT))
+
+
 def find_entry(name_or_path: str | None, model_name: str | None = None) -> CheckpointEntry | None:
     """A registry entry by vanity name, or by the exact basename of its file (``vit_s16_i1k_300ep.npz``).
 
