@@ -31,14 +31,26 @@ def _loc(v):
 
 REQUIRED = ["cococap", "textcaps", "vqav2", "okvqa", "aokvqa_da", "aokvqa_mc", "ai2d", "gqa", "science_qa",
             "tallyqa", "ocrvqa", "textvqa", "docvqa", "infovqa", "stvqa", "chartqa", "vizwizvqa", "rsvqa_lr",
-            "rsvqa_hr", "refcoco_seg", "refcoco_det", "screen2words", "widgetcap", "scicap", "nlvr2", "jsonl"]
+            "rsvqa_hr", "refcoco_seg", "refcoco_det", "screen2words", "widgetcap", "scicap", "nlvr2", "jsonl",
+            "pope", "coco35l", "xm3600", "msrvtt_cap", "msrvtt_qa", "msvd_qa", "activitynet_cap", "activitynet_qa",
+            "vatex_cap"]
+
+
+def test_every_big_vision_transfer_config_is_a_task():
+    import os
+
+    folder = "/work/big_vision/big_vision/configs/proj/paligemma/transfers"
+    if not os.path.isdir(folder):
+        pytest.skip("no big_vision checkout")
+    configs = {f for f in os.listdir(folder) if f.endswith(".py")} - {"__init__.py", "common.py", "vertexai_l4.py"}
+    assert configs <= {os.path.basename(t.config) for t in TASKS.values()}
 
 
 def test_registry_has_tasks_and_per_res_values():
     assert set(REQUIRED) <= set(TASKS)
     for name in TASKS:
         t = TASKS[name]
-        assert t.config.endswith(".py") and 224 in t.hparams, name
+        assert (t.config.endswith(".py") or t.config.startswith("PaliGemma 2")) and 224 in t.hparams, name
     t = get_task("vqav2", res=448)
     assert (t.lr, t.wd, t.total_epochs, t.batch_size, t.text_len, t.max_new_tokens) == (1e-5, 0.0, 10, 256, 32, 32)
     assert get_task("vqav2").wd == 1e-6

@@ -201,8 +201,9 @@ def test_science_qa_letter_extraction():
 def test_pope():
     out = M.pope(["Yes", "no", "yes", "maybe"], ["yes", "no", "no", "yes"])
     assert out["acc"] == 0.5 and out["valid_percent"] == 0.75
-    assert out["precision"] == 0.5 and out["recall"] == 0.5 and out["f1"] == 0.5
-    assert out["yes_ratio"] == 0.5
+    # the POPE script reads "maybe" as "yes" (no "no"/"not" in it): TP 2, FP 1, TN 1, FN 0
+    assert out["precision"] == pytest.approx(2 / 3) and out["recall"] == 1.0 and out["f1"] == pytest.approx(0.8)
+    assert out["yes_ratio"] == 0.75 and out["pope_acc"] == 0.75
 
 
 # ---------------------------------------------------------------------------------------------------------

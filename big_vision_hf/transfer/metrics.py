@@ -3,8 +3,9 @@
 Sources (google-research/big_vision at commit 0127fb6, ``big_vision/evaluators/proj/paligemma/transfers/``):
 
 - ``coco_caption.py``: pycocoevalcap ``PTBTokenizer`` on references and predictions, then ``Cider`` (CIDEr-D,
-  ``n=4, sigma=6``). :func:`ptb_tokenize` ports the Stanford PTBTokenizer (``-preserveLines -lowerCase``) plus
-  pycocoevalcap's punctuation filter to Python; ``tokenizer="java"`` runs pycocoevalcap's own (needs Java).
+  ``n=4, sigma=6``). :func:`ptb_tokenize` / :func:`~big_vision_hf.transfer.ptb.ptb_tokenize_lines` are the
+  Stanford PTBTokenizer jar (``-preserveLines -lowerCase``) plus pycocoevalcap's punctuation filter in Python,
+  identical to the jar (``transfer/ptb.py``); ``tokenizer="java"`` runs pycocoevalcap's own (needs Java).
 - ``vqav2.py``: VQAv2 normalisation and the leave-one-out accuracy, by answer type.
 - ``vqa.py``: ``acc`` (exact, or ``min(1, #match / 3)`` with several answers), ``acc_any`` and ``anls``.
 - ``chartqa.py``: relaxed accuracy (5% relative tolerance on numbers).
@@ -31,6 +32,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from .masks import load_mask
+from .ptb import PTB_PUNCTUATIONS, ptb_tokenize, ptb_tokenize_lines
 
 __all__ = [
     "METRICS",
@@ -38,10 +40,13 @@ __all__ = [
     "anls_metric",
     "chartqa",
     "cider",
+    "cider_multilingual",
+    "coco_map",
     "detection",
     "exact_match",
     "levenshtein",
     "pope",
+    "pope_answer",
     "postprocess_vqav2_text",
     "ptb_tokenize",
     "relaxed_match",
@@ -90,100 +95,6 @@ def _mean(values) -> float:
 # ---------------------------------------------------------------------------------------------------------
 # CIDEr (coco_caption.py -> pycocoevalcap 1.2: tokenizer/ptbtokenizer.py, cider/cider_scorer.py)
 # ---------------------------------------------------------------------------------------------------------
-
-# pycocoevalcap ptbtokenizer.py PUNCTUATIONS. They are compared AFTER ``-lowerCase``, so the bracket escapes
-# ("-lrb-", "-rrb-", "-lsb-", ...) are never removed: pycocoevalcap keeps them, and so do we.
-PTB_PUNCTUATIONS = frozenset(["''", "'", "``", "`", "-LRB-", "-RRB-", "-LCB-", "-RCB-",
-                              ".", "?", "!", ",", ":", "-", "--", "...", ";"])
-
-_BRACKETS = {"(": "-lrb-", ")": "-rrb-", "[": "-lsb-", "]": "-rsb-", "{": "-lcb-", "}": "-rcb-"}
-# Stanford PTBLexer splits these words in two (``cannot`` -> ``can not``, ``gonna`` -> ``gon na``).
-_SPLIT_WORDS = {"cannot": ("can", "not"), "gonna": ("gon", "na"), "gotta": ("got", "ta"),
-                "wanna": ("wan", "na"), "lemme": ("lem", "me"), "gimme": ("gim", "me")}
-# PTBLexer abbreviations that keep their period (a subset of its ABBREV lists; the common caption ones).
-_ABBREVIATIONS = frozenset("""mr mrs ms dr prof st jr sr co corp inc ltd vs etc mt ft ave blvd jan feb mar apr
-jun jul aug sep sept oct nov dec gen gov sen rep lt col sgt capt cmdr adm fig ca approx""".split())
-_TOKEN_RE = re.compile(
-    r"""\.\.\.|--|''|``|"|[(){}\[\];?!]"""  # always separate
-    r"""|[$#%&]"""  # currency and symbols are split off
-    r"""|(?:[a-z]\.){2,}"""  # acronyms: u.s. a.m.
-    r"""|\d+(?:[.,:/]\d+)*(?:[-'][\w'\-/@*+=~^]+)*"""  # numbers: 3.5 1,000 10:30 3.5-inch
-    r"""|[\w'\-/@*+=~^]+(?:\.(?=\w)[\w'\-/@*+=~^]+)*"""  # words (a.b inside a word)
-    r"""|[,.:`]|[^\w\s]""",  # any other symbol (°, ©, ...) on its own
-    re.UNICODE,
-)
-_CONTRACTION_RE = re.compile(r"^(.+?)(n't|'s|'d|'ll|'re|'ve|'m)$")
-
-
-def _ptb_word(word: str) -> list[str]:
-    """Splits one word-like token as PTBLexer does: quotes, contractions, ``cannot``."""
-    if word == "'n'":
-        return [word]  # rock 'n' roll
-    out = []
-    if word.startswith("'") and len(word) > 1 and not _CONTRACTION_RE.match(word) and word[1:2].isalpha():
-        if word.lower() in ("'s", "'d", "'ll", "'re", "'ve", "'m"):
-            return [word]
-        out.append("`")  # an opening single quote
-        word = word[1:]
-    trailing = []
-    while word.endswith("'") and len(word) > 1 and not word.endswith("n'"):
-        trailing.insert(0, "'")  # a closing single quote
-        word = word[:-1]
-    if word in _SPLIT_WORDS:
-        out.extend(_SPLIT_WORDS[word])
-    elif word in ("can't", "won't", "ain't"):
-        out.extend([word[:-3], "n't"])  # ca n't, wo n't, ai n't
-    else:
-        m = _CONTRACTION_RE.match(word)
-        out.extend([m.group(1), m.group(2)] if m and m.group(1) not in ("o", "'") else [word])
-    return out + trailing
-
-
-def ptb_tokenize(text: str) -> str:
-    """pycocoevalcap's ``PTBTokenizer`` in Python: Stanford PTBTokenizer ``-preserveLines -lowerCase``, then the
-    tokens in ``PTB_PUNCTUATIONS`` removed and the rest joined with spaces.
-
-    A port of the PTBLexer rules captions use (lowercase; punctuation, brackets, ``$ % &`` split off;
-    ``'s n't 'll 're 've 'd 'm`` split; ``can't`` -> ``ca n't``, ``cannot`` -> ``can not``; numbers like
-    ``3.5``, ``1,000``, ``10:30`` and acronyms like ``u.s.`` kept whole; a sentence-final period split off).
-    Checked against ``stanford-corenlp-3.4.1.jar`` on the strings of ``tests/test_transfer_metrics.py``; rare
-    constructs (URLs, emoticons, every entry of PTBLexer's abbreviation lists, Unicode quotes) may differ:
-    use ``cider(..., tokenizer="java")`` for bit-exact scores.
-    """
-    text = text.replace("\n", " ").lower()  # ptbtokenizer.py: c['caption'].replace('\n', ' '); -lowerCase
-    text = text.replace("--", " -- ")  # a dash is always its own token, also inside a word
-    tokens = []
-    for m in _TOKEN_RE.finditer(text):
-        tok = m.group(0)
-        if tok in _BRACKETS:
-            tokens.append(_BRACKETS[tok])
-        elif tok == '"':
-            tokens.append("``" if not tokens or tokens[-1] in _BRACKETS.values() else "''")  # removed anyway
-        elif tok[0].isdigit() or tok in ("...", "--", "''", "``"):
-            tokens.append(tok)
-        elif re.fullmatch(r"(?:[a-z]\.){2,}", tok) or tok[:1] in ",.:`$#%&;?!" and len(tok) == 1:
-            tokens.append(tok)
-        else:
-            word = tok
-            # "mr." keeps its period; other words end before the period (the "." is its own token).
-            nxt = text[m.end():m.end() + 1]
-            number_follows = re.match(r"\.\s*\d", text[m.end():]) is not None
-            if nxt == "." and (word in _ABBREVIATIONS or (word == "no" and number_follows)):  # "no. 5"
-                tokens.append(word + ".")
-                continue
-            tokens.extend(_ptb_word(word))
-    # Abbreviations were appended with their period: drop the "." token that follows them.
-    out, skip = [], False
-    for i, tok in enumerate(tokens):
-        if skip:
-            skip = False
-            if tok == ".":
-                continue
-        out.append(tok)
-        if tok.endswith(".") and (tok[:-1] in _ABBREVIATIONS or tok == "no."):
-            skip = True
-    return " ".join(t for t in out if t not in PTB_PUNCTUATIONS)
-
 
 def _ptb_tokenize_java(texts: list[str]) -> list[str]:
     """pycocoevalcap's own ``PTBTokenizer`` (``java -cp stanford-corenlp-3.4.1.jar``), one line per text."""
@@ -288,20 +199,48 @@ def cider(predictions, references, examples=None, *, tokenizer: str = "python") 
     refs = [_as_list(r) for r in references]
     if any(not r for r in refs):
         raise ValueError("every prediction needs at least one reference caption")
-    if tokenizer == "python":
-        preds_tok = [ptb_tokenize(p) for p in predictions]
-        refs_tok = [[ptb_tokenize(r) for r in rs] for rs in refs]
-    elif tokenizer == "java":
-        flat = _ptb_tokenize_java([r for rs in refs for r in rs] + list(predictions))
-        refs_tok, i = [], 0
-        for rs in refs:
-            refs_tok.append(flat[i:i + len(rs)])
-            i += len(rs)
-        preds_tok = flat[i:]
-    else:
+    if tokenizer not in ("python", "java"):
         raise ValueError(f"tokenizer must be 'python' or 'java', got {tokenizer!r}")
+    # coco_caption.py: PTBTokenizer().tokenize(gts), then .tokenize(res): two inputs, one caption per line (a
+    # caption's tokens may depend on the next line: see transfer/ptb.py).
+    tokenize_lines = ptb_tokenize_lines if tokenizer == "python" else _ptb_tokenize_java
+    flat = tokenize_lines([r for rs in refs for r in rs])
+    refs_tok, i = [], 0
+    for rs in refs:
+        refs_tok.append(flat[i:i + len(rs)])
+        i += len(rs)
+    preds_tok = tokenize_lines(list(predictions))
     score, _ = cider_d(preds_tok, refs_tok)
     return {"cider": score, "num": float(len(predictions))}
+
+
+def cider_multilingual(predictions, references, examples=None, *, tokenizer: str = "python",
+                       language_key: str = "language") -> dict[str, float]:
+    """Multilingual captioning (COCO-35L, XM3600): CIDEr per language, ``cider/{lang}``, and ``cider`` = their
+    mean (the "avg" over languages the PaliGemma papers report).
+
+    big_vision (``coco35l.py`` ``add_eval`` / ``add_eval_xm``) runs one ``coco_caption`` evaluator per language,
+    so each language is tokenised and scored on its own (the idf of CIDEr-D is per language), exactly as
+    :func:`cider` does on that language's examples. The tokenizer is pycocoevalcap's PTBTokenizer for EVERY
+    language, also for those written without spaces (zh, ja, th): big_vision does no word segmentation, so a
+    Chinese caption is a few whitespace-separated "words" and its CIDEr is close to a whole-sentence match. We
+    follow big_vision (so the numbers compare with the papers'); ``examples`` need the ``language`` field.
+    """
+    _check_lengths(predictions, references)
+    langs = _field(examples, (language_key,), len(predictions), required=True)
+    by_lang = collections.defaultdict(list)
+    for i, lang in enumerate(langs):
+        by_lang[str(lang)].append(i)
+    out = {}
+    for lang in sorted(by_lang):
+        idx = by_lang[lang]
+        scores = cider([predictions[i] for i in idx], [references[i] for i in idx], tokenizer=tokenizer)
+        out[f"cider/{lang}"] = scores["cider"]
+        out[f"num/{lang}"] = float(len(idx))
+    out["cider"] = _mean([out[f"cider/{lang}"] for lang in by_lang])
+    out["num_languages"] = float(len(by_lang))
+    out["num"] = float(len(predictions))
+    return out
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -380,16 +319,11 @@ def vqav2(predictions, references, examples=None) -> dict[str, float]:
 # ---------------------------------------------------------------------------------------------------------
 
 def levenshtein(a: str, b: str) -> int:
-    """Edit distance over characters (``editdistance.eval(a, b)``, which big_vision's ANLS uses)."""
-    if len(a) < len(b):
-        a, b = b, a
-    previous = list(range(len(b) + 1))
-    for i, ca in enumerate(a, 1):
-        current = [i]
-        for j, cb in enumerate(b, 1):
-            current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (ca != cb)))
-        previous = current
-    return previous[-1]
+    """Edit distance over characters, unit costs: ``rapidfuzz.distance.Levenshtein.distance`` (the value of
+    ``editdistance.eval(a, b)``, which big_vision's ANLS uses)."""
+    from rapidfuzz.distance import Levenshtein
+
+    return int(Levenshtein.distance(a, b))
 
 
 def anls_metric(target: str, prediction: str, theta: float = 0.5) -> float:
@@ -594,24 +528,41 @@ def science_qa(predictions, references, examples=None) -> dict[str, float]:
             "num": float(len(answers))}
 
 
+def pope_answer(text: str) -> str:
+    """The POPE script's reading of an answer (RUCAIBox/POPE ``evaluate.py``): the first sentence (up to the first
+    ``"."``), commas removed, split on spaces; ``"no"`` if a word is ``No``, ``no`` or ``not``, else ``"yes"``."""
+    if text.find(".") != -1:
+        text = text.split(".")[0]
+    words = text.replace(",", "").split(" ")
+    return "no" if "No" in words or "not" in words or "no" in words else "yes"
+
+
 def pope(predictions, references, examples=None) -> dict[str, float]:
-    """big_vision ``pope.py``: ``acc`` = lowercased prediction equals the ``yes``/``no`` answer,
-    ``valid_percent`` = share of predictions that are ``yes`` or ``no``. Added (POPE paper's reporting,
-    https://github.com/RUCAIBox/POPE, with "yes" the positive class, on big_vision's lowercase exact answers):
-    ``precision``, ``recall``, ``f1`` and ``yes_ratio``."""
+    """POPE. big_vision ``pope.py``: ``acc`` = the lowercased prediction equals the ``yes``/``no`` answer,
+    ``valid_percent`` = share of predictions that are ``yes`` or ``no``.
+
+    And the POPE paper's numbers as its script computes them (https://github.com/RUCAIBox/POPE ``evaluate.py``):
+    every prediction read by :func:`pope_answer` (an answer without "no" / "No" / "not" in its first sentence is
+    "yes"), labels ``"no"`` -> negative and anything else -> positive; ``pope_acc`` = (TP + TN) / N,
+    ``precision`` = TP / (TP + FP), ``recall`` = TP / (TP + FN), ``f1``, ``yes_ratio`` = share of "yes" readings.
+    (Where the script divides by zero, the value is 0.0.)"""
     _check_lengths(predictions, references)
     answers = [p.lower() for p in predictions]
     gts = [_as_list(r)[0] for r in references]
-    tp = sum(a == "yes" and g == "yes" for a, g in zip(answers, gts))
-    fp = sum(a == "yes" and g != "yes" for a, g in zip(answers, gts))
-    fn = sum(a != "yes" and g == "yes" for a, g in zip(answers, gts))
+    preds = [pope_answer(p) == "yes" for p in predictions]
+    labels = [g != "no" for g in gts]
+    tp = sum(p and g for p, g in zip(preds, labels))
+    fp = sum(p and not g for p, g in zip(preds, labels))
+    tn = sum(not p and not g for p, g in zip(preds, labels))
+    fn = sum(not p and g for p, g in zip(preds, labels))
     precision = tp / (tp + fp) if tp + fp else 0.0
     recall = tp / (tp + fn) if tp + fn else 0.0
     f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
     return {"acc": _mean([float(a == g) for a, g in zip(answers, gts)]),
             "valid_percent": _mean([float(a in ("yes", "no")) for a in answers]),
+            "pope_acc": (tp + tn) / len(preds) if preds else float("nan"),
             "precision": precision, "recall": recall, "f1": f1,
-            "yes_ratio": _mean([float(a == "yes") for a in answers]), "num": float(len(answers))}
+            "yes_ratio": _mean([float(p) for p in preds]), "num": float(len(answers))}
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -637,11 +588,16 @@ def box_iou(box, gt_box) -> float:
 
 def parse_refcoco_tokens(text: str) -> tuple[bool, np.ndarray]:
     """segmentation.py's validity rule on the text: the output must START with 4 ``<loc>`` then 16 ``<seg>``
-    (anything after is ignored), with ``y2 > y1`` and ``x2 > x1``. Returns ``(valid, 20 ints)`` (zeros if not)."""
+    (anything after is ignored), each in the vocabulary's range (``<loc0000>``..``<loc1023>``,
+    ``<seg000>``..``<seg127>``; big_vision reads token ids, which cannot be out of range), with ``y2 > y1`` and
+    ``x2 > x1``. Returns ``(valid, 20 ints)`` (zeros if not)."""
+    from ..processing.paligemma_decoding import NUM_LOC_TOKENS, NUM_SEG_TOKENS
+
     m = _REFCOCO_RE.match(text)
     if m:
         t = np.array([int(g) for g in m.groups()], np.int64)
-        if t[2] > t[0] and t[3] > t[1]:
+        in_range = (t[:4] < NUM_LOC_TOKENS).all() and (t[4:] < NUM_SEG_TOKENS).all()  # no <loc1500>, <seg200>
+        if in_range and t[2] > t[0] and t[3] > t[1]:
             return True, t
     return False, np.zeros(20, np.int64)
 
@@ -699,11 +655,89 @@ def segmentation(predictions, references=None, examples=None, *, vqvae=None,
     return out
 
 
+def _first_valid_box(text: str):
+    from ..processing.paligemma_decoding import NUM_LOC_TOKENS, parse_objects
+
+    objs = parse_objects(text)
+    locs = objs[0]["loc"] if objs else None
+    if not locs or not all(0 <= t < NUM_LOC_TOKENS for t in locs) or locs[2] <= locs[0] or locs[3] <= locs[1]:
+        return None
+    return locs
+
+
+def coco_map(pred_objects, gt_objects, image_sizes=None) -> dict[str, float]:
+    """COCO box mAP with pycocotools ``COCOeval`` (``iouType="bbox"``, its defaults: IoU 0.50:0.05:0.95, 101 recall
+    points, ``maxDets=100``).
+
+    Args:
+        pred_objects: per image, a list of ``(label, (y1, x1, y2, x2))`` with normalised boxes. PaliGemma gives no
+            confidence: every box scores 1.0, so COCOeval's (stable) sort by score keeps the generated order.
+        gt_objects: per image, the ground truth in the same form.
+        image_sizes: per image ``(height, width)`` to scale the boxes to pixels (the ``map_small`` / ``_medium`` /
+            ``_large`` area ranges are in pixels, so they are only returned with sizes); else boxes stay in
+            ``[0, 1]``.
+
+    Returns ``map``, ``map_50``, ``map_75`` (COCOeval ``stats[0:3]``; NaN without ground truth).
+    """
+    import contextlib
+    import io
+
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    labels = {}
+    for objs in list(gt_objects) + list(pred_objects):
+        for label, _ in objs:
+            labels.setdefault(label, len(labels) + 1)
+
+    def to_xywh(box, i):
+        h, w = image_sizes[i] if image_sizes is not None else (1.0, 1.0)
+        y1, x1, y2, x2 = (float(v) for v in box)
+        return [x1 * w, y1 * h, max(x2 - x1, 0.0) * w, max(y2 - y1, 0.0) * h]
+
+    images, annotations = [], []
+    for i, objs in enumerate(gt_objects):
+        h, w = image_sizes[i] if image_sizes is not None else (1, 1)
+        images.append({"id": i, "height": h, "width": w})
+        for label, box in objs:
+            xywh = to_xywh(box, i)
+            annotations.append({"id": len(annotations) + 1, "image_id": i, "category_id": labels[label],
+                                "bbox": xywh, "area": xywh[2] * xywh[3], "iscrowd": 0})
+    dets = [{"image_id": i, "category_id": labels[label], "bbox": to_xywh(box, i), "score": 1.0}
+            for i, objs in enumerate(pred_objects) for label, box in objs]
+    nan = float("nan")
+    if not annotations:
+        return {"map": nan, "map_50": nan, "map_75": nan}
+    if not dets:
+        return {"map": 0.0, "map_50": 0.0, "map_75": 0.0}
+    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints its progress
+        gt = COCO()
+        gt.dataset = {"images": images, "annotations": annotations,
+                      "categories": [{"id": v, "name": k} for k, v in labels.items()]}
+        gt.createIndex()
+        ev = COCOeval(gt, gt.loadRes(dets), iouType="bbox")
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+    stats = [nan if v < 0 else float(v) for v in ev.stats]
+    out = {"map": stats[0], "map_50": stats[1], "map_75": stats[2]}
+    if image_sizes is not None:
+        out.update(map_small=stats[3], map_medium=stats[4], map_large=stats[5])
+    return out
+
+
 def detection(predictions, references=None, examples=None, *, det_ious=(0.5, 0.75)) -> dict[str, float]:
-    """Referring-expression detection: box accuracy@t of the FIRST ``<loc>x4`` box of each output against the
-    example's ``bbox`` (normalised ``y1, x1, y2, x2``), with segmentation.py's box IoU (``tokens / 1023``).
-    Outputs with a label (``"<loc>x4 cat"``) are accepted, via ``paligemma_decoding.parse_objects``; no valid
-    box (4 ``<loc>`` in range, ``y2 > y1``, ``x2 > x1``) counts as a miss and as ``invalid``."""
+    """Detection, two ways.
+
+    - ``boxacc/{t}`` (as for referring expressions): box accuracy@t of the FIRST ``<loc>x4`` box of each output
+      against the example's ``bbox`` (normalised ``y1, x1, y2, x2``), with segmentation.py's box IoU
+      (``tokens / 1023``). Outputs with a label (``"<loc>x4 cat"``) are accepted; no valid box (4 ``<loc>`` in
+      range, ``y2 > y1``, ``x2 > x1``) counts as a miss and as ``invalid``.
+    - ``map``, ``map_50``, ``map_75`` (+ ``map_small/medium/large`` when the examples have ``height`` /
+      ``width``): COCO mAP of ALL the boxes of each output (``<loc>x4 label ; <loc>x4 label ...``) with pycocotools
+      (:func:`coco_map`). The ground truth is the examples' ``boxes`` + ``labels`` (``data.load_coco`` records:
+      class-aware), else their single ``bbox`` (referring expressions: class-agnostic, labels ignored).
+    """
     from ..processing.paligemma_decoding import LOC_BINS, NUM_LOC_TOKENS, parse_objects
 
     n = len(predictions)
@@ -711,9 +745,8 @@ def detection(predictions, references=None, examples=None, *, det_ious=(0.5, 0.7
     dets = {t: [] for t in det_ious}
     invalid = 0
     for pred, gt_box in zip(predictions, bboxes):
-        objs = parse_objects(pred)
-        locs = objs[0]["loc"] if objs else None
-        if not locs or not all(0 <= t < NUM_LOC_TOKENS for t in locs) or locs[2] <= locs[0] or locs[3] <= locs[1]:
+        locs = _first_valid_box(pred)
+        if locs is None:
             invalid += 1
             iou = 0.0
         else:
@@ -722,6 +755,27 @@ def detection(predictions, references=None, examples=None, *, det_ious=(0.5, 0.7
             dets[t].append(float(t <= iou))
     out = {f"boxacc/{t}": _mean(v) for t, v in dets.items()}
     out.update(invalid=float(invalid), total=float(n))
+
+    boxes = _field(examples, ("boxes",), n)
+    labels = _field(examples, ("labels",), n)
+    class_aware = boxes is not None and labels is not None and all(b is not None for b in boxes)
+    if class_aware:
+        gts = [[(str(lab), tuple(b)) for b, lab in zip(bs, ls)] for bs, ls in zip(boxes, labels)]
+    else:
+        gts = [[("", tuple(np.asarray(b, np.float64).reshape(4)))] for b in bboxes]
+    preds = []
+    for pred in predictions:
+        objs = []
+        for obj in parse_objects(pred):
+            locs = obj["loc"]
+            if all(0 <= t < NUM_LOC_TOKENS for t in locs):
+                objs.append((obj["label"] if class_aware else "", tuple(np.array(locs) / LOC_BINS)))
+        preds.append(objs)
+    heights, widths = _field(examples, ("height",), n), _field(examples, ("width",), n)
+    sizes = None
+    if heights is not None and widths is not None and all(v is not None for v in heights + widths):
+        sizes = [(float(h), float(w)) for h, w in zip(heights, widths)]
+    out.update(coco_map(preds, gts, sizes))
     return out
 
 
@@ -765,6 +819,7 @@ _VQA_REPLACEMENTS = {
 
 METRICS = {
     "cider": cider,
+    "cider_multilingual": cider_multilingual,
     "vqav2": vqav2,
     "vqa": vqa,
     "exact_match": exact_match,

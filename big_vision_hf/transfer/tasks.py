@@ -44,6 +44,7 @@ from typing import Any
 
 from .masks import load_mask
 from .metrics import METRICS
+from .metrics_pg2 import PG2_METRICS
 from .recipe import Hparams, Recipe, resolve_num_beams
 
 __all__ = [
@@ -59,6 +60,8 @@ __all__ = [
 
 BV_CONFIG_DIR = "big_vision/configs/proj/paligemma/transfers"
 RESOLUTIONS = (224, 448, 896)
+# The PaliGemma 2 tasks' metrics (transfer/metrics_pg2.py, which imports metrics.py) join the metric table here.
+METRICS.update(PG2_METRICS)
 # big_vision_hf.transfer.metrics.METRICS keys (what transfer.evaluation.evaluate() accepts).
 KNOWN_METRICS = tuple(METRICS)
 
@@ -101,6 +104,9 @@ class TransferTask:
         fields: record fields the task reads (checked by the data loader; a column mapping renames yours).
         dataset: the TFDS dataset / split of the config (``final_split=True``), for the record.
         notes: departures and caveats (things big_vision does in its pp that are not a prefix/suffix op).
+        num_frames: frames per example (video tasks: the config's ``num_frames``; 1 for images). Each frame is
+            ``image_seq_length`` image tokens (:mod:`big_vision_hf.transfer.video`).
+        frame_stride: the video reader's ``stride`` between sampled frames.
         res: the resolution chosen by :func:`get_task` (``None`` on the table's entries).
     """
 
@@ -119,6 +125,8 @@ class TransferTask:
     fields: tuple[str, ...] = ()
     dataset: str = ""
     notes: str = ""
+    num_frames: int = 1
+    frame_stride: int = 1
     res: int | None = None
 
     def __post_init__(self):
@@ -154,13 +162,25 @@ class TransferTask:
     warmup_percent = property(lambda self: self._hp().warmup_percent)
 
     @property
+    def source(self) -> str:
+        """Where the task comes from: its big_vision config file, or the paper / ``(own)``; tasks that only borrow
+        a config's values (no config of their own) say so."""
+        name = self.config
+        if name.startswith(BV_CONFIG_DIR + "/"):
+            name = "big_vision transfers/" + name[len(BV_CONFIG_DIR) + 1:]
+        if self.notes.startswith(("not in the config", "not a config", "not a big_vision config")):
+            name += " (no config of its own)"
+        return name
+
+    @property
     def max_new_tokens(self) -> int:
         """big_vision's ``pred_kw={'max_decode_len': text_len}``."""
         return self.text_len
 
     @property
     def image_seq_length(self) -> int:
-        """Image tokens, ``(res / 14) ** 2`` (So400m/14): 256 / 1024 / 4096."""
+        """Image tokens of one image / frame, ``(res / 14) ** 2`` (So400m/14): 256 / 1024 / 4096; an example has
+        ``num_frames`` times as many."""
         self._hp()
         return (self.res // 14) ** 2
 
@@ -533,7 +553,8 @@ def _reg_coco(kind: str, verb: str, notes: str):
 
 # ---- generic COCO-style detection ('detect a ; b') and segmentation ('segment a ; b'): NO big_vision config ----
 _reg_coco("detection", "detect", "Records come from data.load_coco(): categories 'cat ; dog', objects "
-                                 "'<loc>x4 cat ; <loc>x4 dog'. The `detection` metric scores only the first box.")
+                                 "'<loc>x4 cat ; <loc>x4 dog'. The `detection` metric: boxacc of the first box "
+                                 "and COCO mAP of all boxes (pycocotools; boxes, labels, height, width).")
 _reg_coco("segmentation", "segment", "objects: '<loc>x4<seg>x16 cat ; ...'.")
 
 # ---- big_vision/configs/proj/paligemma/transfers/screen2words.py ----
@@ -591,3 +612,151 @@ _reg("jsonl", "forkme.py",
            "prefix with strfmt('caption en'); here the record's prefix is kept. forkme's metric is perplexity + "
            "storepreds (no score): 'exact_match' is our choice. For PaliGemma 2 forkme sets "
            "llm.final_logits_softcap=0.0. freeze_vit/freeze_llm are flags (default False).")
+
+# ---- big_vision/configs/proj/paligemma/transfers/coco35l.py ----
+COCO35L_LANGUAGES = ("ar", "bn", "cs", "da", "de", "el", "en", "es", "fa", "fi", "fil", "fr", "he", "hi", "hr", "hu",
+                     "id", "it", "ja", "ko", "mi", "nl", "no", "pl", "pt", "ro", "ru", "sv", "sw", "te", "th", "tr",
+                     "uk", "vi", "zh")
+XM3600_LANGUAGES = tuple(sorted(COCO35L_LANGUAGES + ("quz",)))  # coco35l.py LANGUAGES_XM3600 (36: + Quechua)
+_reg("coco35l", "coco35l.py",
+     prefix="caption {language}", suffix=choice("captions"), references="captions", fields=("captions", "language"),
+     text_len=32, metric="cider_multilingual",
+     # sweep_best: total_examples = 5 * 566_435 (5 x one language's 113,287 images x 5 captions), over the 35
+     # languages mixed with equal weights: 2,832,175 of the 35 x 113,287 = 3,965,045 (image, language) records
+     # = 5/7 of an epoch. get_config: lr=1e-4, wd=0.0, total_examples=566_435.
+     hparams={224: H(lr=1e-5, wd=1e-6, total_epochs=5 / 7, batch_size=256),
+              448: H(lr=1e-5, wd=1e-6, total_epochs=5 / 7, batch_size=256)},
+     dataset="coco35l train_{lang} for the 35 languages, equal weights (one record per image and language)",
+     notes="records: `captions` (that language's captions) and `language` (the code, e.g. 'de'); the 35 languages "
+           "are weighted equally as the train splits have the same size: concatenate them. Evaluation on "
+           "dev_{lang}: CIDEr per language (cider/{lang}) and their mean (cider), each language tokenised and "
+           "scored on its own as big_vision's per-language evaluators do; PTBTokenizer for every language "
+           "(no segmentation of zh/ja/th), as big_vision. Greedy decoding (get_config beam_size=0).")
+
+# ---- coco35l.py add_eval_xm: XM3600, zero-shot evaluation of the coco35l transfer ----
+_reg("xm3600", "coco35l.py",
+     prefix="caption {language}", suffix=choice("captions"), references="captions", fields=("captions", "language"),
+     text_len=32, metric="cider_multilingual",
+     hparams={224: H(lr=0.0, wd=0.0, total_epochs=None, total_steps=0, batch_size=1024),
+              448: H(lr=0.0, wd=0.0, total_epochs=None, total_steps=0, batch_size=1024)},
+     dataset="xm3600 split={lang} for 36 languages (evaluation only)",
+     notes="not a config of its own: coco35l.py's add_eval_xm evaluates the coco35l model on Crossmodal-3600 "
+           "(36 languages: coco35l's + 'quz'), batch_size=1024, no training (total_steps=0). Same metric as "
+           "coco35l: CIDEr per language and the mean.")
+
+
+# ---- the video configs (own reader: DMVR, not released) -- big_vision_hf.transfer.video for frames ----
+def _reg_video(name, config, *, prefix, suffix, fields, references=None, text_len, metric, hp, num_frames, stride,
+               dataset, notes=""):
+    _reg(name, config, prefix=prefix, suffix=suffix, references=references, fields=fields, text_len=text_len,
+         metric=metric, hparams={224: hp}, num_frames=num_frames, frame_stride=stride, dataset=dataset,
+         notes=(f"{num_frames} frames every {stride} frames, {num_frames} x 256 image tokens at 224 "
+                "(transfer.video.prepare_video_dataset: a list of frames, a frame folder or a video file per "
+                "record, field `video`); evaluation starts at the first frame (deterministic_fs=True), training "
+                "at a random frame; short clips are tiled (video_replicate_img). " + notes).strip())
+
+
+# ---- big_vision/configs/proj/paligemma/transfers/msrvtt_cap.py ----
+_reg_video("msrvtt_cap", "msrvtt_cap.py", prefix="caption en", suffix=choice("captions"), references="captions",
+           fields=("captions",), text_len=32, metric="cider",
+           hp=H(lr=1e-5, wd=0.0, total_epochs=20, batch_size=128, freeze_vit=True),  # get_config: 10 ep, wd 1e-6
+           num_frames=16, stride=9, dataset="msrvtt train (+valid with final_split)",
+           notes="captions: big_vision `caption/string` (video_choice draws one).")
+
+# ---- big_vision/configs/proj/paligemma/transfers/msrvtt_qa.py ----
+_reg_video("msrvtt_qa", "msrvtt_qa.py", prefix="answer en {question}", suffix=field_value("answer"),
+           fields=("question", "answer"), text_len=64, metric="vqa",
+           hp=H(lr=1e-5, wd=0.0, total_epochs=1, batch_size=128, freeze_vit=True),  # get_config: wd 1e-6
+           num_frames=16, stride=9, dataset="msrvtt_qa train (+valid with final_split)")
+
+# ---- big_vision/configs/proj/paligemma/transfers/msvd_qa.py ----
+_reg_video("msvd_qa", "msvd_qa.py", prefix="answer en {question}", suffix=field_value("answer"),
+           fields=("question", "answer"), text_len=64, metric="vqa",
+           hp=H(lr=3e-6, wd=3e-7, total_epochs=1, batch_size=128),  # get_config: total_epochs=3
+           num_frames=8, stride=26, dataset="msvd_qa train (+valid with final_split)")
+
+# ---- big_vision/configs/proj/paligemma/transfers/activitynet_cap.py ----
+_reg_video("activitynet_cap", "activitynet_cap.py", prefix="caption en", suffix=choice("captions"),
+           references="captions", fields=("captions",), text_len=64, metric="cider",
+           hp=H(lr=1e-5, wd=1e-6, total_epochs=1, batch_size=128, freeze_vit=True),  # get_config: 3 ep, not frozen
+           num_frames=16, stride=30, dataset="activitynet captions train (+valid with final_split)",
+           notes="one record per captioned segment.")
+
+# ---- big_vision/configs/proj/paligemma/transfers/activitynet_qa.py ----
+_reg_video("activitynet_qa", "activitynet_qa.py", prefix="answer en {question}", suffix=field_value("answer"),
+           fields=("question", "answer"), text_len=64, metric="vqa",
+           hp=H(lr=1e-5, wd=1e-6, total_epochs=1, batch_size=128),  # get_config: total_epochs=3
+           num_frames=16, stride=70, dataset="activitynet_qa train (+valid with final_split)")
+
+# ---- big_vision/configs/proj/paligemma/transfers/vatex_cap.py ----
+_reg_video("vatex_cap", "vatex_cap.py", prefix="caption en", suffix=choice("captions"), references="captions",
+           fields=("captions",), text_len=64, metric="cider",
+           hp=H(lr=3e-6, wd=3e-7, total_epochs=10, batch_size=128),  # get_config: total_epochs=3
+           num_frames=16, stride=7, dataset="vatex train (+valid with final_split)")
+
+
+# ---- PaliGemma 2's new transfer tasks (arXiv 2412.03555): NO big_vision config ----
+PG2_PAPER = "PaliGemma 2 (arXiv 2412.03555)"
+
+
+def pubtabnet_html(record: Mapping, ctx: BuildContext | None = None) -> str:
+    """PubTabNet / FinTabNet annotation -> the table's HTML (the target): ``html.structure.tokens`` with each
+    cell's ``tokens`` put after its ``<td>`` (or the ``>`` closing ``<td colspan=..``), single characters
+    HTML-escaped, as PubTabNet's ``format_html``; a record with ``html`` already a string is taken as is."""
+    import html as html_lib
+
+    value = record["html"]
+    if isinstance(value, str):
+        return value
+    tokens = list(value["structure"]["tokens"])
+    slots = [i for i, t in enumerate(tokens) if t in ("<td>", ">")]
+    for i, cell in zip(slots[::-1], list(value["cells"])[::-1]):
+        if cell.get("tokens"):
+            tokens.insert(i + 1, "".join(html_lib.escape(t) if len(t) == 1 else t for t in cell["tokens"]))
+    return "<table>" + "".join(tokens) + "</table>"
+
+
+def _reg_pg2(name, section, *, prefix, suffix, fields, text_len, metric, res, dataset, notes, references=None):
+    register_task(TransferTask(
+        name=name, config=f"{PG2_PAPER}: {section}", prefix=prefix, suffix=suffix, references=references,
+        fields=fields, text_len=text_len, metric=metric, hparams=dict.fromkeys(res, FORKME_HPARAMS),
+        dataset=dataset,
+        notes=("not a big_vision config: a PaliGemma 2 paper task. Prompt, text_len and hyperparameters are OURS "
+               "(forkme.py's lr/wd/epochs/batch), not the paper appendix's: set them with task.recipe(res, ...). "
+               + notes)))
+
+
+_reg_pg2("text_detection", "text detection and recognition", prefix="ocr", suffix="{words}", fields=("words",),
+         text_len=512, metric="text_spotting", res=(224, 448, 896),
+         dataset="ICDAR'15, Total-Text (+ MLT17, MLT19, HierText, TextOCR, IntelOCR for training)",
+         notes="`words`: '<loc>x4 word ; <loc>x4 word ...' (paligemma_decoding.objects_to_text of the word boxes "
+               "and transcriptions). Metric: word-level P/R/F1, IoU >= 0.5 and equal text (HierText protocol).")
+_reg_pg2("table_structure", "table structure recognition", prefix="parse table", suffix=pubtabnet_html,
+         fields=("html",), text_len=1024, metric="teds", res=(224, 448, 896),
+         dataset="PubTabNet (516k), FinTabNet (113k): PubTabNet jsonl records (filename, html.structure, "
+                 "html.cells)",
+         notes="target: the table HTML (PubTabNet format_html). The paper pads images to a square keeping the "
+               "aspect ratio: do that beforehand. Metric: TEDS / TEDS-S (apted); GriTS is not computed (no "
+               "maintained package).")
+_reg_pg2("molecule", "molecular structure recognition", prefix="smiles", suffix="{smiles}",
+         fields=("smiles",), text_len=256, metric="smiles_exact_match", res=(224, 448, 896),
+         dataset="molecule images rendered from SMILES",
+         notes="Metric: exact match of RDKit canonical SMILES (pip install rdkit).")
+_reg_pg2("music_score", "optical music score recognition", prefix="kern", suffix="{kern}",
+         fields=("kern",), text_len=1024, metric="music_error_rates", res=(224, 448, 896),
+         dataset="GrandStaff (**kern transcriptions)",
+         notes="Metric: symbol and line error rates (lower is better).")
+_reg_pg2("docci", "long fine-grained captioning", prefix="caption en", suffix="{caption}",
+         fields=("caption",), text_len=192, metric="cider", res=(224, 448), references="caption",
+         dataset="DOCCI long fine-grained captions",
+         notes="The paper scores factuality with NES (non-entailed sentences, a model-based judge): not available "
+               "here; CIDEr is reported instead.")
+_reg_pg2("mimic_cxr", "radiography report generation", prefix="report en", suffix="{report}",
+         fields=("report",), text_len=256, metric="report_generation", res=(224, 448), references="report",
+         dataset="MIMIC-CXR (findings sections)",
+         notes="Metric: CIDEr, BLEU-4, ROUGE-L (pycocoevalcap); RadGraph F1 needs the RadGraph model download and "
+               "is not computed.")
+_reg_pg2("vsr", "spatial reasoning", prefix="answer en {caption}", suffix="{label}", fields=("caption", "label"),
+         text_len=32, metric="exact_match", res=(224, 448),
+         dataset="Visual Spatial Reasoning (zero-shot and random splits)",
+         notes="`label`: 'true' / 'false' (map VSR's 1/0). Metric: accuracy.")
