@@ -65,12 +65,14 @@ def _table():
     zero_shot = AutoModelForZeroShotImageClassification
     # config: ({Auto class: model class}, image processor, tokenizer, processor)
     return {
-        BvViTConfig: ({AutoModel: vit.BvViTModel, classify: vit.BvViTForImageClassification}, BvImageProcessor, None, None),
+        BvViTConfig: ({AutoModel: vit.BvViTModel, classify: vit.BvViTForImageClassification},
+                      BvImageProcessor, None, None),
         BvFlexiViTConfig: ({AutoModel: flexi.BvFlexiViTModel, classify: flexi.BvFlexiViTForImageClassification},
                            BvImageProcessor, None, None),
         BvMixerConfig: ({AutoModel: mixer.BvMixerModel, classify: mixer.BvMixerForImageClassification},
                         BvImageProcessor, None, None),
-        BvBiTConfig: ({AutoModel: bit.BvBiTModel, classify: bit.BvBiTForImageClassification}, BvImageProcessor, None, None),
+        BvBiTConfig: ({AutoModel: bit.BvBiTModel, classify: bit.BvBiTForImageClassification},
+                      BvImageProcessor, None, None),
         BvNaFlexViTConfig: ({AutoModel: naflex.BvNaFlexViTModel, classify: naflex.BvNaFlexViTForImageClassification},
                             BvNaFlexImageProcessor, None, None),
         BvTextConfig: ({AutoModel: towers.BvTextTransformer}, None, None, None),

@@ -196,7 +196,8 @@ def resolve_tower(field: str, config, model_field: str, model_name: str, table: 
     if isinstance(config, PreTrainedConfig):
         names = [name for name, cls in table.items() if type(config) is cls]
         if not names:
-            raise ValueError(f"{field} must be one of {[c.__name__ for c in table.values()]}, got {type(config).__name__}")
+            classes = [c.__name__ for c in table.values()]
+            raise ValueError(f"{field} must be one of {classes}, got {type(config).__name__}")
         return names[0], config
     by_type = {cls.model_type: name for name, cls in table.items()}
     if isinstance(config, dict) and config.get("model_type") in by_type:

@@ -267,7 +267,8 @@ def export_to_siglip2(
     The deviation from our exact class (max abs error, fp32, patch tokens only) is measured on ``inputs`` (a
     processor output), or on a synthetic batch (:func:`synthetic_naflex_inputs`), and written into the model card.
     Known differences: transformers resizes the posemb per image (before 5.25 with ``F.interpolate``, which is
-    wrong on 1-wide grids) and has no ``L``-canvas cap (big_vision gives NaN beyond ``L`` patches per side); its pad *queries* attend to patches (only keys are
+    wrong on 1-wide grids) and has no ``L``-canvas cap (big_vision gives NaN beyond ``L`` patches per side); its pad
+    *queries* attend to patches (only keys are
     masked), so pad positions differ; its image processor resizes uint8 images with PIL instead of big_vision's
     float TF antialiased bilinear (the folder holds transformers' ``Siglip2ImageProcessorPil``). Not
     representable (raises): Dual PatchNorm, ``gap``/``max`` pooling, ``rep_size``, a classification head.

@@ -69,7 +69,8 @@ def fix_old_checkpoints(params: dict[str, LazyArray]) -> dict[str, LazyArray]:
                 )
     # MAP-head variants during ViT-G development had it inlined at the top level.
     if "probe" in params:
-        for key in [k for k in params if k.split("/")[0] in ("probe", "MlpBlock_0", "MultiHeadDotProductAttention_0", "LayerNorm_0")]:
+        inlined = ("probe", "MlpBlock_0", "MultiHeadDotProductAttention_0", "LayerNorm_0")
+        for key in [k for k in params if k.split("/")[0] in inlined]:
             params["MAPHead_0/" + key] = params.pop(key)
     return params
 
@@ -106,7 +107,8 @@ def infer_vit_config(
     kh, kw, channels, width = shape("embedding/kernel")
     heads = shape("Transformer/encoderblock_0/MultiHeadDotProductAttention_0/query/kernel")[1]
     mlp = shape("Transformer/encoderblock_0/MlpBlock_0/Dense_0/kernel")[1]
-    depth = 1 + max(int(k[len(p):].split("/")[1].split("_")[1]) for k in params if k.startswith(p + "Transformer/encoderblock_"))
+    blocks = [k[len(p):] for k in params if k.startswith(p + "Transformer/encoderblock_")]
+    depth = 1 + max(int(k.split("/")[1].split("_")[1]) for k in blocks)
     inferred = dict(
         hidden_size=width, num_hidden_layers=depth, intermediate_size=mlp, num_attention_heads=heads,
         patch_size=[kh, kw], num_channels=channels,

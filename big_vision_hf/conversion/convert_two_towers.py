@@ -420,8 +420,8 @@ class ImageTower:
 
     ``infer(params, kwargs, image_size, prefix) -> (config kwargs, head width)``; ``posemb``: our name of a learned
     posemb that `fit_posemb` resamples to ``image_size`` (``None``: resized at run time); ``transformers_class``,
-    ``misfits`` and ``to_transformers``: the transformers class it can land in; ``exact_in_transformers``: whether that class is
-    exact (then ``--target auto`` picks it where ``misfits`` is empty); ``processor(config, preprocessing)``.
+    ``misfits`` and ``to_transformers``: the transformers class it can land in; ``exact_in_transformers``: whether that
+    class is exact (then ``--target auto`` picks it where ``misfits`` is empty); ``processor(config, preprocessing)``.
     """
 
     prepare: Callable
@@ -479,7 +479,8 @@ def build_two_towers(
     kwargs = dict(model_kwargs or {})
     unknown = sorted(set(kwargs) - set(TWO_TOWER_KWARGS))
     if unknown:
-        raise CheckpointError(f"unknown big_vision two_towers option(s) {unknown}; known: {', '.join(TWO_TOWER_KWARGS)}")
+        known = ", ".join(TWO_TOWER_KWARGS)
+        raise CheckpointError(f"unknown big_vision two_towers option(s) {unknown}; known: {known}")
     text_model = text_model_of(params, kwargs)
     image_model = kwargs.get("image_model", "vit")
     if image_model not in IMAGE_TOWERS:
@@ -506,7 +507,8 @@ def build_two_towers(
         text = infer_text_config(params, text_kwargs)
         misfits = tower.misfits(vision, text, image_head, has_bias)
     if target == "transformers" and misfits:
-        raise CheckpointError(f"transformers' {tower.transformers_class} cannot represent this checkpoint: " + "; ".join(misfits))
+        raise CheckpointError(f"transformers' {tower.transformers_class} cannot represent this checkpoint: "
+                              + "; ".join(misfits))
     if misfits:
         logger.info("two towers -> our classes; transformers' class cannot represent: %s", "; ".join(misfits))
 

@@ -7,7 +7,8 @@ no processor class of our own is needed. The same holds for transformers' ``zero
 pipeline, which loads the folder's tokenizer and image processor itself (sigmoid scores for ``siglip`` /
 ``bv_siglip`` models, softmax for ``bv_two_towers``).
 
-A converted folder gets it with ``big-vision-hf convert ... --tokenizer FILE`` (``conversion.export.add_text_processor``).
+A converted folder gets it with ``big-vision-hf convert ... --tokenizer FILE``
+(``conversion.export.add_text_processor``).
 
 Example:
     >>> from big_vision_hf.conversion.export import add_text_processor
