@@ -3,11 +3,45 @@
 from __future__ import annotations
 
 import argparse
+import math
+import os
+import re
 import sys
 
 import torch
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def _number(kind: type, low: float, *, strict: bool = False):
+    """An argparse ``type``: ``kind`` (int or float), finite, ``>= low`` (``> low`` with ``strict``); argparse names
+    the flag in its error (``argument --max-steps: must be an integer >= 1, got 0``)."""
+    what = "an integer" if kind is int else "a number"
+    bound = f"{'>' if strict else '>='} {low:g}"
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be {what} {bound}, got {text!r}") from None
+        if not math.isfinite(value) or value < low or (strict and value == low):
+            raise argparse.ArgumentTypeError(f"must be {what} {bound}, got {text}")
+        return value
+
+    parse.__name__ = f"{kind.__name__} {bound}"
+    return parse
+
+
+_POSITIVE_INT = _number(int, 1)
+_POSITIVE_FLOAT = _number(float, 0, strict=True)
+
+
+def _size(text: str) -> str:
+    """``--max-shard-size``: a byte count with an optional unit (``500MB``, ``5GB``), greater than 0."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]i?b|b)?\s*", text, re.IGNORECASE)
+    if not match or float(match.group(1)) <= 0:
+        raise argparse.ArgumentTypeError(f"must be a size > 0 such as 500MB or 5GB, got {text!r}")
+    return text.strip()
 
 
 def _convert(args: argparse.Namespace) -> int:
@@ -30,9 +64,20 @@ def _convert(args: argparse.Namespace) -> int:
         target=args.target,
         tokenizer=args.tokenizer,
         text_preset=args.text_preset,
+        overwrite=args.overwrite,
+        allow_nonfinite=args.allow_nonfinite,
     )
     print(f"wrote {out}")
+    _push(args, out)
     return 0
+
+
+def _push(args: argparse.Namespace, folder: str) -> None:
+    """``--push-to-hub REPO``: the model folder (no checkpoints, no pickles) to the Hub (`big_vision_hf.hub`)."""
+    if getattr(args, "push_to_hub", None):
+        from .hub import push_folder
+
+        push_folder(folder, args.push_to_hub, private=args.hub_private or None)
 
 
 def _column_map(pairs: list[str] | None) -> dict[str, str] | None:
@@ -57,8 +102,9 @@ def _transfer(args: argparse.Namespace) -> int:
         eval_batch_size=args.eval_batch_size, eval_limit=args.eval_limit, eval_before=not args.no_eval_before,
         precision=args.precision, resume=args.resume, split=args.split, eval_split=args.eval_split,
         column_map=_column_map(args.column_map), skip_bad=args.skip_bad, vqvae=args.vqvae, seed=args.seed,
-        progress=not args.quiet,
+        progress=not args.quiet, overwrite=args.overwrite, report_to=args.report_to,
     )
+    _push(args, args.output)
     return 0
 
 
@@ -68,7 +114,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     run_evaluate(args.model, args.data, args.task, args.output, split=args.split,
                  column_map=_column_map(args.column_map), limit=args.limit, batch_size=args.batch_size,
                  decoding=args.decoding, num_beams=args.num_beams, skip_bad=args.skip_bad, vqvae=args.vqvae,
-                 progress=not args.quiet)
+                 progress=not args.quiet, overwrite=args.overwrite)
     return 0
 
 
@@ -76,13 +122,17 @@ def _tasks(args: argparse.Namespace) -> int:
     from .transfer.synthetic import SYNTHETIC_TASKS
     from .transfer.tasks import TASKS
 
-    print(f"{'task':18s} {'metric':12s} {'text_len':>8s}  {'res':12s} prefix")
+    print(f"{'task':18s} {'metric':19s} {'text_len':>8s}  {'res':12s} {'frames':6s} {'prefix':28s} source")
     for name, t in TASKS.items():
         prefix = t.prefix if isinstance(t.prefix, str) else "(built from the record)"
         res = ",".join(str(r) for r in t.resolutions)
-        print(f"{name:18s} {t.metric:12s} {t.text_len:8d}  {res:12s} {prefix.replace(chr(10), ' | ')}")
+        frames = f"{t.num_frames}/{t.frame_stride}" if t.num_frames > 1 else "1"
+        print(f"{name:18s} {t.metric:19s} {t.text_len:8d}  {res:12s} {frames:6s} "
+              f"{prefix.replace(chr(10), ' | '):28s} {t.source}")
     for name, t in SYNTHETIC_TASKS.items():
-        print(f"{name:18s} {t.metric:12s} {t.text_len:8d}  {t.res:<12d} (built-in synthetic data)")
+        print(f"{name:18s} {t.metric:19s} {t.text_len:8d}  {t.res:<12d} {'1':6s} {'':28s} "
+              "built-in synthetic data (transfer/synthetic.py)")
+    print("frames: num_frames/stride of the video tasks; metrics: big_vision_hf.transfer.metrics (METRICS)")
     return 0
 
 
@@ -147,14 +197,15 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     p.add_argument("checkpoint", help="path to the .npz, optionally with a sub-tree: file.npz:img")
-    p.add_argument("out_dir", help="output folder (created)")
+    p.add_argument("out_dir", help="output folder (created; written beside it and renamed at the end, so an "
+                   "interrupted run leaves no partial folder)")
     p.add_argument("--model-name", metavar="NAME", help="big_vision config.model_name: " + ", ".join(FAMILY_NAMES)
                    + " (detected from the arrays when omitted; `big-vision-hf list --families`)")
     p.add_argument("--model-config", help="big_vision config.model as JSON, e.g. '{\"variant\": \"B/16\", "
                    "\"pool_type\": \"map\", \"num_classes\": 1000}'")
     p.add_argument("--name", help="a registered checkpoint name (see `big-vision-hf list`) supplying model name, "
                    "config, resolution and preprocessing")
-    p.add_argument("--image-size", type=int, nargs="+", metavar=("H", "W"),
+    p.add_argument("--image-size", type=_POSITIVE_INT, nargs="+", metavar=("H", "W"),
                    help="input resolution; a learned posemb stored for another grid is resampled as big_vision does")
     p.add_argument("--labels", metavar="FILE", help="class names, one per line, for config.id2label (the pipeline "
                    "shows them)")
@@ -169,9 +220,14 @@ def build_parser() -> argparse.ArgumentParser:
                    "(SiglipModel, or Siglip2Model for SigLIP 2 NaFlex: not exact, its measured deviation goes into "
                    "the model card) or bv (always our exact class)")
     p.add_argument("--dtype", choices=sorted(_DTYPES), default="float32", help="weight dtype written (default float32)")
-    p.add_argument("--max-shard-size", default="5GB", help="safetensors shard size (default 5GB)")
+    p.add_argument("--max-shard-size", type=_size, default="5GB", help="safetensors shard size (default 5GB)")
     p.add_argument("--no-remote-code", action="store_true", help="do not copy the model code / auto_map into the folder")
+    p.add_argument("--overwrite", action="store_true", help="replace OUT_DIR if it exists and is not empty (the new "
+                   "folder is written beside it and renamed in at the end)")
+    p.add_argument("--allow-nonfinite", action="store_true", help="convert parameters holding NaN or infinite "
+                   "values instead of refusing them")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _hub_arguments(p)
     p.set_defaults(func=_convert)
 
     p = sub.add_parser("list", help="list the registered public big_vision checkpoints (--families: the model families)")
@@ -214,25 +270,33 @@ def build_parser() -> argparse.ArgumentParser:
                    "fields, e.g. image=img_path suffix=answer")
     p.add_argument("--lora", nargs="?", const="llm", choices=["llm", "llm+vision"], help="LoRA instead of full "
                    "fine-tuning: llm (Gemma attention+MLP, default preset) or llm+vision (and the SigLIP tower)")
-    p.add_argument("--lora-rank", type=int, default=8, help="LoRA rank (default 8; alpha = 2 x rank)")
+    p.add_argument("--lora-rank", type=_POSITIVE_INT, default=8, help="LoRA rank (default 8; alpha = 2 x rank)")
     p.add_argument("--adapter-only", action="store_true", help="with --lora: save the adapter, not merged weights")
-    p.add_argument("--res", type=int, help="use the task's hyperparameters for this resolution (default: the "
-                   "model's)")
-    p.add_argument("--lr", type=float, help="learning rate (default: the task's)")
-    p.add_argument("--epochs", type=float, help="epochs (default: the task's)")
-    p.add_argument("--max-steps", type=int, help="train this many steps instead of epochs")
-    p.add_argument("--batch-size", type=int, help="global batch size (default: the task's)")
-    p.add_argument("--eval-batch-size", type=int, default=16, help="prompts per generate call (default 16)")
-    p.add_argument("--eval-limit", type=int, help="evaluate on at most this many examples")
+    p.add_argument("--res", type=int, choices=(224, 448, 896),
+                   help="use the task's hyperparameters for this resolution (default: the model's)")
+    p.add_argument("--lr", type=_POSITIVE_FLOAT, help="learning rate (default: the task's)")
+    p.add_argument("--epochs", type=_POSITIVE_FLOAT, help="epochs (default: the task's)")
+    p.add_argument("--max-steps", type=_POSITIVE_INT, help="train this many steps instead of epochs")
+    p.add_argument("--batch-size", type=_POSITIVE_INT, help="global batch size (default: the task's)")
+    p.add_argument("--eval-batch-size", type=_POSITIVE_INT, default=16, help="prompts per generate call (default 16)")
+    p.add_argument("--eval-limit", type=_POSITIVE_INT, help="evaluate on at most this many examples")
     p.add_argument("--no-eval-before", action="store_true", help="skip evaluating the model before training")
     p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help="training precision (default fp32)")
-    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in OUTPUT/checkpoints")
-    p.add_argument("--skip-bad", action="store_true", help="drop (and count) records whose image cannot be read "
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run (OUTPUT.partial) from its "
+                   "newest complete checkpoint")
+    p.add_argument("--overwrite", action="store_true", help="replace OUTPUT if it exists (and any interrupted run)")
+    p.add_argument("--skip-bad", action="store_true", help="drop (and count) records that do not fit the task or "
+                   "whose image cannot be read "
                    "instead of stopping")
     p.add_argument("--vqvae", help="a converted vae-oid folder (segmentation tasks: masks -> <seg> tokens)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--output", default="outputs/transfer", help="result folder (default outputs/transfer)")
+    p.add_argument("--seed", type=_number(int, 0), default=0)
+    p.add_argument("--output", default="outputs/transfer", help="result folder (default outputs/transfer; written as "
+                   "OUTPUT.partial and renamed when complete)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--report-to", nargs="+", metavar="TOOL", help="log the training (loss, learning rate, "
+                   "evaluation loss) to tensorboard, wandb and/or mlflow, as transformers' Trainer does (each must be "
+                   "installed); default: none (the curves still go to training_curves.png)")
+    _hub_arguments(p)
     p.set_defaults(func=_transfer)
 
     p = sub.add_parser("evaluate", help="evaluate a PaliGemma folder on a task's data with the paper's metric",
@@ -244,11 +308,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--task", default="jsonl", help="task name (default jsonl: records with image/prefix/suffix)")
     p.add_argument("--split", help="split of --data")
     p.add_argument("--column-map", nargs="+", metavar="FIELD=COLUMN", help="rename your columns to the task's fields")
-    p.add_argument("--limit", type=int, help="at most this many examples")
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--limit", type=_POSITIVE_INT, help="at most this many examples")
+    p.add_argument("--batch-size", type=_POSITIVE_INT, default=16)
     p.add_argument("--decoding", choices=["greedy", "beam"], help="override the task's decoding")
-    p.add_argument("--num-beams", type=int, help="beams for --decoding beam")
-    p.add_argument("--skip-bad", action="store_true", help="drop records whose image cannot be read")
+    p.add_argument("--num-beams", type=_POSITIVE_INT, help="beams for --decoding beam")
+    p.add_argument("--skip-bad", action="store_true", help="drop (and count) records that do not fit the task or "
+                   "whose image cannot be read")
+    p.add_argument("--overwrite", action="store_true", help="replace OUTPUT if it exists")
     p.add_argument("--vqvae", help="a converted vae-oid folder (segmentation metrics)")
     p.add_argument("--output", default="outputs/evaluate", help="where predictions.jsonl and metrics.json go")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -260,7 +326,32 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="build a tiny big_vision checkpoint, convert it, load it and classify an image")
     p.add_argument("--out-dir", default="outputs/demo", help="where the converted folder goes (default outputs/demo)")
     p.set_defaults(func=_demo)
+
+    p = sub.add_parser("app", help="an interactive demo of a folder in the browser (Gradio; pip install "
+                       "'big_vision_hf[app]')",
+                       description="Serves a web demo of FOLDER: PaliGemma (image + prompt -> text, boxes and masks "
+                       "drawn), SigLIP / two towers (image + labels -> sigmoid scores), classifiers (image -> top 5).")
+    p.add_argument("folder", help="a converted or fine-tuned folder")
+    p.add_argument("--vqvae", help="a converted vae-oid folder: PaliGemma <seg> tokens drawn as masks")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=7860, help="port (default 7860)")
+    p.add_argument("--share", action="store_true", help="also make a public Gradio share link")
+    p.set_defaults(func=_app)
     return parser
+
+
+def _hub_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--push-to-hub", metavar="REPO", help="then upload the folder to this Hub model repository "
+                   "(created if missing; only the model folder: no checkpoints/, no pickles; log in first with "
+                   "`huggingface-cli login` or HF_TOKEN)")
+    p.add_argument("--hub-private", action="store_true", help="with --push-to-hub: create the repository private")
+
+
+def _app(args: argparse.Namespace) -> int:
+    from .app import launch
+
+    launch(args.folder, vqvae=args.vqvae, host=args.host, port=args.port, share=args.share)
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -269,6 +360,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
+    except BrokenPipeError:  # `big-vision-hf list | head`: the reader left; no traceback
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # Python flushes stdout at exit: send that to /dev/null
+        return 0
     except (CheckpointError, ValueError, FileNotFoundError, KeyError) as e:
         message = e.args[0] if isinstance(e, KeyError) and e.args else e  # str(KeyError) adds quotes
         print(f"big-vision-hf {args.command}: error: {message}", file=sys.stderr)

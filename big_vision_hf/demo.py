@@ -86,7 +86,7 @@ def run_demo(out_dir: str = "outputs/demo") -> None:
     t0 = time.time()
     labels = ["disc", "square", "stripes", "noise", "blank"]
     convert_to_folder(ckpt, folder, model_name="vit", model_config={"pool_type": "map"}, image_size=32,
-                      progress=False, labels=labels)
+                      progress=False, labels=labels, overwrite=True)  # the demo's own folder: rerunning replaces it
     print(f"2. converted it in {time.time() - t0:.1f}s -> {folder}/")
     for name in sorted(os.listdir(folder)):
         print(f"     {name:32s} {os.path.getsize(os.path.join(folder, name)):>9,d} bytes")

@@ -85,11 +85,8 @@ from types import SimpleNamespace
 import numpy as np
 import torch
 from transformers import (
-    GemmaConfig,
-    Gemma2Config,
     PaliGemmaConfig,
     PaliGemmaForConditionalGeneration,
-    SiglipVisionConfig,
 )
 
 from .checkpoint import CheckpointError, LazyArray
@@ -99,7 +96,6 @@ from .family import Built, Family
 from .mapping import (
     Rule,
     Transform,
-    attention,
     conv,
     dense,
     encoder_blocks,
@@ -110,7 +106,7 @@ from .mapping import (
     prefixed,
     unstack_scan,
 )
-from .model_card import render_model_card
+from .model_card import known_hub_id, render_model_card
 
 NAME = "proj.paligemma.paligemma"
 
@@ -512,34 +508,40 @@ def paligemma_param_shapes(
 # ---------------------------------------------------------------------------------------------------------
 
 
-def save_paligemma_processor(out_dir: str, config: PaliGemmaConfig, tokenizer_file: str) -> None:
+def save_paligemma_processor(out_dir: str, config: PaliGemmaConfig, tokenizer_file: str,
+                             remote_code: bool = True) -> None:
     """Processor hook: big_vision's PaliGemma input pipeline (``BvPaliGemmaProcessor``: Gemma SentencePiece +
     ``<loc>``/``<seg>``, ``decode|resize(res)|value_range(-1, 1)``) saved next to the weights.
 
     ``tokenizer_file`` is big_vision's ``paligemma_tokenizer.model`` or ``gemma_tokenizer.model``; the folder
-    then loads with ``BvPaliGemmaProcessor.from_pretrained``. The checkpoint does not contain the tokenizer, so
-    without it no processor is written.
+    gets it (``tokenizer.model``) and its ``tokenizers`` twin (``tokenizer.json``, `BvPaliGemmaTokenizerFast`, the
+    same ids), and loads with ``AutoProcessor`` / ``AutoTokenizer``; with ``remote_code`` also where
+    ``big_vision_hf`` is not installed (``trust_remote_code=True``: flat code + ``auto_map``). The checkpoint does not
+    contain the tokenizer, so without it no processor is written.
     """
     from ..processing.image_processing_bv import BvImageProcessor
     from ..processing.processing_paligemma import BvPaliGemmaProcessor
     from ..processing.tokenization_paligemma import BvPaliGemmaTokenizer
+    from .export import add_processing_code, fast_twin
 
     size = config.vision_config.image_size
     image_processor = BvImageProcessor.from_pp(f"decode|resize({size})|value_range(-1, 1)")
-    processor = BvPaliGemmaProcessor(image_processor, BvPaliGemmaTokenizer(tokenizer_file),
+    processor = BvPaliGemmaProcessor(image_processor, fast_twin(BvPaliGemmaTokenizer(tokenizer_file)),
                                      image_seq_length=config.text_config.num_image_tokens)
     processor.check_model(SimpleNamespace(config=config), training=False)  # it reads only the config
     processor.save_pretrained(out_dir)
+    if remote_code:
+        add_processing_code(out_dir, processor)
 
 
 def add_paligemma_processor(folder: str, tokenizer_file: str, preset: str | None = None, remote_code: bool = True):
-    """The family's ``--tokenizer`` hook: :func:`save_paligemma_processor` on a converted folder (``preset`` and
-    ``remote_code`` do not apply: transformers' own model, our processor class by name)."""
+    """The family's ``--tokenizer`` hook: :func:`save_paligemma_processor` on a converted folder (``preset`` does not
+    apply)."""
     from transformers import AutoConfig
 
     if preset is not None:
         raise CheckpointError("--text-preset applies to two-tower models, not to PaliGemma")
-    save_paligemma_processor(folder, AutoConfig.from_pretrained(folder), tokenizer_file)
+    save_paligemma_processor(folder, AutoConfig.from_pretrained(folder), tokenizer_file, remote_code)
 
 
 def paligemma_card(config: PaliGemmaConfig, checkpoint: str, kwargs: dict, dtype: torch.dtype, n_params: int) -> str:
@@ -553,14 +555,24 @@ def paligemma_card(config: PaliGemmaConfig, checkpoint: str, kwargs: dict, dtype
         "`PaliGemmaForConditionalGeneration` (no remote\ncode). The conversion is strict: every array of the "
         "checkpoint was used and every parameter filled."
     )
-    usage = f"""```python
-from transformers import PaliGemmaForConditionalGeneration
+    usage = f"""With the processor saved by `big-vision-hf convert ... --tokenizer paligemma_tokenizer.model` (big_vision's
+PaliGemma input pipeline; `trust_remote_code=True` loads its code from this folder when `big_vision_hf` is not
+installed):
 
-model = PaliGemmaForConditionalGeneration.from_pretrained("path/to/this/folder", attn_implementation={attn})
-# Pass token_type_ids (0 = image + prompt, attended bidirectionally; 1 = answer, causal): without them
-# transformers builds no prefix-LM mask.
-out = model(pixel_values=pixel_values, input_ids=input_ids, token_type_ids=token_type_ids)
-```"""
+```python
+from PIL import Image
+from transformers import AutoModelForImageTextToText, AutoProcessor
+
+folder = "path/to/this/folder"  # or its Hub repo id
+processor = AutoProcessor.from_pretrained(folder, trust_remote_code=True)
+model = AutoModelForImageTextToText.from_pretrained(folder, attn_implementation={attn.split(" or ")[0]})
+inputs = processor(images=[Image.open("cat.jpg").convert("RGB")], text=["caption en"], return_tensors="pt")
+out = model.generate(**inputs, max_new_tokens=20, do_sample=False)  # token_type_ids: the prefix-LM mask
+print(processor.post_process_generation(out, inputs["input_ids"])[0])
+```
+
+The processor always returns `token_type_ids` (0 = image + prompt, attended bidirectionally; 1 = answer, causal):
+without them transformers builds no prefix-LM mask."""
     attention_note = (
         "Gemma 2 soft-caps attention logits: use `attn_implementation=\"eager\"` (or `\"flex_attention\"`); "
         "transformers refuses `sdpa`, and `flash_attention_*` drop the prefix-LM mask." if gemma2 else
@@ -582,7 +594,7 @@ out = model(pixel_values=pixel_values, input_ids=input_ids, token_type_ids=token
     return render_model_card(
         f"{os.path.splitext(source)[0]} (PaliGemmaForConditionalGeneration)",
         [(None, intro), ("Usage", usage), ("Parity with big_vision", parity), ("Provenance", provenance)],
-        pipeline_tag="image-text-to-text", license="gemma",
+        pipeline_tag="image-text-to-text", license="gemma", base_model=known_hub_id(source),
         tags=["big_vision", "big_vision_hf", "paligemma", NAME.replace(".", "-")], metadata={"source_checkpoint": source},
     )
 
@@ -606,7 +618,8 @@ def write_paligemma_folder(
     config = built.config
     with torch.device("meta"):  # not under no_init_weights: that would also skip tying lm_head to the embedding
         model = PaliGemmaForConditionalGeneration(config)
-    write_streamed_safetensors(built.mapped, model, out_dir, dtype, max_shard_size, progress)
+    write_streamed_safetensors(built.mapped, model, out_dir, dtype, max_shard_size, progress,
+                               allow_nonfinite=built.allow_nonfinite)
     config.architectures = [PaliGemmaForConditionalGeneration.__name__]
     config.dtype = dtype
     config.bv_model_name = NAME

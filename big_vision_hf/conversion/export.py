@@ -27,7 +27,6 @@ import re
 import sys
 
 import torch
-
 from transformers import (
     AutoModel,
     AutoModelForImageClassification,
@@ -36,7 +35,7 @@ from transformers import (
     PreTrainedModel,
 )
 
-from .checkpoint import CheckpointError, LazyArray, to_torch
+from .checkpoint import CheckpointError, LazyArray, check_finite, to_torch
 from .mapping import check_fits
 
 _RELATIVE_IMPORT = re.compile(r"^(\s*from\s+)(\.+)([\w.]*)(\s+import\s)", re.MULTILINE)
@@ -97,11 +96,15 @@ def write_code(out_dir: str, files: dict[str, str]) -> None:
             f.write(source)
 
 
-def add_auto_map(json_path: str, auto_map: dict) -> None:
-    """Merges ``auto_map`` entries into a saved ``config.json`` / ``*_config.json``."""
+def add_auto_map(json_path: str, auto_map: dict, key: str | None = None) -> None:
+    """Merges ``auto_map`` entries into a saved ``config.json`` / ``*_config.json`` (into its nested dict ``key`` when
+    given and present)."""
     with open(json_path, encoding="utf-8") as f:
         data = json.load(f)
-    data["auto_map"] = {**data.get("auto_map", {}), **auto_map}
+    target = data if key is None else data.get(key)
+    if not isinstance(target, dict):
+        return
+    target["auto_map"] = {**target.get("auto_map", {}), **auto_map}
     with open(json_path, "w", encoding="utf-8") as f:
         json.dump(data, f, indent=2, sort_keys=True)
         f.write("\n")
@@ -109,15 +112,19 @@ def add_auto_map(json_path: str, auto_map: dict) -> None:
 
 @contextlib.contextmanager
 def progress_bars(enabled: bool):
-    """``enabled=False`` also silences transformers' own bars (shard writing, weight loading) for the block."""
+    """``enabled=False`` (``--quiet``) also silences transformers' own bars (shard writing, weight loading) and its
+    warnings (config validation notes) for the block; errors still show."""
     from transformers.utils import logging as hf_logging
 
-    was_enabled = hf_logging.is_progress_bar_enabled()
+    was_enabled, verbosity = hf_logging.is_progress_bar_enabled(), hf_logging.get_verbosity()
     if not enabled:
         hf_logging.disable_progress_bar()
+        hf_logging.set_verbosity_error()
     try:
         yield
     finally:
+        if not enabled:
+            hf_logging.set_verbosity(verbosity)
         if was_enabled and not enabled:
             hf_logging.enable_progress_bar()
 
@@ -196,10 +203,14 @@ def _header(entries: list[tuple[str, torch.dtype, tuple[int, ...], int]]) -> tup
 _WRITE_CHUNK_BYTES = 64 << 20
 
 
-def _write_tensor(f, array: LazyArray, dtype: torch.dtype, scratch: list[torch.Tensor]) -> None:
+def _write_tensor(f, array: LazyArray, dtype: torch.dtype, scratch: list[torch.Tensor], what: str = "",
+                  allow_nonfinite: bool = False) -> None:
     """Reads ``array`` (as stored: bf16 stays bf16), converts it to ``dtype`` in torch's C-contiguous layout and
-    appends its bytes to ``f``. ``scratch`` holds one reused byte buffer (fresh pages cost more than the copy)."""
+    appends its bytes to ``f``. ``scratch`` holds one reused byte buffer (fresh pages cost more than the copy).
+    NaN/Inf values are a `CheckpointError` naming ``what`` unless ``allow_nonfinite``."""
     source = to_torch(array.load_stored())  # often a strided view (a transposed kernel)
+    if not allow_nonfinite:
+        check_finite(source, what or array.name)
     if source.dtype == dtype and source.is_contiguous():
         tensor = source
     else:
@@ -219,6 +230,7 @@ def write_streamed_safetensors(
     dtype: torch.dtype = torch.float32,
     max_shard_size: int | str = "5GB",
     progress: bool = False,
+    allow_nonfinite: bool = False,
 ) -> list[str]:
     """Writes ``mapped`` as ``save_pretrained`` would write ``model``'s weights, one tensor in memory at a time.
 
@@ -228,8 +240,8 @@ def write_streamed_safetensors(
     header is computed from the shapes and the tensors are appended to the open files as they are read (nothing of
     a shard stays in memory). Each layer of a stacked (scanned) array reads only its own bytes; a tensor whose
     transform is row-wise (identity: embedding, norms) is read and written in chunks of about
-    ``_WRITE_CHUNK_BYTES``. Arrays are read in source order (the file sequentially). Returns the weight files
-    written.
+    ``_WRITE_CHUNK_BYTES``. Arrays are read in source order (the file sequentially). A NaN/Inf value is a
+    `CheckpointError` naming the array unless ``allow_nonfinite``. Returns the weight files written.
     """
     from huggingface_hub import split_torch_state_dict_into_shards
     from tqdm.auto import tqdm
@@ -264,12 +276,13 @@ def write_streamed_safetensors(
         for key in tqdm(order, desc="converting", unit="tensor", disable=not progress):
             array, f = mapped[key], files[shard_of[names[key]]]
             nbytes = math.prod(array.shape) * element
+            what = f"{array.name or key} (-> {key})"
             if array.sliceable and array.shape and nbytes > _WRITE_CHUNK_BYTES:
                 step = max(1, _WRITE_CHUNK_BYTES * array.shape[0] // nbytes)  # rows per chunk
                 for start in range(0, array.shape[0], step):
-                    _write_tensor(f, array.rows(start, start + step), dtype, scratch)
+                    _write_tensor(f, array.rows(start, start + step), dtype, scratch, what, allow_nonfinite)
             else:
-                _write_tensor(f, array, dtype, scratch)
+                _write_tensor(f, array, dtype, scratch, what, allow_nonfinite)
     finally:
         for f in files.values():
             f.close()
@@ -292,8 +305,9 @@ def add_text_processor(
 ) -> "SiglipProcessor":
     """Adds big_vision's text pp to a converted two-tower folder and returns its ``SiglipProcessor``.
 
-    Writes the tokenizer (``spiece.model``, ``tokenizer_config.json``) and ``processor_config.json``; with
-    ``remote_code`` also ``tokenization_bv_text.py`` and its ``auto_map``, so the folder loads with
+    Writes the tokenizer (``spiece.model`` and its ``tokenizers`` twin ``tokenizer.json``, the same ids: `fast_twin`;
+    ``tokenizer_config.json``) and ``processor_config.json``; with ``remote_code`` also the tokenizer and image
+    processor code and their ``auto_map`` (`add_processing_code`), so the folder loads with
     ``trust_remote_code=True`` where ``big_vision_hf`` is not installed.
 
     Args:
@@ -312,13 +326,71 @@ def add_text_processor(
     config = AutoConfig.from_pretrained(folder)
     if not hasattr(config, "text_config"):
         raise ValueError(f"{folder}: not a two-tower model folder (config has no text_config)")
-    tokenizer = text_tokenizer_for(config, vocab_file, preset, max_length)
+    tokenizer = fast_twin(text_tokenizer_for(config, vocab_file, preset, max_length))
     processor = SiglipProcessor(image_processor=AutoImageProcessor.from_pretrained(folder), tokenizer=tokenizer)
     processor.save_pretrained(folder)
     if remote_code:
-        module = type(tokenizer).__module__
-        write_code(folder, remote_code_files(module))
-        stem = module.rsplit(".", 1)[-1]
-        name = type(tokenizer).__name__
-        add_auto_map(os.path.join(folder, "tokenizer_config.json"), {"AutoTokenizer": [f"{stem}.{name}", None]})
+        add_processing_code(folder, processor)
     return processor
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Processors, tokenizers and image processors: the same flat code + auto_map as the models
+# ---------------------------------------------------------------------------------------------------------
+
+
+def _ours(obj) -> bool:
+    return obj is not None and type(obj).__module__.startswith("big_vision_hf.")
+
+
+def _ref(cls: type) -> str:
+    return f"{cls.__module__.rsplit('.', 1)[-1]}.{cls.__name__}"
+
+
+def fast_twin(tokenizer):
+    """The ``tokenizers``-backed twin of one of our SentencePiece tokenizers (the same ids), else ``tokenizer``."""
+    from ..processing.tokenization_fast import FAST_TWINS
+
+    fast = FAST_TWINS.get(type(tokenizer))
+    return fast.from_slow(tokenizer) if fast is not None else tokenizer
+
+
+def add_processing_code(folder: str, *objects) -> None:
+    """Makes a folder's processing classes load where ``big_vision_hf`` is not installed, as the models do: for each
+    of our processors, tokenizers and image processors among ``objects`` (a processor brings its components), the
+    flat code of its module (and their relative imports) and its ``auto_map`` entry in the JSON file it saved
+    (``processor_config.json`` ``AutoProcessor``, ``tokenizer_config.json`` ``AutoTokenizer`` as ``[slow, fast]``,
+    ``preprocessor_config.json`` ``AutoImageProcessor``). transformers' own classes need nothing."""
+    from transformers import PreTrainedTokenizerBase
+    from transformers.image_processing_base import ImageProcessingMixin
+    from transformers.processing_utils import ProcessorMixin
+
+    modules, entries = [], []
+    pending = [o for o in objects if o is not None]
+    while pending:
+        obj = pending.pop()
+        if isinstance(obj, ProcessorMixin):
+            pending += [getattr(obj, name, None) for name in ("tokenizer", "image_processor")]
+            if _ours(obj):
+                entries.append(("processor_config.json", {"AutoProcessor": _ref(type(obj))}))
+                modules.append(type(obj).__module__)
+        elif not _ours(obj):
+            continue
+        elif isinstance(obj, PreTrainedTokenizerBase):
+            slow = getattr(type(obj), "slow_tokenizer_class", None) if obj.is_fast else type(obj)
+            fast = type(obj) if obj.is_fast else None
+            modules += [cls.__module__ for cls in (slow, fast) if cls is not None]
+            entries.append(("tokenizer_config.json",
+                            {"AutoTokenizer": [_ref(slow) if slow else None, _ref(fast) if fast else None]}))
+        elif isinstance(obj, ImageProcessingMixin):
+            modules.append(type(obj).__module__)
+            entries.append(("preprocessor_config.json", {"AutoImageProcessor": _ref(type(obj))}))
+            # a processor saves its image processor inside processor_config.json ("image_processor": {...})
+            entries.append(("processor_config.json:image_processor", {"AutoImageProcessor": _ref(type(obj))}))
+    if modules:
+        write_code(folder, remote_code_files(*modules))
+    for target, auto_map in entries:
+        filename, _, key = target.partition(":")
+        path = os.path.join(folder, filename)
+        if os.path.exists(path):
+            add_auto_map(path, auto_map, key or None)

@@ -27,6 +27,8 @@ the answer (loss -> 0); see :func:`guard_token_type_ids` and :meth:`BvPaliGemmaP
 
 from __future__ import annotations
 
+import json
+import os
 import warnings
 from collections.abc import Sequence
 
@@ -45,6 +47,7 @@ from .paligemma_decoding import (
     mask_to_tokens,
     objects_to_text,
 )
+from .tokenization_fast import BvPaliGemmaTokenizerFast
 from .tokenization_paligemma import BvPaliGemmaTokenizer
 
 logger = logging.get_logger(__name__)
@@ -83,7 +86,8 @@ class BvPaliGemmaProcessor(ProcessorMixin):
 
     Args:
         image_processor: a ``BvImageProcessor`` (``decode|resize(res)|value_range(-1, 1)``); default 224px.
-        tokenizer: a :class:`BvPaliGemmaTokenizer` (Gemma ``tokenizer.model`` + ``<loc>``/``<seg>``).
+        tokenizer: a :class:`BvPaliGemmaTokenizer` (Gemma ``tokenizer.model`` + ``<loc>``/``<seg>``) or its fast twin
+            `BvPaliGemmaTokenizerFast` (what ``from_pretrained`` loads when the folder has ``tokenizer.json``).
         image_seq_length: ``<image>`` tokens per image; default ``(H / 14) * (W / 14)`` of the processor's
             size (256 at 224, 1024 at 448, 4096 at 896).
         text_len: big_vision's ``text_len``: the token budget of ``[bos] prefix "\n" suffix [eos]``; training
@@ -130,8 +134,48 @@ class BvPaliGemmaProcessor(ProcessorMixin):
     @classmethod
     def _load_tokenizer_from_pretrained(cls, sub_processor_type, pretrained_model_name_or_path, subfolder="",
                                         **kwargs):
-        # Our tokenizer is not registered under a model type, so AutoTokenizer could not resolve its class name.
-        return BvPaliGemmaTokenizer.from_pretrained(pretrained_model_name_or_path, subfolder=subfolder, **kwargs)
+        # Our own classes, by file (no AutoTokenizer look-up by name, which needs the package imported): the fast
+        # twin where the folder has its tokenizer.json (same ids, faster batches), else the SentencePiece one.
+        from transformers.utils import cached_file
+
+        kwargs.pop("trust_remote_code", None)
+        fast = cached_file(pretrained_model_name_or_path, "tokenizer.json", subfolder=subfolder,
+                           _raise_exceptions_for_missing_entries=False,
+                           **{k: v for k, v in kwargs.items() if k in ("cache_dir", "token", "revision",
+                                                                       "local_files_only")})
+        tokenizer_class = BvPaliGemmaTokenizerFast if fast else BvPaliGemmaTokenizer
+        return tokenizer_class.from_pretrained(pretrained_model_name_or_path, subfolder=subfolder, **kwargs)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        """``ProcessorMixin.from_pretrained``, then, for a local model folder (its ``config.json`` beside the
+        tokenizer), a one-line ``ValueError`` when the tokenizer does not fit the model (:meth:`check_ids`)."""
+        processor = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        config_file = os.path.join(os.fspath(pretrained_model_name_or_path), kwargs.get("subfolder") or "",
+                                   "config.json")
+        if os.path.isfile(config_file):
+            with open(config_file, encoding="utf-8") as f:
+                config = json.load(f)
+            text = config.get("text_config") or {}
+            processor.check_ids(config.get("image_token_id", config.get("image_token_index")), text.get("vocab_size"),
+                                where=f"{config_file}: ")
+        return processor
+
+    def check_ids(self, image_id: int | None, vocab_size: int | None, where: str = "") -> None:
+        """The tokenizer fits a model whose ``<image>`` id is ``image_id`` and whose vocabulary has ``vocab_size``
+        rows: else a one-line ``ValueError`` (an id past the embedding would fail deep in the model, or not at
+        all on another device)."""
+        if image_id is not None and image_id != self.image_token_id:
+            raise ValueError(f"{where}the tokenizer puts {self.image_token!r} at id {self.image_token_id} but the "
+                             f"model expects {image_id}: the tokenizer was not built from this model's SentencePiece "
+                             "file")
+        # every id but <image>'s, which is past the checkpoint's rows by design (convert_paligemma: "Vocabulary")
+        last = len(self.tokenizer) - 1
+        last -= last == self.image_token_id
+        top = max(last, *self.tokenizer.loc_token_ids, *self.tokenizer.seg_token_ids)
+        if vocab_size is not None and top >= vocab_size:
+            raise ValueError(f"{where}the tokenizer has ids up to {top} but the model's vocab_size is {vocab_size}: "
+                             "the tokenizer does not fit the model")
 
     @property
     def model_input_names(self):
@@ -323,13 +367,7 @@ class BvPaliGemmaProcessor(ProcessorMixin):
         config = model.config
         text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
         image_id = getattr(config, "image_token_id", getattr(config, "image_token_index", None))
-        if image_id is not None and image_id != self.image_token_id:
-            raise ValueError(f"the tokenizer puts {self.image_token!r} at id {self.image_token_id} but the model "
-                             f"expects {image_id}: the tokenizer was not built from this model's SentencePiece file")
-        vocab = getattr(text_config, "vocab_size", None)
-        top = max(self.tokenizer.loc_token_ids + self.tokenizer.seg_token_ids)
-        if vocab is not None and top >= vocab:
-            raise ValueError(f"<loc>/<seg> ids reach {top} but the model's vocabulary has {vocab} rows")
+        self.check_ids(image_id, getattr(text_config, "vocab_size", None))
         impl = getattr(config, "_attn_implementation", None) or getattr(text_config, "_attn_implementation", None)
         softcap = getattr(text_config, "attn_logit_softcapping", None)
         if softcap is not None and impl == "sdpa":

@@ -34,7 +34,7 @@ from transformers.utils import logging
 
 logger = logging.get_logger(__name__)
 
-__all__ = ["BvTextTokenizer", "ascii_lower"]
+__all__ = ["BvTextTokenizer", "FixedLengthTextMixin", "ascii_lower"]
 
 _ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
 
@@ -89,7 +89,41 @@ class SentencePieceProtoMixin:
         self.sp_model.LoadFromSerializedProto(self._proto)
 
 
-class BvTextTokenizer(SentencePieceProtoMixin, PreTrainedTokenizer):
+class FixedLengthTextMixin:
+    """big_vision's fixed-length text semantics on top of transformers' ``__call__`` (`BvTextTokenizer` and its fast
+    twin): ``padding="max_length"`` to the text length ``L`` (``model_max_length``), sticky truncation, a larger
+    ``max_length`` lowered to ``L``, and ``truncation=False`` an error for a longer text."""
+
+    def __call__(self, text=None, *args, **kwargs):
+        """As transformers' ``__call__``, but big_vision's defaults: ``padding="max_length"``, sticky truncation
+        to the text length ``L`` (see the module doc). ``truncation=False`` raises for a text longer than ``L``."""
+        length = self.model_max_length
+        padding = kwargs.get("padding", "max_length")
+        if padding is True or padding == "longest":
+            padding = "max_length"  # big_vision pads every text to L
+        kwargs["padding"] = padding
+        max_length = kwargs.get("max_length")
+        if max_length is not None and max_length > length:
+            logger.warning_once(
+                f"max_length={max_length} is more than the text tower's {length} positions: using {length} "
+                "(big_vision's text length)"
+            )
+            max_length = None
+        kwargs["max_length"] = max_length if max_length is not None else length
+        truncation = kwargs.setdefault("truncation", True)
+        if _is_false(truncation) and text is not None:
+            texts = [text] if isinstance(text, str) else list(text)
+            for t in texts:
+                if isinstance(t, str) and (n := len(self.tokenize(t)) + 1) > kwargs["max_length"]:
+                    raise ValueError(
+                        f"text of {n} tokens (with EOS) is longer than max_length={kwargs['max_length']} and "
+                        f"truncation=False; big_vision keeps the first {kwargs['max_length'] - 1} tokens and the EOS "
+                        "(truncation=True, the default)"
+                    )
+        return super().__call__(text, *args, **kwargs)
+
+
+class BvTextTokenizer(FixedLengthTextMixin, SentencePieceProtoMixin, PreTrainedTokenizer):
     r"""big_vision's two-tower text pp: lower -> SentencePiece -> sticky EOS -> pad to the text length.
 
     Args:
@@ -168,36 +202,6 @@ class BvTextTokenizer(SentencePieceProtoMixin, PreTrainedTokenizer):
         if sp.pad_id() < 0:
             raise ValueError(f"{vocab_file}: the SentencePiece model defines no <pad> piece (SigLIP 2 pads with it)")
         return cls(vocab_file, model_max_length=max_length, lower=True, pad_id=sp.pad_id(), **kwargs)
-
-    # --- big_vision's fixed-length semantics on top of transformers' __call__ ------------------------------
-
-    def __call__(self, text=None, *args, **kwargs):
-        """As transformers' ``__call__``, but big_vision's defaults: ``padding="max_length"``, sticky truncation
-        to the text length ``L`` (see the module doc). ``truncation=False`` raises for a text longer than ``L``."""
-        length = self.model_max_length
-        padding = kwargs.get("padding", "max_length")
-        if padding is True or padding == "longest":
-            padding = "max_length"  # big_vision pads every text to L
-        kwargs["padding"] = padding
-        max_length = kwargs.get("max_length")
-        if max_length is not None and max_length > length:
-            logger.warning_once(
-                f"max_length={max_length} is more than the text tower's {length} positions: using {length} "
-                "(big_vision's text length)"
-            )
-            max_length = None
-        kwargs["max_length"] = max_length if max_length is not None else length
-        truncation = kwargs.setdefault("truncation", True)
-        if _is_false(truncation) and text is not None:
-            texts = [text] if isinstance(text, str) else list(text)
-            for t in texts:
-                if isinstance(t, str) and (n := len(self.tokenize(t)) + 1) > kwargs["max_length"]:
-                    raise ValueError(
-                        f"text of {n} tokens (with EOS) is longer than max_length={kwargs['max_length']} and "
-                        f"truncation=False; big_vision keeps the first {kwargs['max_length'] - 1} tokens and the EOS "
-                        "(truncation=True, the default)"
-                    )
-        return super().__call__(text, *args, **kwargs)
 
     # --- transformers backend (vocabulary: `SentencePieceProtoMixin`) ----------------------------------------
 

@@ -27,11 +27,12 @@ from transformers import PreTrainedTokenizer
 from transformers.tokenization_utils_base import AddedToken
 from transformers.utils import logging
 
+from .sentencepiece_proto import fields, varint
 from .tokenization_bv_text import SentencePieceProtoMixin
 
 logger = logging.get_logger(__name__)
 
-__all__ = ["BvPaliGemmaTokenizer", "LOC_TOKENS", "SEG_TOKENS", "add_pieces"]
+__all__ = ["BvPaliGemmaTokenizer", "LOC_TOKENS", "PaliGemmaBigVisionAPI", "SEG_TOKENS", "add_pieces"]
 
 LOC_TOKENS = [f"<loc{i:04d}>" for i in range(1024)]  # big_vision pp/tokenizer.py tokensets "loc"
 SEG_TOKENS = [f"<seg{i:03d}>" for i in range(128)]  # tokensets "seg"
@@ -41,56 +42,11 @@ IMAGE_TOKEN = "<image>"  # transformers PaliGemma convention (processing_paligem
 _USER_DEFINED = 4
 
 
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte, value = value & 0x7F, value >> 7
-        out.append(byte | (0x80 if value else 0))
-        if not value:
-            return bytes(out)
-
-
-def _read_varint(data: bytes, pos: int) -> tuple[int, int]:
-    result = shift = 0
-    while True:
-        if pos >= len(data):
-            raise ValueError("truncated varint")
-        byte = data[pos]
-        pos += 1
-        result |= (byte & 0x7F) << shift
-        shift += 7
-        if not byte & 0x80:
-            return result, pos
-
-
-def _fields(data: bytes):
-    """Top-level protobuf fields: ``(field number, raw bytes of the whole field incl. its tag)``."""
-    pos = 0
-    while pos < len(data):
-        start = pos
-        tag, pos = _read_varint(data, pos)
-        number, wire = tag >> 3, tag & 7
-        if wire == 0:
-            _, pos = _read_varint(data, pos)
-        elif wire == 1:
-            pos += 8
-        elif wire == 2:
-            length, pos = _read_varint(data, pos)
-            pos += length
-        elif wire == 5:
-            pos += 4
-        else:
-            raise ValueError(f"unsupported protobuf wire type {wire}")
-        if pos > len(data):
-            raise ValueError("truncated protobuf field")
-        yield number, data[start:pos]
-
-
 def _user_defined_piece(piece: str) -> bytes:
     """``ModelProto.pieces`` entry ``SentencePiece(piece=piece, score=0.0, type=USER_DEFINED)``, serialized."""
     text = piece.encode("utf-8")
-    body = b"\x0a" + _varint(len(text)) + text + b"\x15" + struct.pack("<f", 0.0) + b"\x18" + _varint(_USER_DEFINED)
-    return b"\x0a" + _varint(len(body)) + body
+    body = b"\x0a" + varint(len(text)) + text + b"\x15" + struct.pack("<f", 0.0) + b"\x18" + varint(_USER_DEFINED)
+    return b"\x0a" + varint(len(body)) + body
 
 
 def add_pieces(model_bytes: bytes, extra_pieces: list[str]) -> tuple[bytes, int]:
@@ -113,7 +69,7 @@ def add_pieces(model_bytes: bytes, extra_pieces: list[str]) -> tuple[bytes, int]
         else:
             append.append(_user_defined_piece(piece))
     pieces, rest, index = [], [], 0
-    for number, raw in _fields(model_bytes):
+    for number, raw in fields(model_bytes):
         if number == 1:
             pieces.append(replace.get(index, raw))
             index += 1
@@ -122,7 +78,42 @@ def add_pieces(model_bytes: bytes, extra_pieces: list[str]) -> tuple[bytes, int]
     return b"".join(pieces + append + rest), len(append)
 
 
-class BvPaliGemmaTokenizer(SentencePieceProtoMixin, PreTrainedTokenizer):
+class PaliGemmaBigVisionAPI:
+    """big_vision's ``SentencepieceTokenizer`` API (``to_int``, ``to_str``, the ``<loc>``/``<seg>`` ids) on a
+    SentencePiece processor ``self.sp_model``: `BvPaliGemmaTokenizer` and its fast twin share it, so both encode with
+    SentencePiece itself where big_vision does."""
+
+    def to_int(self, text: str | list[str], *, bos: bool = False, eos: bool = False):
+        """big_vision ``SentencepieceTokenizer.to_int``: ``[bos] + EncodeAsIds(text) + [eos]`` (lists map)."""
+
+        def single(s: str) -> list[int]:
+            return ([self.sp_model.bos_id()] if bos else []) + self.sp_model.EncodeAsIds(s) + (
+                [self.sp_model.eos_id()] if eos else []
+            )
+
+        return single(text) if isinstance(text, str) else [single(s) for s in text]
+
+    def to_str(self, tokens, *, stop_at_eos: bool = True) -> str:
+        """big_vision ``SentencepieceTokenizer.to_str``: cut at the first ``<eos>``, then ``DecodeIds`` (control
+        tokens dropped; ``<loc>``/``<seg>`` kept). Ids past the SentencePiece vocabulary (``<image>``) are dropped."""
+        toks = [int(t) for t in tokens]
+        if stop_at_eos and self.sp_model.eos_id() in toks:
+            toks = toks[: toks.index(self.sp_model.eos_id())]
+        n = self.sp_model.GetPieceSize()
+        return self.sp_model.DecodeIds([t for t in toks if 0 <= t < n])
+
+    @property
+    def loc_token_ids(self) -> list[int]:
+        """Ids of ``<loc0000>`` ... ``<loc1023>`` (256000.. for Gemma)."""
+        return [self.sp_model.PieceToId(t) for t in LOC_TOKENS]
+
+    @property
+    def seg_token_ids(self) -> list[int]:
+        """Ids of ``<seg000>`` ... ``<seg127>`` (257024.. for Gemma)."""
+        return [self.sp_model.PieceToId(t) for t in SEG_TOKENS]
+
+
+class BvPaliGemmaTokenizer(PaliGemmaBigVisionAPI, SentencePieceProtoMixin, PreTrainedTokenizer):
     r"""PaliGemma tokenizer: Gemma SentencePiece + ``<loc>``/``<seg>`` (big_vision ``gemma(tokensets=("loc",
     "seg"))``) + ``<image>``.
 
@@ -199,37 +190,6 @@ class BvPaliGemmaTokenizer(SentencePieceProtoMixin, PreTrainedTokenizer):
         image_id = self.convert_tokens_to_ids(self.image_token)
         if image_id < self.sp_model.GetPieceSize():
             raise ValueError(f"{self.image_token!r} is a piece of the SentencePiece model (id {image_id})")
-
-    # --- big_vision API ------------------------------------------------------------------------------------
-
-    def to_int(self, text: str | list[str], *, bos: bool = False, eos: bool = False):
-        """big_vision ``SentencepieceTokenizer.to_int``: ``[bos] + EncodeAsIds(text) + [eos]`` (lists map)."""
-
-        def single(s: str) -> list[int]:
-            return ([self.sp_model.bos_id()] if bos else []) + self.sp_model.EncodeAsIds(s) + (
-                [self.sp_model.eos_id()] if eos else []
-            )
-
-        return single(text) if isinstance(text, str) else [single(s) for s in text]
-
-    def to_str(self, tokens, *, stop_at_eos: bool = True) -> str:
-        """big_vision ``SentencepieceTokenizer.to_str``: cut at the first ``<eos>``, then ``DecodeIds`` (control
-        tokens dropped; ``<loc>``/``<seg>`` kept). Ids past the SentencePiece vocabulary (``<image>``) are dropped."""
-        toks = [int(t) for t in tokens]
-        if stop_at_eos and self.sp_model.eos_id() in toks:
-            toks = toks[: toks.index(self.sp_model.eos_id())]
-        n = self.sp_model.GetPieceSize()
-        return self.sp_model.DecodeIds([t for t in toks if 0 <= t < n])
-
-    @property
-    def loc_token_ids(self) -> list[int]:
-        """Ids of ``<loc0000>`` ... ``<loc1023>`` (256000.. for Gemma)."""
-        return [self.sp_model.PieceToId(t) for t in LOC_TOKENS]
-
-    @property
-    def seg_token_ids(self) -> list[int]:
-        """Ids of ``<seg000>`` ... ``<seg127>`` (257024.. for Gemma)."""
-        return [self.sp_model.PieceToId(t) for t in SEG_TOKENS]
 
     # --- transformers backend (vocabulary: `SentencePieceProtoMixin`) ----------------------------------------
 

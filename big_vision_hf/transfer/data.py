@@ -15,9 +15,14 @@ Sources (:func:`load_records`):
 
 ``column_map={"image": "img", "question": "q"}`` renames the source's columns (ours: theirs) to the task's fields.
 
-Every image is opened (PIL ``verify()`` then ``load()``) BEFORE anything else (:func:`validate_images`): a bad
-record raises :class:`BadImageError` naming the record index and path, or with ``skip_bad=True`` is dropped and
-counted (a warning, and the report from ``return_report=True``).
+Every record is checked against what its task reads BEFORE anything else (``load_records(..., task=...)``,
+:mod:`~big_vision_hf.transfer.validation`): a missing or null target, a prompt that is not a string, an image field
+that is not an image, an empty string where the task needs text, a VQA answers field that is not a list of
+answers, a box or mask out of range raises :class:`~big_vision_hf.transfer.validation.BadRecordError` naming the
+file and line (or the record index of a ``datasets`` source) and the field. Then every image is opened (PIL
+``verify()`` then ``load()``, :func:`validate_images`): a bad one raises :class:`BadImageError` naming the record
+index and path. With ``skip_bad=True`` bad records of either kind are dropped and counted (a warning, and the
+report from ``return_report=True``).
 
 The task (:mod:`big_vision_hf.transfer.tasks`) turns each record into ``prefix`` / ``suffix``. When its suffix is
 a list of targets (big_vision ``choice_no_replacement``), ``expand`` decides: ``"random"`` draws one per record
@@ -44,9 +49,11 @@ from PIL import Image
 from ..processing.paligemma_decoding import box_to_loc_tokens, mask_to_tokens
 from .masks import coco_annotation_mask
 from .tasks import BuildContext, TransferTask, get_task
+from .validation import BadRecordError, check_record, field_kinds, normalise
 
 __all__ = [
     "BadImageError",
+    "BadRecordError",
     "DataReport",
     "build_examples",
     "load_coco",
@@ -66,17 +73,18 @@ class BadImageError(ValueError):
 
 @dataclass
 class DataReport:
-    """What validation dropped: ``bad`` is ``[(record_index, path, reason), ...]`` (indices of the input)."""
+    """What validation dropped: ``bad`` is ``[(record_index, where, reason), ...]`` (indices of the input; ``where``
+    the image path, or ``file:line`` of a record that does not fit its task)."""
 
     num_records: int = 0
     num_bad: int = 0
     bad: list[tuple[int, str, str]] = field(default_factory=list)
 
     def __str__(self):
-        s = f"{self.num_bad} of {self.num_records} records skipped (unreadable image)"
+        s = f"{self.num_bad} of {self.num_records} records skipped (bad field or unreadable image)"
         if self.bad:
-            i, path, why = self.bad[0]
-            s += f"; first: record {i} ({path}): {why}"
+            i, where, why = self.bad[0]
+            s += f"; first: record {i} ({where}): {why}"
         return s
 
 
@@ -95,18 +103,32 @@ def _resolve(path, base: str):
     return path
 
 
-def _read_jsonl(path: str) -> list[dict]:
+def _read_jsonl(path: str, lines: list[str] | None = None) -> list[dict]:
+    """The records of a JSONL file (or a ``.json`` list); ``lines`` gets each record's ``file:line`` (``file[i]``
+    for a JSON list)."""
     with open(path, encoding="utf-8") as f:
         text = f.read()
+    name = os.path.basename(path)
     if path.endswith(".json") and text.lstrip().startswith("["):
-        return json.loads(text)
-    rows = []
-    for n, line in enumerate(text.splitlines(), 1):
-        if line.strip():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{n}: not a JSON object: {e}") from None
+        try:
+            rows = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}:{e.lineno}: not valid JSON: {e.msg}") from None
+        where = [f"{name}[{i}]" for i in range(len(rows))]
+    else:
+        rows, where = [], []
+        for n, line in enumerate(text.splitlines(), 1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as e:
+                    raise ValueError(f"{path}:{n}: not a JSON object: {e}") from None
+                where.append(f"{name}:{n}")
+    for row, at in zip(rows, where):
+        if not isinstance(row, dict):
+            raise BadRecordError(f"{at}: a record must be a JSON object, got {type(row).__name__}")
+    if lines is not None:
+        lines[:] = where
     return rows
 
 
@@ -119,10 +141,16 @@ def _csv_cell(v: str):
     return v
 
 
-def _read_csv(path: str) -> list[dict]:
+def _read_csv(path: str, lines: list[str] | None = None) -> list[dict]:
+    name, rows, where = os.path.basename(path), [], []
     with open(path, encoding="utf-8", newline="") as f:
         reader = csv.DictReader(f, delimiter="\t" if path.endswith(".tsv") else ",")
-        return [{k: _csv_cell(v) for k, v in row.items()} for row in reader]
+        for row in reader:
+            rows.append({k: _csv_cell(v) for k, v in row.items()})
+            where.append(f"{name}:{reader.line_num}")
+    if lines is not None:
+        lines[:] = where
+    return rows
 
 
 def _apply_column_map(ds: datasets.Dataset, column_map: Mapping[str, str] | None) -> datasets.Dataset:
@@ -139,47 +167,184 @@ def _apply_column_map(ds: datasets.Dataset, column_map: Mapping[str, str] | None
 
 
 def load_records(source, *, split: str | None = None, column_map: Mapping[str, str] | None = None,
-                 image_key: str = "image", **load_kwargs) -> datasets.Dataset:
+                 image_key: str = "image", task: TransferTask | None = None, skip_bad: bool = False,
+                 report: DataReport | None = None, **load_kwargs) -> datasets.Dataset:
     """Raw records as a ``datasets.Dataset`` (see the module docstring for the sources). ``load_kwargs`` go to
-    ``datasets.load_dataset`` (Hub names and ``imagefolder``)."""
+    ``datasets.load_dataset`` (Hub names and ``imagefolder``).
+
+    With ``task``, every record is checked against the fields the task reads (:func:`validate_records`) before
+    ``datasets`` converts a file's rows: a bad record raises :class:`BadRecordError` (``file:line``, record index,
+    field, reason), or with ``skip_bad`` is dropped and added to ``report``."""
+    lines = None
     if isinstance(source, datasets.DatasetDict):
         split = split or ("train" if "train" in source else next(iter(source)))
         ds = source[split]
     elif isinstance(source, datasets.Dataset):
         ds = source
     elif isinstance(source, (list, tuple)):
-        ds = datasets.Dataset.from_list(list(source))
+        rows, lines = [dict(r) for r in source], [f"record {i}" for i in range(len(source))]
+        ds = _rows_to_dataset(rows, lines, column_map, image_key, task, skip_bad, report)
     elif isinstance(source, (str, os.PathLike)):
         path = os.fspath(source)
         if os.path.isfile(path):
             base = os.path.dirname(os.path.abspath(path))
             lower = path.lower()
+            lines = []
             if lower.endswith((".jsonl", ".json")):
-                rows = _read_jsonl(path)
+                rows = _read_jsonl(path, lines)
             elif lower.endswith((".csv", ".tsv")):
-                rows = _read_csv(path)
+                rows = _read_csv(path, lines)
             else:
                 raise ValueError(f"{path}: unknown file type (expected .jsonl, .json, .csv or .tsv)")
             if not rows:
                 raise ValueError(f"{path}: no records")
-            theirs = (column_map or {}).get(image_key, image_key)
-            for r in rows:
-                if theirs in r:
-                    r[theirs] = _resolve(r[theirs], base)
-            ds = datasets.Dataset.from_list(rows)
+            paths = [image_key] + [f for f, kind in (field_kinds(task) if task is not None else {}).items()
+                                   if kind == "mask"]  # file paths relative to the data file
+            for key in paths:
+                theirs = (column_map or {}).get(key, key)
+                for r in rows:
+                    if theirs in r:
+                        r[theirs] = _resolve(r[theirs], base)
+            ds = _rows_to_dataset(rows, lines, column_map, image_key, task, skip_bad, report)
         elif os.path.isdir(path):
             if any(os.path.exists(os.path.join(path, f)) for f in ("state.json", "dataset_info.json",
                                                                       "dataset_dict.json")):
                 ds = datasets.load_from_disk(path)
                 if isinstance(ds, datasets.DatasetDict):
-                    return load_records(ds, split=split, column_map=column_map, image_key=image_key)
+                    return load_records(ds, split=split, column_map=column_map, image_key=image_key, task=task,
+                                        skip_bad=skip_bad, report=report)
             else:
+                _check_image_folder(path)
                 ds = datasets.load_dataset("imagefolder", data_dir=path, split=split or "train", **load_kwargs)
+        elif _looks_local(path):
+            raise FileNotFoundError(f"{path}: no such file or folder")
         else:
-            ds = datasets.load_dataset(path, split=split or "train", **load_kwargs)
+            try:
+                ds = datasets.load_dataset(path, split=split or "train", **load_kwargs)
+            except Exception as e:  # noqa: BLE001 - offline, unknown name, gated: one line for the user
+                detail = (str(e).strip().splitlines() or [type(e).__name__])[0]
+                raise ValueError(f"{path}: not a local file or folder, and not loadable as a Hub dataset ({detail})") \
+                    from None
     else:
         raise TypeError(f"cannot load records from {type(source).__name__}")
-    return _apply_column_map(ds, column_map)
+    ds = _apply_column_map(ds, column_map)
+    if task is not None and lines is None:
+        ds = validate_records(ds, task, image_key=image_key, skip_bad=skip_bad, report=report)
+    return ds
+
+
+_DATA_SUFFIXES = (".jsonl", ".json", ".csv", ".tsv", ".parquet", ".arrow", ".txt")
+_IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff")
+
+
+def _looks_local(path: str) -> bool:
+    """A path that cannot be a Hub dataset name (``name`` or ``owner/name``): a data file suffix, a leading ``.``,
+    ``/`` or ``~``, or more than one ``/``."""
+    return path.lower().endswith(_DATA_SUFFIXES) or path.startswith((".", "/", "~")) or path.count("/") > 1
+
+
+def _check_image_folder(path: str) -> None:
+    """A folder given as data that is not a ``save_to_disk`` dataset must hold images (``imagefolder``)."""
+    for _, _, names in os.walk(path):
+        if any(n.lower().endswith(_IMAGE_SUFFIXES) for n in names):
+            return
+    files = sorted(n for n in os.listdir(path) if n.lower().endswith(_DATA_SUFFIXES))
+    hint = f"; give the data file itself, e.g. {os.path.join(path, files[0])}" if files else ""
+    raise ValueError(f"{path}: a folder, but neither a save_to_disk dataset nor an image folder (no images in it)"
+                     + hint)
+
+
+def _mapped_view(row: dict, column_map: Mapping[str, str] | None) -> dict:
+    view = dict(row)
+    for ours, theirs in (column_map or {}).items():
+        if theirs in row:
+            view[ours] = row[theirs]
+    return view
+
+
+def _rows_to_dataset(rows: list[dict], lines: list[str], column_map, image_key: str, task, skip_bad: bool,
+                     report: DataReport | None) -> datasets.Dataset:
+    """Checks raw rows against ``task`` (with their ``file:line``), then ``datasets.Dataset.from_list``."""
+    if task is not None:
+        kinds = field_kinds(task)
+        missing = [f for f in task.fields if not any(f in _mapped_view(r, column_map) for r in rows)]
+        if missing:  # no record has the field: a column mapping problem, said once
+            raise KeyError(f"task {task.name!r} needs fields {list(task.fields)}; missing {missing}; columns: "
+                           f"{sorted({k for r in rows for k in r})} (pass column_map={{'field': 'your_column'}})")
+        kept = []
+        for i, (row, at) in enumerate(zip(rows, lines)):
+            view = _mapped_view(row, column_map)
+            why = check_record(view, task, kinds, image_key)
+            if why is None:
+                normalise(view, kinds)
+                for ours, theirs in (column_map or {}).items():
+                    if theirs in row:
+                        row[theirs] = view.pop(ours)
+                row.update(view)
+                kept.append(row)
+                continue
+            where = at if at.startswith("record") else f"{at} (record {i})"
+            if not skip_bad:
+                raise BadRecordError(f"{where}: {why}")
+            if report is not None:
+                report.bad.append((i, at, why))
+        if len(kept) < len(rows):
+            logger.warning("%d of %d records skipped (they do not fit task %r); first: %s", len(rows) - len(kept),
+                           len(rows), task.name, report.bad[0] if report is not None and report.bad else "")
+        if not kept:
+            raise BadRecordError(f"no record fits task {task.name!r} (all {len(rows)} skipped)")
+        rows = kept
+    try:
+        return datasets.Dataset.from_list(rows)
+    except Exception as e:  # noqa: BLE001 - pyarrow's messages name neither the column nor the record
+        raise BadRecordError(_mixed_column(rows, lines) or f"cannot build a dataset from the records "
+                             f"({type(e).__name__}: {e})".splitlines()[0]) from None
+
+
+def _mixed_column(rows: list[dict], lines: list[str]) -> str | None:
+    """A column whose values have different types (what pyarrow refuses), with the first odd record."""
+    kinds: dict[str, tuple[str, str]] = {}
+    for row, at in zip(rows, lines):
+        for key, value in row.items():
+            if value is None:
+                continue
+            kind = "list" if isinstance(value, (list, tuple)) else type(value).__name__
+            first = kinds.setdefault(key, (kind, at))
+            if first[0] != kind:
+                return (f"{at}: column {key!r} is a {kind} here but a {first[0]} at {first[1]}; "
+                        "a column must hold one type")
+    return None
+
+
+def validate_records(ds: datasets.Dataset, task: TransferTask, *, image_key: str = "image", skip_bad: bool = False,
+                     report: DataReport | None = None, chunk_size: int = 256) -> datasets.Dataset:
+    """:func:`~big_vision_hf.transfer.validation.check_record` on every row of a ``datasets`` source (record index
+    in the message; the images are not decoded here)."""
+    kinds = field_kinds(task)
+    columns = [c for c in ds.column_names if c in kinds or c == image_key]
+    if not columns:
+        return ds
+    raw = _undecoded(ds, image_key).select_columns(columns)
+    good, dropped = [], 0
+    for start in range(0, len(raw), chunk_size):
+        batch = raw[start:start + chunk_size]
+        for j in range(len(batch[columns[0]])):
+            i = start + j
+            why = check_record({c: batch[c][j] for c in columns}, task, kinds, image_key)
+            if why is None:
+                good.append(i)
+            elif not skip_bad:
+                raise BadRecordError(f"record {i}: {why}")
+            else:
+                dropped += 1
+                if report is not None:
+                    report.bad.append((i, f"record {i}", why))
+    if dropped:
+        logger.warning("%d of %d records skipped (they do not fit task %r)", dropped, len(raw), task.name)
+        if not good:
+            raise BadRecordError(f"no record fits task {task.name!r} (all {len(raw)} skipped)")
+        ds = ds.select(good)
+    return ds
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -333,10 +498,18 @@ def prepare_dataset(source, task: TransferTask | str = "jsonl", *, res: int | No
     """
     if isinstance(task, str):
         task = get_task(task, res=res or 224)
-    ds = load_records(source, split=split, column_map=column_map, image_key=image_key, **load_kwargs)
-    report = DataReport(num_records=len(ds))
+    report = DataReport()
+    ds = load_records(source, split=split, column_map=column_map, image_key=image_key,
+                      task=task if validate else None, skip_bad=skip_bad, report=report, **load_kwargs)
+    report.num_records = len(ds) + len(report.bad)
     if validate:
-        ds, report = validate_images(ds, image_key=image_key, skip_bad=skip_bad)
+        kept = len(ds)
+        ds, images = validate_images(ds, image_key=image_key, skip_bad=skip_bad)
+        if images.bad:  # indices of the records that passed the field checks -> indices of the input
+            dropped = {i for i, _, _ in report.bad}
+            index = [i for i in range(kept + len(dropped)) if i not in dropped]
+            report.bad += [(index[i], where, why) for i, where, why in images.bad]
+        report.num_bad = len(report.bad)
     ds = build_examples(ds, task, expand=expand, seed=seed, vqvae=vqvae, image_key=image_key)
     if decode_images and image_key in ds.column_names:
         feat = ds.features[image_key]

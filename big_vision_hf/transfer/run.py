@@ -26,7 +26,13 @@ The result folder::
       training_curves.png                                        # loss per step, metric before -> after
       eval_before/ eval_after/                                   # predictions.jsonl + metrics.json
       samples/                                                   # decoded boxes / masks drawn (detection tasks)
-      checkpoints/                                               # Trainer checkpoints (resume from here)
+      checkpoints/                                               # Trainer checkpoints
+
+A run writes into ``OUT.partial/`` beside the target and renames it to ``OUT`` at the end, so ``OUT`` exists only
+complete; an existing ``OUT`` is replaced only with ``overwrite`` (``--overwrite``). A run killed (or stopped by
+an error after its first checkpoint) leaves ``OUT.partial/``: ``resume`` (``--resume``) continues it from its newest
+whole checkpoint (``training.last_complete_checkpoint``, which says which one it takes and skips a checkpoint that
+was being written). ``evaluate`` writes its folder the same way (``atomic.atomic_folder``).
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ import functools
 import json
 import os
 import random
+import shutil
 from collections.abc import Mapping, Sequence
 
 import torch
@@ -43,9 +50,10 @@ from PIL import Image
 
 from . import synthetic
 from .recipe import Recipe
+from .reporting import check_report_to, eval_loss_rows, plot_curves
 from .tasks import get_task
 
-__all__ = ["TransferOutcome", "load_model_and_processor", "run_evaluate", "run_transfer"]
+__all__ = ["TransferOutcome", "load_model_and_processor", "partial_folder", "run_evaluate", "run_transfer"]
 
 
 @dataclasses.dataclass
@@ -117,6 +125,16 @@ def _split_eval(train, eval_fraction: float, max_eval: int, seed: int):
 def _user_data(data, eval_data, task, *, split, eval_split, column_map, skip_bad, seed, eval_limit, vqvae):
     from .data import prepare_dataset
 
+    if task.num_frames > 1:  # video tasks: records with `video` (transfer/video.py)
+        from .video import load_video_dataset
+
+        train = load_video_dataset(data, task, split=split, column_map=column_map, train=True, seed=seed)
+        if eval_data is not None or eval_split is not None:
+            evaluation = load_video_dataset(data if eval_data is None else eval_data, task, column_map=column_map,
+                                            split=eval_split, seed=seed, limit=eval_limit)
+        else:
+            train, evaluation = _split_eval(train, 0.1, 256, seed)
+        return train, evaluation
     common = dict(column_map=column_map, skip_bad=skip_bad, seed=seed, vqvae=vqvae)
     train = prepare_dataset(data, task, split=split, **common)
     if eval_data is not None:
@@ -167,15 +185,6 @@ def _evaluate_all(model, processor, evaluation, recipe, out_dir, batch_size, pro
     return {recipe.name: scores(evaluation, recipe, out_dir)}
 
 
-def _headline(metrics: Mapping[str, float]) -> tuple[str, float]:
-    """The metric a reader looks at first (accuracy, CIDEr, boxacc@0.5, ...)."""
-    for key in ("miou", "boxacc/0.5", "cider", "accuracy", "acc", "anls", "relaxed_accuracy", "exact_match"):
-        if key in metrics:
-            return key, metrics[key]
-    key = next((k for k in metrics if k not in ("total", "invalid", "num_examples")), next(iter(metrics)))
-    return key, metrics[key]
-
-
 def _draw_samples(model, processor, rows, out_dir: str, max_new_tokens: int, vqvae=None, limit: int = 6) -> list[str]:
     """Predicted boxes (and, with ``vqvae``, masks) of detection / segmentation prompts drawn on their images."""
     from ..processing.paligemma_decoding import decode_detections, decode_segmentation, draw_objects
@@ -209,51 +218,27 @@ def _draw_samples(model, processor, rows, out_dir: str, max_new_tokens: int, vqv
 # ---------------------------------------------------------------------------------------------------------
 
 
-def _plot(path: str, losses: list[tuple[int, float]], before: dict, after: dict) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
-    if losses:
-        steps, values = zip(*losses)
-        axes[0].plot(steps, values, lw=1.2)
-    axes[0].set(xlabel="step", ylabel="training loss (big_vision: per-example mean)", title="loss")
-    axes[0].grid(alpha=0.3)
-    names = list(after)
-    labels = [f"{n}\n{_headline(after[n])[0]}" for n in names]
-    x = range(len(names))
-    axes[1].bar([i - 0.2 for i in x], [_headline(before[n])[1] if n in before else 0 for n in names], 0.4,
-                label="before")
-    axes[1].bar([i + 0.2 for i in x], [_headline(after[n])[1] for n in names], 0.4, label="after")
-    axes[1].set_xticks(list(x), labels, fontsize=8)
-    axes[1].set(title="metric")
-    axes[1].legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
 def _model_card(recipe, data_desc: str, base: str, lora, adapter_only: bool, before: dict, after: dict,
                 n_train: int, n_eval: int, steps: int) -> str:
+    """The transfer folder's card: license and ``base_model`` (a Hub id when the base folder's card gives one, else
+    left out), the results as ``model-index``, and a usage snippet that runs as written on the folder."""
     from ..conversion.model_card import render_model_card
+    from .reporting import base_model_info
 
+    base_id, base_license = base_model_info(base)
     rows = "\n".join(
         f"| {name} | {k} | {before.get(name, {}).get(k, float('nan')):.4g} | {v:.4g} |"
         for name, metrics in after.items() for k, v in metrics.items() if k not in ("total", "invalid"))
     how = "LoRA adapter (PEFT)" if adapter_only else ("LoRA, merged into the weights" if lora else "full fine-tuning")
-    load = ("from peft import PeftModel\nfrom transformers import PaliGemmaForConditionalGeneration\n\n"
-            f"base = PaliGemmaForConditionalGeneration.from_pretrained({base!r})\n"
-            "model = PeftModel.from_pretrained(base, \"path/to/this/folder\")" if adapter_only else
-            "from transformers import PaliGemmaForConditionalGeneration\n\n"
-            "model = PaliGemmaForConditionalGeneration.from_pretrained(\"path/to/this/folder\")")
+    tiny = not os.path.isdir(str(base))
+    base_desc = ("a tiny PaliGemma built from scratch (random initialisation)" if tiny
+                 else f"`{base_id}`" if base_id else f"a converted PaliGemma folder (`{os.path.basename(base)}`)")
     intro = f"""Fine-tuned with `big-vision-hf transfer` ({how}) following big_vision's PaliGemma transfer recipe: prompts
 `[BOS] prefix "\\n" suffix [EOS]` with a prefix-LM mask (`token_type_ids`), loss on the suffix only (per-example
 mean, then batch mean), Adam (b2 {recipe.b2}), grad-norm clip 1.0, cosine schedule with 5% warmup, weight decay
 {recipe.wd} on kernels only{', ViT frozen' if recipe.freeze_vit else ''}."""
     facts = [
-        f"Base model: `{base}`",
+        f"Base model: {base_desc}",
         f"Data: {data_desc} ({n_train} training examples, {n_eval} evaluation examples)",
         f"Steps: {steps}; lr {recipe.lr}; batch {recipe.batch_size}; label smoothing {recipe.label_smoothing};\n"
         f"  LLM dropout {recipe.llm_dropout}; text_len {recipe.text_len}",
@@ -264,27 +249,47 @@ mean, then batch mean), Adam (b2 {recipe.b2}), grad-norm clip 1.0, cosine schedu
 {rows}
 
 ![training curves](training_curves.png)"""
-    usage = f"""```python
-{load}
-from big_vision_hf.processing.processing_paligemma import BvPaliGemmaProcessor
+    prompt = recipe.prefix if isinstance(getattr(recipe, "prefix", None), str) and "{" not in recipe.prefix else \
+        "caption en"
+    base_ref = base_id or "path/to/the/base/model"
+    load = (f'from peft import PeftModel\n\nbase = AutoModelForImageTextToText.from_pretrained("{base_ref}")\n'
+            'model = PeftModel.from_pretrained(base, folder)' if adapter_only else
+            "model = AutoModelForImageTextToText.from_pretrained(folder)")
+    usage = f"""`trust_remote_code=True` loads big_vision's PaliGemma processor from this folder where `big_vision_hf` is not
+installed (with it installed, it is not needed).
 
-processor = BvPaliGemmaProcessor.from_pretrained("path/to/this/folder")
-inputs = processor(images=[image], text=["<your prefix>"], return_tensors="pt")  # token_type_ids included
+```python
+from PIL import Image
+from transformers import AutoModelForImageTextToText, AutoProcessor
+
+folder = "path/to/this/folder"  # or its Hub repo id
+processor = AutoProcessor.from_pretrained(folder, trust_remote_code=True)
+{load}
+image = Image.open("cat.jpg").convert("RGB")
+inputs = processor(images=[image], text=[{prompt!r}], return_tensors="pt")  # token_type_ids included
 out = model.generate(**inputs, max_new_tokens={recipe.max_new_tokens}, do_sample=False)
 print(processor.post_process_generation(out, inputs["input_ids"])[0])
 ```"""
+    eval_results = [{"task": "image-text-to-text", "dataset": name, "dataset_type": name, "split": "validation",
+                     "metrics": {k: v for k, v in metrics.items() if k not in ("total", "invalid", "num")}}
+                    for name, metrics in after.items()]
     return render_model_card(
-        f"PaliGemma transfer: `{recipe.name}`", [(None, intro), (None, facts), ("Results", results), ("Usage", usage)],
+        f"PaliGemma transfer: {recipe.name}", [(None, intro), (None, facts), ("Results", results), ("Usage", usage)],
         library_name="peft" if adapter_only else "transformers", pipeline_tag="image-text-to-text",
-        tags=["big_vision", "big_vision_hf", "paligemma", "transfer", recipe.name], metadata={"base_model": base},
+        license=base_license or ("gemma" if base_id or not tiny else "apache-2.0"), base_model=base_id,
+        eval_results=eval_results, tags=["big_vision", "big_vision_hf", "paligemma", "transfer", recipe.name],
     )
 
 
 def _save_result(trained, processor, out_dir: str, lora, adapter_only: bool) -> None:
+    from ..conversion.export import add_processing_code, fast_twin
+
     if lora and not adapter_only:
         trained = trained.merge_and_unload()
     trained.save_pretrained(out_dir)
+    processor.tokenizer = fast_twin(processor.tokenizer)  # tokenizer.json too (AutoTokenizer: the fast twin)
     processor.save_pretrained(out_dir)
+    add_processing_code(out_dir, processor)  # loads where big_vision_hf is not installed (trust_remote_code=True)
 
 
 def _quiet_unless_progress(fn):
@@ -309,6 +314,36 @@ def _quiet_unless_progress(fn):
                 ds_logging.enable_progress_bar()
 
     return wrapper
+
+
+def partial_folder(output_dir: str | os.PathLike) -> str:
+    """Where a run of ``output_dir`` writes until it is complete: ``OUT.partial`` beside it."""
+    return os.path.abspath(os.fspath(output_dir)).rstrip(os.sep) + ".partial"
+
+
+def _work_folder(output_dir: str, *, resume: bool, overwrite: bool) -> str:
+    """The run's ``OUT.partial`` folder: an interrupted run's (``resume``), or a fresh one."""
+    from ..atomic import check_output
+
+    check_output(output_dir, overwrite)  # a complete result is never replaced without --overwrite
+    work = partial_folder(output_dir)
+    if resume:
+        if not os.path.isdir(work):
+            raise ValueError(f"--resume: no interrupted run of {output_dir} to continue ({work} does not exist)")
+        print(f"resuming the interrupted run in {work}")
+        return work
+    if os.path.exists(work):
+        if not overwrite:
+            raise ValueError(f"{work} holds an interrupted run of {output_dir}: --resume continues it, --overwrite "
+                             "starts over")
+        shutil.rmtree(work)
+    os.makedirs(work)
+    return work
+
+
+def _has_checkpoint(work: str) -> bool:
+    folder = os.path.join(work, "checkpoints")
+    return os.path.isdir(folder) and any(e.startswith("checkpoint-") for e in os.listdir(folder))
 
 
 def _losses(log_history) -> list[tuple[int, float]]:
@@ -429,6 +464,8 @@ def run_transfer(
     seed: int = 0,
     progress: bool = True,
     training_args: dict | None = None,
+    overwrite: bool = False,
+    report_to: str | Sequence[str] | None = None,
 ) -> TransferOutcome:
     """Runs one transfer (module docstring) and returns its metrics; everything lands in ``output_dir``.
 
@@ -442,16 +479,48 @@ def run_transfer(
         lora: ``None`` (full fine-tuning, big_vision) or a preset (``"llm"``, ``"llm+vision"``).
         adapter_only: with ``lora``, save the adapter instead of merged weights.
         res, lr, epochs, max_steps, batch_size: override the task's recipe.
-        precision: ``"fp32"`` or ``"bf16"``. resume: continue from ``output_dir/checkpoints``.
+        precision: ``"fp32"`` or ``"bf16"``. resume: continue the interrupted run in ``OUT.partial`` from its
+            newest whole checkpoint. overwrite: replace an existing ``output_dir`` (and any interrupted run).
+        report_to: ``"tensorboard"``, ``"wandb"``, ``"mlflow"`` (or a list): log training and evaluation loss and
+            the learning rate there (transformers' integrations; the package must be installed).
         vqvae: a converted ``vae-oid`` folder, for segmentation targets (``<seg>`` tokens).
 
     Example:
         >>> outcome = run_transfer(output_dir="out")   # the built-in default  # doctest: +SKIP
         >>> outcome.metrics_after["synthetic_count"]["accuracy"]  # doctest: +SKIP
     """
+    training_args = {"report_to": check_report_to(report_to), **(training_args or {})}  # checked before any work
+    final_dir = os.fspath(output_dir)
+    output_dir = _work_folder(final_dir, resume=resume, overwrite=overwrite)
+    try:
+        outcome, num_samples = _run_transfer_in(
+            task, model, data, eval_data, output_dir, lora=lora, lora_rank=lora_rank, adapter_only=adapter_only,
+            res=res, lr=lr, epochs=epochs, max_steps=max_steps, batch_size=batch_size, eval_batch_size=eval_batch_size,
+            eval_limit=eval_limit, eval_before=eval_before, precision=precision, resume=resume, split=split,
+            eval_split=eval_split, column_map=column_map, skip_bad=skip_bad, vqvae=vqvae, seed=seed,
+            progress=progress, training_args=training_args)
+    except BaseException:
+        if not _has_checkpoint(output_dir):  # nothing to resume: leave nothing behind
+            shutil.rmtree(output_dir, ignore_errors=True)
+        else:
+            print(f"the run stopped; {output_dir} keeps its checkpoints (--resume continues it)")
+        raise
+    from ..atomic import publish
+
+    publish(output_dir, os.path.abspath(final_dir), overwrite)
+    print(f"wrote {final_dir}: weights, processor, README.md, metrics.json, training_curves.png"
+          + (f", {num_samples} drawn samples in samples/" if num_samples else ""))
+    return dataclasses.replace(outcome, output_dir=final_dir)
+
+
+def _run_transfer_in(task, model, data, eval_data, output_dir: str, *, lora, lora_rank, adapter_only, res, lr, epochs,
+                     max_steps, batch_size, eval_batch_size, eval_limit, eval_before, precision, resume, split,
+                     eval_split, column_map, skip_bad, vqvae, seed, progress,
+                     training_args) -> tuple[TransferOutcome, int]:
+    """`run_transfer` inside its ``OUT.partial`` folder ``output_dir``: the outcome and the number of drawn
+    samples."""
     from .training import train
 
-    os.makedirs(output_dir, exist_ok=True)
     vqvae_model = _load_vqvae(vqvae)
     overrides = dict(lr=lr, epochs=epochs, steps=max_steps, batch_size=batch_size)
     if data is None and model is None:
@@ -475,22 +544,26 @@ def run_transfer(
     if progress:
         print(recipe.summary())
     before = {}
+    before_file = os.path.join(output_dir, "eval_before", "metrics_before.json")
     if eval_before and not resume:
         before = _evaluate_all(net, processor, eval_rows, recipe, os.path.join(output_dir, "eval_before"),
                                eval_batch_size, progress, vqvae_model)
         _print_metrics("before training", before)
+        os.makedirs(os.path.dirname(before_file), exist_ok=True)
+        with open(before_file, "w") as f:
+            json.dump(before, f)
 
     result = train(net, processor, train_rows, os.path.join(output_dir, "checkpoints"), recipe, lora=lora,
                    lora_rank=lora_rank, precision=precision, resume=resume, seed=seed, progress=progress,
                    logging_steps=max(1, min(10, recipe.num_steps(len(train_rows)) // 50)),
-                   training_args=training_args)
+                   training_args=training_args, eval_dataset=eval_loss_rows(eval_rows) or None)
     trained = result.model
     after = _evaluate_all(trained, processor, eval_rows, recipe, os.path.join(output_dir, "eval_after"),
                           eval_batch_size, progress, vqvae_model)
     _print_metrics("after training", after)
-    if resume and os.path.exists(os.path.join(output_dir, "metrics.json")):
-        with open(os.path.join(output_dir, "metrics.json")) as f:
-            before = json.load(f).get("before", {})
+    if resume and os.path.exists(before_file):  # measured by the interrupted run
+        with open(before_file) as f:
+            before = json.load(f)
 
     samples = _draw_samples(trained, processor, eval_rows, os.path.join(output_dir, "samples"),
                             recipe.max_new_tokens, vqvae_model)
@@ -501,34 +574,47 @@ def run_transfer(
         json.dump({"task": recipe.name, "before": before, "after": after, "steps": steps, "lora": lora,
                    "final_loss": losses[-1][1] if losses else None, "recipe": recipe.settings(),
                    "num_train": len(train_rows), "num_eval": len(eval_rows)}, f, indent=2)
-    _plot(os.path.join(output_dir, "training_curves.png"), losses, before, after)
+    plot_curves(os.path.join(output_dir, "training_curves.png"), result.log_history, before, after)
     with open(os.path.join(output_dir, "README.md"), "w", encoding="utf-8") as f:
         f.write(_model_card(recipe, setup.data_desc, setup.base, lora, adapter_only, before, after, len(train_rows),
                             len(eval_rows), steps))
-    print(f"wrote {output_dir}: weights, processor, README.md, metrics.json, training_curves.png"
-          + (f", {len(samples)} drawn samples in samples/" if samples else ""))
-    return TransferOutcome(output_dir, before, after, losses, result.trainable_parameters, result.total_parameters)
+    outcome = TransferOutcome(output_dir, before, after, losses, result.trainable_parameters, result.total_parameters)
+    return outcome, len(samples)
 
 
 @_quiet_unless_progress
 def run_evaluate(model: str, data, task: str = "jsonl", output_dir: str | None = None, *, split: str | None = None,
                  column_map: Mapping[str, str] | None = None, limit: int | None = None, batch_size: int = 16,
                  decoding: str | None = None, num_beams: int | None = None, skip_bad: bool = False,
-                 vqvae: str | None = None, progress: bool = True) -> dict[str, dict[str, float]]:
+                 vqvae: str | None = None, progress: bool = True,
+                 overwrite: bool = False) -> dict[str, dict[str, float]]:
     """Evaluates a PaliGemma folder (converted, or written by :func:`run_transfer`) on ``data`` with the task's
-    decoding and metric; writes ``predictions.jsonl`` and ``metrics.json`` to ``output_dir``."""
+    decoding and metric; writes ``predictions.jsonl`` and ``metrics.json`` to ``output_dir`` (atomically: the
+    folder appears complete; an existing one is replaced only with ``overwrite``)."""
+    from ..atomic import atomic_folder, check_output
     from .data import prepare_dataset
 
+    if output_dir is not None:
+        check_output(output_dir, overwrite)
     net, processor = load_model_and_processor(model)
     t = get_task(task, res=_nearest(processor.image_processor.size["height"], _resolutions(task)))
     vqvae_model = _load_vqvae(vqvae)
-    rows = prepare_dataset(data, t, split=split, column_map=column_map, skip_bad=skip_bad, expand="list",
-                           vqvae=vqvae_model)
-    if limit:
-        rows = rows.select(range(min(limit, len(rows))))
+    if t.num_frames > 1:  # video tasks: records with `video` (frames, a frame folder or a file; transfer/video.py)
+        from .video import load_video_dataset
+
+        rows = load_video_dataset(data, t, split=split, column_map=column_map, limit=limit)
+    else:
+        rows = prepare_dataset(data, t, split=split, column_map=column_map, skip_bad=skip_bad, expand="list",
+                               vqvae=vqvae_model)
+        if limit:
+            rows = rows.select(range(min(limit, len(rows))))
     recipe = t.recipe(decoding=decoding, num_beams=num_beams)
     processor.text_len = recipe.text_len
-    metrics = _evaluate_all(net, processor, rows, recipe, output_dir, batch_size, progress, vqvae_model)
+    if output_dir is None:
+        metrics = _evaluate_all(net, processor, rows, recipe, None, batch_size, progress, vqvae_model)
+    else:
+        with atomic_folder(output_dir, overwrite) as tmp:
+            metrics = _evaluate_all(net, processor, rows, recipe, tmp, batch_size, progress, vqvae_model)
     _print_metrics(f"{task} on {len(rows)} examples", metrics)
     return metrics
 

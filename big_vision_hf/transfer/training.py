@@ -20,6 +20,11 @@ big_vision (commit 0127fb6), ``trainers/proj/paligemma/train.py`` + ``big_vision
 - LLM dropout (``config.model.llm.dropout``): on the attention-output and MLP-output residual branches
   (``models/ppp/gemma.py Block``), not on attention probabilities: :func:`add_residual_dropout`.
 
+Checkpoints are atomic: :class:`PaliGemmaTrainer` writes each one into ``.tmp-checkpoint-N`` and renames it to
+``checkpoint-N`` when it is whole, so a run killed while saving leaves only a staging folder;
+``train(resume=True)`` takes the newest whole checkpoint (:func:`last_complete_checkpoint`) and says which it
+took and which it skipped.
+
 Not in big_vision (it has no LoRA): LoRA/QLoRA through PEFT with presets that adapt exactly the named modules
 (:data:`LORA_PRESETS`). The usual ``["q_proj", "k_proj", "v_proj", ...]`` list also matches SigLIP's
 ``q/k/v_proj``, so "LLM-only" LoRA silently adapts the vision tower; the presets are anchored regexes instead.
@@ -30,8 +35,10 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import json
 import os
 import re
+import shutil
 import sys
 import warnings
 
@@ -53,6 +60,7 @@ __all__ = [
     "decay_parameter_names",
     "freeze_language_model",
     "freeze_vision",
+    "last_complete_checkpoint",
     "lora_target_modules",
     "qlora_quantization_config",
     "train",
@@ -337,6 +345,36 @@ def _trainer_class():
                                                                     num_training_steps)
             return self.lr_scheduler
 
+        def _get_output_dir(self, trial):
+            return getattr(self, "_staging_dir", None) or super()._get_output_dir(trial)
+
+        def _save_checkpoint(self, model, trial):
+            # Atomic: transformers writes checkpoint-N in place (a kill leaves a half-written folder that
+            # `get_last_checkpoint` would pick); here it goes to .tmp-checkpoint-N/ and is renamed when whole.
+            from transformers.trainer_utils import rotate_checkpoints
+
+            run_dir = super()._get_output_dir(trial)
+            name = f"checkpoint-{self.state.global_step}"
+            staging = os.path.join(run_dir, f".tmp-{name}")
+            if self.args.should_save:
+                shutil.rmtree(staging, ignore_errors=True)
+            self.accelerator.wait_for_everyone()
+            self._staging_dir = staging
+            try:
+                super()._save_checkpoint(model, trial)
+            finally:
+                self._staging_dir = None
+            self.accelerator.wait_for_everyone()  # every process wrote its part (per-process RNG states)
+            if self.args.should_save:
+                final = os.path.join(run_dir, name)
+                if os.path.exists(final):  # the same step saved again after a resume
+                    shutil.rmtree(final)
+                os.replace(os.path.join(staging, name), final)
+                shutil.rmtree(staging, ignore_errors=True)
+                rotate_checkpoints(output_dir=run_dir, save_total_limit=self.args.save_total_limit,
+                                   best_model_checkpoint=self.state.best_model_checkpoint, use_mtime=True)
+            self.accelerator.wait_for_everyone()
+
         def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
             # transformers 5.23: `save_pretrained` writes PaliGemma under its Hub key names (it reverts the
             # `language_model.model.*` -> `model.language_model.*` conversion), but `Trainer` reloads a checkpoint
@@ -405,6 +443,63 @@ def _LossInProgressBar():  # noqa: N802 - a factory: transformers is imported la
     return _progress_callback_class()()
 
 
+def _checkpoint_problem(path: str) -> str | None:
+    """Why a ``checkpoint-N`` folder cannot be resumed from (``None``: it is whole)."""
+    from ..modeling.loading import FolderError, check_weight_files, safetensors_header
+
+    state = os.path.join(path, "trainer_state.json")
+    try:
+        with open(state, encoding="utf-8") as f:
+            json.load(f)
+    except (OSError, ValueError):
+        return "no readable trainer_state.json (killed while being written?)"
+    weights = [f for f in ("model.safetensors", "model.safetensors.index.json", "adapter_model.safetensors")
+               if os.path.isfile(os.path.join(path, f))]
+    if not weights:
+        return "no weights"
+    try:
+        if "adapter_model.safetensors" in weights:
+            safetensors_header(os.path.join(path, "adapter_model.safetensors"))
+        check_weight_files(path)
+    except FolderError as e:
+        return str(e)
+    for name in ("optimizer.pt", "scheduler.pt"):
+        if os.path.isfile(os.path.join(path, name)) and os.path.getsize(os.path.join(path, name)) == 0:
+            return f"empty {name}"
+    return None
+
+
+def _finished(checkpoint: str, total_steps: int) -> bool:
+    try:
+        with open(os.path.join(checkpoint, "trainer_state.json"), encoding="utf-8") as f:
+            return int(json.load(f).get("global_step", 0)) >= total_steps
+    except (OSError, ValueError, TypeError):
+        return False
+
+
+def last_complete_checkpoint(folder: str | os.PathLike, say=print) -> str | None:
+    """The newest whole ``checkpoint-N`` in ``folder`` (``None``: none). ``say`` reports the one taken and every
+    one skipped: a staging folder of a checkpoint killed while being written (removed), or a checkpoint that is
+    not whole."""
+    folder = os.fspath(folder)
+    if not os.path.isdir(folder):
+        return None
+    steps = []
+    for entry in os.listdir(folder):
+        if entry.startswith(".tmp-checkpoint-"):
+            say(f"skipping {entry}: a checkpoint killed while being written (removed)")
+            shutil.rmtree(os.path.join(folder, entry), ignore_errors=True)
+        elif (m := re.fullmatch(r"checkpoint-(\d+)", entry)) and os.path.isdir(os.path.join(folder, entry)):
+            steps.append((int(m.group(1)), entry))
+    for step, entry in sorted(steps, reverse=True):
+        problem = _checkpoint_problem(os.path.join(folder, entry))
+        if problem is None:
+            say(f"resuming from {entry} (step {step})")
+            return os.path.join(folder, entry)
+        say(f"skipping {entry}: {problem}")
+    return None
+
+
 @dataclasses.dataclass
 class TrainResult:
     """What :func:`train` returns."""
@@ -440,6 +535,7 @@ def train(
     random_suffix: bool = True,
     use_cpu: bool | None = None,
     training_args: dict | None = None,
+    eval_dataset=None,
 ) -> TrainResult:
     """Fine-tunes ``model`` on ``train_dataset`` (rows ``{image, prefix, suffix}``) with big_vision's recipe.
 
@@ -449,8 +545,10 @@ def train(
     parts, text_len. ``lora``: ``None`` (full fine-tuning, big_vision), ``"llm"`` or ``"llm+vision"``
     (:data:`LORA_PRESETS`); for QLoRA load the model with :func:`qlora_quantization_config` and pass ``lora``.
     ``precision``: ``"fp32"`` or ``"bf16"`` (autocast; master weights stay fp32). ``resume``: ``True`` continues
-    from the last checkpoint in ``output_dir`` (or a checkpoint path): optimizer, schedule, RNG and data order are
-    restored, so the loss curve continues. Checkpoints every ``save_steps`` steps (default: about 10 per run).
+    from the last whole checkpoint in ``output_dir`` (:func:`last_complete_checkpoint`; or a checkpoint path):
+    optimizer, schedule, RNG and data order are restored, so the loss curve continues. Checkpoints every
+    ``save_steps`` steps (default: about 10 per run), each written whole or not at all. ``eval_dataset`` (rows as
+    ``train_dataset``): the evaluation loss about 8 times per run, into the log history (``eval_loss``).
     """
     from transformers import TrainingArguments
 
@@ -500,12 +598,16 @@ def train(
     )
     if use_cpu is not None:
         args["use_cpu"] = use_cpu
+    if eval_dataset is not None:  # the evaluation loss, about 8 times per run (curves, --report-to)
+        args.update(eval_strategy="steps", eval_steps=max(1, total // 8), per_device_eval_batch_size=per_device,
+                    prediction_loss_only=True)
     args.update(training_args or {})
     trainer_cls = _trainer_class()
     trainer = trainer_cls(
         model=model,
         args=TrainingArguments(**args),
         train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
         data_collator=PaliGemmaCollator(processor, text_len=recipe.text_len, random_suffix=random_suffix, seed=seed),
         callbacks=callbacks,
         label_smoothing=recipe.label_smoothing,
@@ -522,15 +624,23 @@ def train(
     else:  # quiet: no dict printed per log either (the losses stay in the log history)
         trainer.remove_callback(PrinterCallback)
     if resume is True:
-        from transformers.trainer_utils import get_last_checkpoint
-
-        resume = get_last_checkpoint(str(output_dir)) if os.path.isdir(output_dir) else None
+        resume = last_complete_checkpoint(output_dir)
+        if resume is None:
+            print(f"no complete checkpoint in {output_dir}: training from the start")
     from transformers.utils import logging as hf_logging
 
     bars = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()  # no "Writing model shards" bar at every checkpoint under the training bar
     try:
-        trainer.train(resume_from_checkpoint=resume or None)
+        if resume and _finished(resume, total):  # killed after its last step: nothing left to train
+            # (transformers 5.25 `Trainer.train` resumed at max_steps, mid-epoch, trains one step more)
+            from transformers import TrainerState
+
+            trainer._load_from_checkpoint(resume)
+            trainer.state = TrainerState.load_from_json(os.path.join(resume, "trainer_state.json"))
+            print(f"{os.path.basename(resume)} is the run's last step: nothing left to train")
+        else:
+            trainer.train(resume_from_checkpoint=resume or None)
     finally:
         if bars:
             hf_logging.enable_progress_bar()
