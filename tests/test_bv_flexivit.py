@@ -202,7 +202,7 @@ def test_flexivit_remote_code_is_flat():
 
     files = remote_code_files("big_vision_hf.modeling.modeling_bv_flexivit",
                               "big_vision_hf.configuration.configuration_bv_flexivit")
-    assert sorted(files) == ["configuration_bv_flexivit.py", "configuration_bv_vit.py",
+    assert sorted(files) == ["configuration_bv_flexivit.py", "configuration_bv_vit.py", "loading.py",
                              "modeling_bv_flexivit.py", "modeling_bv_vit.py"]
     assert not any("from .." in source for source in files.values())
 

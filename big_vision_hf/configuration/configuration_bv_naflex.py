@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import sys
 
 from huggingface_hub.dataclasses import strict
 from transformers import PreTrainedConfig
@@ -12,6 +13,9 @@ from .configuration_bv_vit import pair, translate_bv_kwargs
 # big_vision naflex `_Model.__call__`: "map" | "gap" | "max" | "none" (no "tok"/"0": there is no [cls]).
 NAFLEX_POOL_TYPES = ("map", "gap", "max", "none")
 _POSEMB = re.compile(r"learn_2d(?:\((\d+)\))?")
+# NaViT (https://arxiv.org/abs/2307.06304, sec. 2.1): factorised learned posembs phi_y(y) + phi_x(x), indexed by the
+# patch index ("factorized") or read at the patch's fractional position in the image ("factorized_fractional").
+FACTORIZED_POSEMBS = ("factorized", "factorized_fractional")
 
 
 @strict
@@ -31,8 +35,12 @@ class BvNaFlexViTConfig(PreTrainedConfig):
         num_channels: channels of a patch (3).
         posemb: big_vision ``posemb``: ``"learn_2d(L)"`` or ``"learn_2d"`` (= ``"learn_2d(64)"``, big_vision's
             default). ``L`` is the side of the canvas the posemb is resized onto: tokens at ``yidx`` or
-            ``xidx >= L`` get a NaN posemb, as in big_vision (see ``_pos_emb_resize``).
-        nposemb: big_vision ``nposemb``: the stored learned posemb is ``nposemb x nposemb`` (16 for SigLIP 2).
+            ``xidx >= L`` get a NaN posemb, as in big_vision (see ``_pos_emb_resize``). Not in big_vision, NaViT's
+            factorised posembs: ``"factorized"`` (two learned ``[nposemb, D]`` tables indexed by the patch row and
+            column, added) and ``"factorized_fractional"`` (the same tables read at the patch centre's fractional
+            position ``(i + 0.5) / side``, linearly interpolated: any grid).
+        nposemb: big_vision ``nposemb``: the stored learned posemb is ``nposemb x nposemb`` (16 for SigLIP 2); the
+            length of each factorised table.
         pool_type: ``"map"``, ``"gap"``, ``"max"`` or ``"none"`` (big_vision ``pool_type``; pads are masked out).
         representation_size: big_vision ``rep_size``: ``None`` (False), or the width of the ``pre_logits``
             Dense + tanh layer.
@@ -42,6 +50,10 @@ class BvNaFlexViTConfig(PreTrainedConfig):
         hidden_act: ``"gelu_pytorch_tanh"``: flax ``nn.gelu`` defaults to the tanh approximation.
         dropout: big_vision ``Encoder1DBlock`` dropout (naflex has no ``dropout`` field; always 0 there).
         head_zeroinit: big_vision ``head_zeroinit``; only affects fresh initialisation.
+        parallel_block: ViT-22B (https://arxiv.org/abs/2302.05442, not in big_vision) parallel layers:
+            ``y = LN(x); x + MLP(y) + Attention(y)``. Off for every big_vision checkpoint.
+        qk_layernorm: ViT-22B QK normalisation: LayerNorm (scale only, per head) on queries and keys before ``q.k``.
+        qkv_bias: ``False`` drops the q/k/v projection biases (ViT-22B); ``True`` for big_vision checkpoints.
 
     Example:
         >>> from big_vision_hf.configuration.configuration_bv_naflex import BvNaFlexViTConfig
@@ -69,11 +81,16 @@ class BvNaFlexViTConfig(PreTrainedConfig):
     dropout: float = 0.0
     attention_dropout: float = 0.0
     head_zeroinit: bool = True
+    parallel_block: bool = False
+    qk_layernorm: bool = False
+    qkv_bias: bool = True
 
     def __post_init__(self, **kwargs):
         self.patch_size = pair(self.patch_size)
-        if not _POSEMB.fullmatch(self.posemb):
-            raise ValueError(f"Unknown posemb: {self.posemb!r}; NaFlex supports 'learn_2d' and 'learn_2d(L)'")
+        if not _POSEMB.fullmatch(self.posemb) and self.posemb not in FACTORIZED_POSEMBS:
+            raise ValueError(
+                f"Unknown posemb: {self.posemb!r}; NaFlex supports 'learn_2d', 'learn_2d(L)', {FACTORIZED_POSEMBS}"
+            )
         if self.pool_type not in NAFLEX_POOL_TYPES:
             raise ValueError(f"Unknown pool type: {self.pool_type!r}; NaFlex supports {NAFLEX_POOL_TYPES}")
         if self.hidden_size % self.num_attention_heads:
@@ -82,7 +99,13 @@ class BvNaFlexViTConfig(PreTrainedConfig):
 
     @property
     def posemb_canvas_size(self) -> int:
-        """``L`` of ``posemb="learn_2d(L)"`` (64 for plain ``"learn_2d"``, as big_vision ``posemb_grid_size or 64``)."""
+        """``L`` of ``posemb="learn_2d(L)"`` (64 for plain ``"learn_2d"``, as big_vision ``posemb_grid_size or 64``):
+        patches at row/column ``>= L`` get a NaN posemb. ``"factorized"``: ``nposemb``; ``"factorized_fractional"``
+        has no limit (``sys.maxsize``)."""
+        if self.posemb == "factorized":
+            return self.nposemb
+        if self.posemb == "factorized_fractional":
+            return sys.maxsize
         m = _POSEMB.fullmatch(self.posemb)
         return int(m.group(1)) if m.group(1) else 64
 

@@ -67,6 +67,10 @@ class BvViTConfig(PreTrainedConfig):
         hidden_act: ``"gelu_pytorch_tanh"``: flax ``nn.gelu`` defaults to the tanh approximation.
         dropout: big_vision ``dropout`` (after posemb, attention output and MLP).
         head_zeroinit: big_vision ``head_zeroinit``; only affects fresh initialisation.
+        parallel_block: ViT-22B (https://arxiv.org/abs/2302.05442, not in big_vision) parallel layers:
+            ``y = LN(x); x + MLP(y) + Attention(y)``. Off for every big_vision checkpoint.
+        qk_layernorm: ViT-22B QK normalisation: LayerNorm (scale only, per head) on queries and keys before ``q.k``.
+        qkv_bias: ``False`` drops the q/k/v projection biases (ViT-22B); ``True`` for big_vision checkpoints.
 
     Example:
         >>> from big_vision_hf import BvViTConfig
@@ -92,6 +96,9 @@ class BvViTConfig(PreTrainedConfig):
     dropout: float = 0.0
     attention_dropout: float = 0.0
     head_zeroinit: bool = True
+    parallel_block: bool = False
+    qk_layernorm: bool = False
+    qkv_bias: bool = True
 
     def __post_init__(self, **kwargs):
         self.patch_size = pair(self.patch_size)

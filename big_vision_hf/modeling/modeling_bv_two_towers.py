@@ -525,12 +525,16 @@ class BvTwoTowerModel(BvTwoTowerPreTrainedModel):
     def _vision(self, pixel_values: torch.Tensor, interpolate_pos_encoding: bool, naflex_inputs=None, **kwargs):
         """``(image tower outputs, unnormalised image embedding)``; no gradients with a locked image tower.
 
-        ``naflex_inputs``: a NaFlex tower's ``pixel_attention_mask``/``spatial_shapes``/``patch_coords``."""
+        ``naflex_inputs``: a NaFlex tower's ``pixel_attention_mask``/``spatial_shapes``/``patch_coords``, and the
+        packed-image inputs of either tower (``segment_ids``, ``spatial_shapes``, ``patch_coords``; NaViT)."""
         naflex_inputs = {k: v for k, v in (naflex_inputs or {}).items() if v is not None}
-        if naflex_inputs and not self.is_naflex:
+        packed = "segment_ids" in naflex_inputs or isinstance(pixel_values, (list, tuple))
+        vit_inputs = ("segment_ids", "spatial_shapes", "patch_coords") if packed else ()
+        vit_inputs += ("packed_attention",)
+        if not self.is_naflex and any(k not in vit_inputs for k in naflex_inputs):
             raise ValueError(f"{', '.join(naflex_inputs)} are NaFlex image inputs; this image tower is a ViT")
         with torch.no_grad() if self.config.lock_image_tower else nullcontext():
-            if self.is_naflex:
+            if self.is_naflex or packed:
                 outputs = self.vision_model(pixel_values, **naflex_inputs, **kwargs)
             else:
                 outputs = self.vision_model(pixel_values, interpolate_pos_encoding=interpolate_pos_encoding, **kwargs)
@@ -546,13 +550,19 @@ class BvTwoTowerModel(BvTwoTowerPreTrainedModel):
         pixel_attention_mask: torch.Tensor | None = None,
         spatial_shapes: torch.Tensor | None = None,
         patch_coords: torch.Tensor | None = None,
+        segment_ids: torch.Tensor | None = None,
         **kwargs,
     ) -> BvViTModelOutput:
         """The image tower's outputs with ``pooler_output`` = the image embedding before normalisation
         (big_vision ``img/logits``, or ``img/pre_logits`` without an image head). A NaFlex tower takes
-        ``pixel_attention_mask``/``spatial_shapes``/``patch_coords`` (see `BvNaFlexViTModel`)."""
+        ``pixel_attention_mask``/``spatial_shapes``/``patch_coords`` (see `BvNaFlexViTModel`).
+
+        Packed images (NaViT), either tower: ``segment_ids`` with ``spatial_shapes``/``patch_coords`` (e.g. from
+        `BvNaViTImageProcessor`), or ``pixel_values`` as a list of ``[3, H, W]`` images of any sizes (whole
+        patches), packed into one sequence; ``pooler_output`` is then ``[num_images, D]`` and ``packed_attention``
+        picks the attention path (see `BvViTModel.encode_packed`)."""
         naflex = dict(pixel_attention_mask=pixel_attention_mask, spatial_shapes=spatial_shapes,
-                      patch_coords=patch_coords)
+                      patch_coords=patch_coords, segment_ids=segment_ids)
         outputs, embedding = self._vision(pixel_values, interpolate_pos_encoding, naflex, **kwargs)
         outputs.pooler_output = embedding
         return outputs
@@ -582,6 +592,8 @@ class BvTwoTowerModel(BvTwoTowerPreTrainedModel):
         pixel_attention_mask: torch.Tensor | None = None,
         spatial_shapes: torch.Tensor | None = None,
         patch_coords: torch.Tensor | None = None,
+        segment_ids: torch.Tensor | None = None,
+        packed_attention: str | None = None,
         **kwargs,
     ) -> SiglipOutput:
         r"""
@@ -596,13 +608,15 @@ class BvTwoTowerModel(BvTwoTowerPreTrainedModel):
         pixel_attention_mask, spatial_shapes, patch_coords: the inputs of a NaFlex image tower (``image_model=
             "proj.image_text.naflex_vit"``; then ``pixel_values`` are patches ``[B, N, p*p*3]``), as
             `BvNaFlexImageProcessor` / transformers' ``Siglip2Model`` take them (see `BvNaFlexViTModel`).
+        segment_ids, packed_attention: packed images (NaViT; see `get_image_features`): the image embeddings are one
+            per image, in the packed order, and ``return_loss`` pairs image ``i`` with text row ``i``.
         """
         if input_ids is None and pixel_values is None:
             raise ValueError("pass input_ids and/or pixel_values")
         vision_outputs = text_outputs = image_embeds = text_embeds = None
         if pixel_values is not None:
             naflex = dict(pixel_attention_mask=pixel_attention_mask, spatial_shapes=spatial_shapes,
-                          patch_coords=patch_coords)
+                          patch_coords=patch_coords, segment_ids=segment_ids, packed_attention=packed_attention)
             vision_outputs, embedding = self._vision(pixel_values, interpolate_pos_encoding, naflex, **kwargs)
             image_embeds = l2_normalize(embedding)  # zimg
         if input_ids is not None:

@@ -21,8 +21,8 @@ index ``depth`` is the output of the last layer before ``encoder_norm``):
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -37,6 +37,7 @@ from transformers.utils import can_return_tuple
 from transformers.utils.output_capturing import OutputRecorder, capture_outputs
 
 from ..configuration.configuration_bv_vit import BvViTConfig
+from .loading import BvStrictLoadingMixin
 
 # ---------------------------------------------------------------------------------------------------------
 # Position embeddings
@@ -107,6 +108,285 @@ def resize_grid_antialiased(grid: torch.Tensor, size: tuple[int, int]) -> torch.
 
 
 # ---------------------------------------------------------------------------------------------------------
+# Packed images (NaViT, "Patch n' Pack", https://arxiv.org/abs/2307.06304)
+#
+# The packed input layout (made by `processing.image_processing_bv_navit` / `processing.navit_collator`), next to
+# patches `pixel_values [S, L, p*p*C]`:
+# - `segment_ids [S, L]`: 1, 2, ..., k for the images of a row, each image one contiguous run, numbered in order
+#   along the row; 0 for padding (big_vision `datasets/sequence_packing.py`'s convention). Images are numbered
+#   row-major (image j is the j-th run met reading row 0, then row 1, ...); per-image outputs, logits and labels
+#   follow that order.
+# - `patch_coords [S, L, 2]`: each token's (row, column) in its image's patch grid (big_vision yidx/xidx); tokens
+#   may be missing (token dropping) or in any order inside their run.
+# - `spatial_shapes [num_images, 2]`: each image's full patch grid (h, w), also when tokens were dropped.
+# What follows does not depend on a model: the layout of the real tokens (`PackedLayout`, read once per forward),
+# and the variable-length attention kernels (`SegmentAttention`) that never build an [L, L] mask. The dense
+# block-diagonal mask is `block_diagonal_mask`; which path runs is `resolve_packed_attention`'s choice.
+# ---------------------------------------------------------------------------------------------------------
+
+PACKED_ATTENTION = ("auto", "dense", "varlen", "segments", "flex", "flash")
+
+
+@dataclass
+class PackedLayout:
+    """Where the real tokens of a packed batch are: the "stream" of real tokens, row-major, sorted by image.
+
+    ``rows``/``cols`` (``[T]``) index the input layout ``[S, L]`` (``None`` for a layout made here, e.g. with
+    inserted ``[cls]`` tokens); ``image`` (``[T]``, non-decreasing) is each token's image; ``lengths`` the tokens
+    per image; ``row_of_image`` each image's row.
+    """
+
+    image: torch.Tensor
+    lengths: list[int]
+    row_of_image: torch.Tensor
+    shape: tuple[int, int]
+    rows: torch.Tensor | None = None
+    cols: torch.Tensor | None = None
+    _starts: torch.Tensor | None = field(default=None, repr=False)
+
+    @property
+    def num_images(self) -> int:
+        return len(self.lengths)
+
+    @property
+    def num_tokens(self) -> int:
+        return int(self.image.shape[0])
+
+    @property
+    def starts(self) -> torch.Tensor:
+        """``[num_images]``: the stream index of each image's first token."""
+        if self._starts is None:
+            lengths = torch.tensor(self.lengths, device=self.image.device)
+            self._starts = torch.cumsum(lengths, 0) - lengths
+        return self._starts
+
+    def segment_ids(self) -> torch.Tensor:
+        """The stream as one packed row: ``[1, T]`` segment ids ``image + 1``."""
+        return (self.image + 1)[None]
+
+    def gather(self, x: torch.Tensor) -> torch.Tensor:
+        """``[S, L, ...]`` in the input layout -> ``[T, ...]`` real tokens (the stream)."""
+        return x[self.rows, self.cols]
+
+    def scatter(self, stream: torch.Tensor) -> torch.Tensor:
+        """``[T, ...]`` -> ``[S, L, ...]`` in the input layout, zeros at the padding (differentiable)."""
+        out = stream.new_zeros(*self.shape, *stream.shape[1:])
+        return out.index_put((self.rows, self.cols), stream)
+
+    def image_slots(self) -> torch.Tensor:
+        """``[num_images]``: each image's place among its row's images (``segment id - 1``)."""
+        per_row = torch.bincount(self.row_of_image, minlength=self.shape[0])
+        first_of_row = torch.cumsum(per_row, 0) - per_row
+        return torch.arange(self.num_images, device=self.image.device) - first_of_row[self.row_of_image]
+
+    def left_aligned(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The dense path's layout: each input row's tokens left-aligned, trailing pads trimmed. Returns the
+        ``(row, position)`` ``[T]`` of every stream token there and the rows' ``segment_ids`` ``[S, L']``."""
+        row = self.row_of_image[self.image]
+        counts = torch.bincount(row, minlength=self.shape[0])
+        position = torch.arange(self.num_tokens, device=row.device) - (torch.cumsum(counts, 0) - counts)[row]
+        segment_ids = row.new_zeros(self.shape[0], int(counts.max()))
+        segment_ids[row, position] = self.image_slots()[self.image] + 1
+        return row, position, segment_ids
+
+    def with_leading_tokens(self) -> tuple[PackedLayout, torch.Tensor]:
+        """A layout with one extra token before each image's tokens (ViT's ``[cls]``), and the permutation ``perm``
+        with ``new_stream = cat([stream, extra_tokens])[perm]``."""
+        n, t = self.num_images, self.num_tokens
+        device = self.image.device
+        new_lengths = [length + 1 for length in self.lengths]
+        # old token i (image j) moves to i + j + 1; image j's new token goes to starts[j] + j.
+        dest_old = torch.arange(t, device=device) + self.image + 1
+        dest_new = self.starts + torch.arange(n, device=device)
+        perm = torch.empty(t + n, dtype=torch.long, device=device)
+        perm[dest_old] = torch.arange(t, device=device)
+        perm[dest_new] = torch.arange(t, t + n, device=device)
+        image = torch.repeat_interleave(torch.arange(n, device=device), torch.tensor(new_lengths, device=device))
+        return PackedLayout(image, new_lengths, self.row_of_image, self.shape), perm
+
+
+def packed_layout(segment_ids: torch.Tensor) -> PackedLayout:
+    """Reads ``segment_ids`` ``[S, L]`` (see the module docstring) into a `PackedLayout`.
+
+    Raises a ``ValueError`` unless every row's images are contiguous runs numbered ``1, 2, ...`` in order.
+    """
+    if segment_ids.dim() != 2:
+        raise ValueError(f"segment_ids must be [num_sequences, length], got shape {tuple(segment_ids.shape)}")
+    seg = segment_ids.long()
+    rows, cols = (seg > 0).nonzero(as_tuple=True)  # row-major
+    ids = seg[rows, cols]
+    per_row = seg.amax(dim=1).clamp(min=0)
+    offsets = torch.cumsum(per_row, 0) - per_row
+    image = offsets[rows] + ids - 1
+    num_images = int(per_row.sum())
+    lengths = torch.bincount(image, minlength=num_images) if image.numel() else image.new_zeros(num_images)
+    runs = 1 + int((image[1:] != image[:-1]).sum()) if image.numel() else 0
+    if num_images == 0 or bool((image[1:] < image[:-1]).any()) or runs != num_images or bool((lengths == 0).any()):
+        raise ValueError(
+            "segment_ids must give each image of a row one contiguous run, numbered 1, 2, ... along the row "
+            "(0 for padding), with at least one image"
+        )
+    row_of_image = torch.repeat_interleave(torch.arange(seg.shape[0], device=seg.device), per_row)
+    return PackedLayout(image, lengths.tolist(), row_of_image, tuple(seg.shape), rows, cols)
+
+
+def grid_coords(spatial_shapes: torch.Tensor, lengths: Sequence[int]) -> torch.Tensor:
+    """``[T, 2]`` row-major ``(row, column)`` of complete images: image ``j`` has ``lengths[j] = h*w`` tokens."""
+    shapes = spatial_shapes.to(torch.long)
+    if [int(h) * int(w) for h, w in shapes.tolist()] != list(lengths):
+        raise ValueError("without patch_coords every image needs exactly h*w tokens (spatial_shapes), row-major")
+    index = torch.cat([torch.arange(n, device=shapes.device) for n in lengths])
+    width = torch.repeat_interleave(shapes[:, 1], torch.tensor(list(lengths), device=shapes.device))
+    return torch.stack([index // width, index % width], dim=-1)
+
+
+def patchify_images(images: Sequence[torch.Tensor], patch_size: Sequence[int]) -> dict[str, torch.Tensor]:
+    """A list of ``[C, H, W]`` images (sides multiples of the patch) -> one packed row (no padding): ``pixel_values``
+    ``[1, T, ph*pw*C]`` (patches row-major, each flattened ``(ph, pw, C)`` as big_vision ``patchify``),
+    ``segment_ids``/``patch_coords`` and ``spatial_shapes [N, 2]``."""
+    ph, pw = int(patch_size[0]), int(patch_size[1])
+    patches, shapes = [], []
+    for image in images:
+        c, h, w = image.shape
+        if h % ph or w % pw:
+            raise ValueError(f"image of {h}x{w} pixels is not a whole number of {ph}x{pw} patches")
+        x = image.reshape(c, h // ph, ph, w // pw, pw).permute(1, 3, 2, 4, 0)  # (nh, nw, ph, pw, C)
+        patches.append(x.reshape((h // ph) * (w // pw), ph * pw * c))
+        shapes.append((h // ph, w // pw))
+    lengths = [h * w for h, w in shapes]
+    device = patches[0].device
+    spatial_shapes = torch.tensor(shapes, dtype=torch.long, device=device)
+    seg = torch.repeat_interleave(torch.arange(1, len(lengths) + 1, device=device),
+                                  torch.tensor(lengths, device=device))
+    return {
+        "pixel_values": torch.cat(patches)[None],
+        "segment_ids": seg[None],
+        "patch_coords": grid_coords(spatial_shapes, lengths)[None],
+        "spatial_shapes": spatial_shapes,
+    }
+
+
+def unpack_tokens(tokens: torch.Tensor, segment_ids: torch.Tensor) -> list[torch.Tensor]:
+    """``[S, L, D]`` packed token states (``last_hidden_state``) -> a list of ``[n_j, D]``, one per image."""
+    layout = packed_layout(segment_ids)
+    return list(layout.gather(tokens).split(layout.lengths))
+
+
+_COMPILED_FLEX = None
+
+
+def _flex_attention():
+    global _COMPILED_FLEX
+    if _COMPILED_FLEX is None:
+        from torch.nn.attention.flex_attention import flex_attention
+
+        _COMPILED_FLEX = torch.compile(flex_attention)  # dynamic shapes after the first new length
+    return _COMPILED_FLEX
+
+
+def _torch_varlen():
+    try:
+        from torch.nn.attention.varlen import varlen_attn
+    except ImportError:  # torch < 2.9
+        return None
+    return varlen_attn
+
+
+def varlen_kernel(device: torch.device, dtype: torch.dtype) -> str:
+    """The fastest variable-length kernel here: torch's flash varlen (CUDA, fp16/bf16), ``flex_attention`` (CUDA),
+    else per-image SDPA (``"segments"``: CPU; flex_attention has no CPU backward in torch 2.13 and compiles slowly)."""
+    if device.type == "cuda":
+        if dtype in (torch.float16, torch.bfloat16) and _torch_varlen() is not None:
+            return "flash"
+        return "flex"
+    return "segments"
+
+
+def resolve_packed_attention(requested: str, attn_implementation: str | None, device: torch.device,
+                             dtype: torch.dtype) -> str:
+    """``packed_attention`` -> the path that runs: ``"dense"`` (block-diagonal mask through the model's attention
+    implementation) or a variable-length kernel (``"segments"``, ``"flex"``, ``"flash"``).
+
+    ``"auto"``: ``"dense"`` under ``attn_implementation="eager"`` (the one that returns attention weights), else
+    ``"varlen"``; ``"varlen"``: `varlen_kernel`. Every path gives the same results (up to float rounding).
+    """
+    if requested not in PACKED_ATTENTION:
+        raise ValueError(f"packed_attention={requested!r}; expected one of {PACKED_ATTENTION}")
+    if requested == "auto":
+        requested = "dense" if attn_implementation == "eager" else "varlen"
+    if requested == "varlen":
+        return varlen_kernel(device, dtype)
+    return requested
+
+
+@dataclass
+class SegmentAttention:
+    """Attention inside each segment of ONE packed row ``[1, T]`` (the compact stream): passed to the encoder in
+    place of an attention mask; `BvViTAttention` calls it with ``query/key/value [1, H, T, Dh]`` and gets
+    ``[1, T, H, Dh]`` back, as from the attention interface.
+
+    ``kernel``: ``"segments"`` (one SDPA per segment: forward and backward on every device), ``"flex"``
+    (``flex_attention`` with a document block mask, compiled; no dropout; no CPU backward in torch 2.13) or
+    ``"flash"`` (``torch.nn.attention.varlen.varlen_attn``: CUDA, fp16/bf16, no dropout).
+    """
+
+    lengths: list[int]
+    kernel: str = "segments"
+    _cu_seqlens: torch.Tensor | None = field(default=None, repr=False)
+    _block_mask: object = field(default=None, repr=False)
+
+    def __call__(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scaling: float,
+                 dropout: float = 0.0) -> torch.Tensor:
+        if query.shape[0] != 1:
+            raise ValueError("SegmentAttention runs on one packed row [1, H, T, Dh]")
+        if self.kernel == "segments":
+            pieces = [
+                F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, scale=scaling)
+                for q, k, v in zip(query.split(self.lengths, 2), key.split(self.lengths, 2),
+                                   value.split(self.lengths, 2))
+            ]
+            return torch.cat(pieces, dim=2).transpose(1, 2)
+        if dropout:
+            raise ValueError(f"packed_attention kernel {self.kernel!r} has no attention dropout; use 'segments'")
+        if self.kernel == "flex":
+            if not query.is_cuda and torch.is_grad_enabled() and query.requires_grad:
+                raise ValueError("flex_attention has no backward on CPU (torch 2.13): use packed_attention="
+                                 "'segments' or 'dense' to train on CPU")
+            out = _flex_attention()(query, key, value, block_mask=self.block_mask(query), scale=scaling)
+            return out.transpose(1, 2)
+        if self.kernel == "flash":
+            varlen_attn = _torch_varlen()
+            cu = self.cu_seqlens(query.device)
+            longest = max(self.lengths)
+            out = varlen_attn(query[0].transpose(0, 1), key[0].transpose(0, 1), value[0].transpose(0, 1), cu, cu,
+                              longest, longest, scale=scaling)
+            return out[None]
+        raise ValueError(f"unknown packed attention kernel {self.kernel!r}")
+
+    def cu_seqlens(self, device: torch.device) -> torch.Tensor:
+        if self._cu_seqlens is None:
+            lengths = torch.tensor([0, *self.lengths], dtype=torch.int32, device=device)
+            self._cu_seqlens = torch.cumsum(lengths, 0, dtype=torch.int32)
+        return self._cu_seqlens
+
+    def block_mask(self, query: torch.Tensor):
+        if self._block_mask is None:
+            from torch.nn.attention.flex_attention import create_block_mask
+
+            t = query.shape[2]
+            doc = torch.repeat_interleave(torch.arange(len(self.lengths), device=query.device),
+                                          torch.tensor(self.lengths, device=query.device))
+
+            def same_image(b, h, q_idx, kv_idx):
+                return doc[q_idx] == doc[kv_idx]
+
+            # compiled on CUDA: no [T, T] tensor; on CPU (inference only) a [T, T] bool is evaluated once per forward
+            self._block_mask = create_block_mask(same_image, None, None, t, t, device=query.device,
+                                                 _compile=query.is_cuda)
+        return self._block_mask
+
+
+# ---------------------------------------------------------------------------------------------------------
 # Shared transformer layers (big_vision vit.MlpBlock / Encoder1DBlock / Encoder / MAPHead)
 # ---------------------------------------------------------------------------------------------------------
 
@@ -134,9 +414,14 @@ class BvViTAttention(nn.Module):
     """flax ``nn.MultiHeadDotProductAttention``: biased q/k/v/out projections, no mask by default.
 
     Used for self-attention (``key_value_states=None``) and for the MAP head's probe (cross-attention).
+    ``attention_mask`` is an additive mask for the attention interface, or a `SegmentAttention` (packed sequences:
+    attention inside each image, no ``[L, L]`` mask). ViT-22B options (https://arxiv.org/abs/2302.05442, sec. 2):
+    ``qk_layernorm`` applies a LayerNorm over each head's features to the queries and to the keys before
+    ``q.k`` (as flax ``MultiHeadDotProductAttention(normalize_qk=True)``: scale, no bias), ``qkv_bias=False``
+    drops the q/k/v projection biases.
     """
 
-    def __init__(self, config: BvViTConfig):
+    def __init__(self, config: BvViTConfig, qk_layernorm: bool = False, qkv_bias: bool = True):
         super().__init__()
         self.config = config
         self.num_heads = config.num_attention_heads
@@ -144,10 +429,13 @@ class BvViTAttention(nn.Module):
         self.scale = self.head_dim**-0.5  # flax divides the query by sqrt(head_dim) before q.k
         self.dropout = config.attention_dropout
         self.is_causal = False  # else SDPA turns causal when no mask is given
-        self.q_proj = nn.Linear(config.hidden_size, config.hidden_size)
-        self.k_proj = nn.Linear(config.hidden_size, config.hidden_size)
-        self.v_proj = nn.Linear(config.hidden_size, config.hidden_size)
+        self.q_proj = nn.Linear(config.hidden_size, config.hidden_size, bias=qkv_bias)
+        self.k_proj = nn.Linear(config.hidden_size, config.hidden_size, bias=qkv_bias)
+        self.v_proj = nn.Linear(config.hidden_size, config.hidden_size, bias=qkv_bias)
         self.out_proj = nn.Linear(config.hidden_size, config.hidden_size)
+        eps = config.layer_norm_eps
+        self.q_norm = nn.LayerNorm(self.head_dim, eps=eps, bias=False) if qk_layernorm else None
+        self.k_norm = nn.LayerNorm(self.head_dim, eps=eps, bias=False) if qk_layernorm else None
 
     def forward(
         self,
@@ -159,9 +447,18 @@ class BvViTAttention(nn.Module):
         kv = hidden_states if key_value_states is None else key_value_states
         q_shape = (*hidden_states.shape[:-1], -1, self.head_dim)
         kv_shape = (*kv.shape[:-1], -1, self.head_dim)
-        query = self.q_proj(hidden_states).view(q_shape).transpose(1, 2)  # (B, H, Lq, Dh)
-        key = self.k_proj(kv).view(kv_shape).transpose(1, 2)  # (B, H, Lk, Dh)
+        query = self.q_proj(hidden_states).view(q_shape)  # (B, Lq, H, Dh)
+        key = self.k_proj(kv).view(kv_shape)  # (B, Lk, H, Dh)
+        if self.q_norm is not None:  # ViT-22B: softmax(LN(X W_q) LN(X W_k)^T / sqrt(d))
+            query, key = self.q_norm(query), self.k_norm(key)
+        query, key = query.transpose(1, 2), key.transpose(1, 2)  # (B, H, L, Dh)
         value = self.v_proj(kv).view(kv_shape).transpose(1, 2)
+
+        dropout = 0.0 if not self.training else self.dropout
+        if isinstance(attention_mask, SegmentAttention):  # packed images, variable-length kernel
+            attn_output = attention_mask(query, key, value, self.scale, dropout)
+            attn_output = attn_output.reshape(*hidden_states.shape[:-1], -1).contiguous()
+            return self.out_proj(attn_output), None
 
         attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
             self.config._attn_implementation, eager_attention_forward
@@ -174,7 +471,7 @@ class BvViTAttention(nn.Module):
             attention_mask,
             is_causal=False,
             scaling=self.scale,
-            dropout=0.0 if not self.training else self.dropout,
+            dropout=dropout,
         )
         attn_output = attn_output.reshape(*hidden_states.shape[:-1], -1).contiguous()
         return self.out_proj(attn_output), attn_weights
@@ -198,18 +495,31 @@ class BvViTMLP(nn.Module):
 
 
 class BvViTEncoderLayer(GradientCheckpointingLayer):
-    """big_vision ``vit.Encoder1DBlock``: pre-LN self-attention and MLP, each with a residual."""
+    """big_vision ``vit.Encoder1DBlock``: pre-LN self-attention and MLP, each with a residual.
+
+    With ``config.parallel_block`` (ViT-22B, https://arxiv.org/abs/2302.05442 sec. 2, "parallel layers"):
+    ``y = LN(x); x + MLP(y) + Attention(y)``, one LayerNorm (no ``layer_norm2``). The other ViT-22B options,
+    ``qk_layernorm`` and ``qkv_bias``, are the attention's. Configs without these fields (text towers) get the
+    standard block.
+    """
 
     def __init__(self, config: BvViTConfig):
         super().__init__()
+        self.parallel = getattr(config, "parallel_block", False)
         self.layer_norm1 = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.self_attn = BvViTAttention(config)
-        self.layer_norm2 = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.self_attn = BvViTAttention(
+            config, qk_layernorm=getattr(config, "qk_layernorm", False), qkv_bias=getattr(config, "qkv_bias", True)
+        )
+        self.layer_norm2 = None if self.parallel else nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.mlp = BvViTMLP(config.hidden_size, config.intermediate_size, config.hidden_act, config.dropout)
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs):
         residual = hidden_states
+        if self.parallel:
+            normed = self.layer_norm1(hidden_states)
+            attended, _ = self.self_attn(normed, attention_mask=attention_mask, **kwargs)
+            return residual + self.dropout(attended) + self.dropout(self.mlp(normed))
         hidden_states, _ = self.self_attn(self.layer_norm1(hidden_states), attention_mask=attention_mask, **kwargs)
         hidden_states = residual + self.dropout(hidden_states)  # out["+sa"]
         residual = hidden_states
@@ -235,7 +545,8 @@ class BvMAPHead(nn.Module):
     """big_vision ``vit.MAPHead``: a learned probe attends to the tokens, then ``x + MLP(LN(x))``, token 0.
 
     There is no LayerNorm on the keys and none after the MLP. ``attention_mask`` (optional, additive, for
-    padded sequences) masks keys.
+    padded sequences) masks keys. ``num_probes`` (packed images): that many copies of the probe per row, each
+    masked to its own image's keys; returns ``[B, num_probes, D]`` then, else ``[B, D]``.
     """
 
     def __init__(self, config: BvViTConfig):
@@ -245,11 +556,13 @@ class BvMAPHead(nn.Module):
         self.layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.mlp = BvViTMLP(config.hidden_size, config.intermediate_size, config.hidden_act, config.dropout)
 
-    def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        probe = self.probe.expand(hidden_states.shape[0], -1, -1)
+    def forward(
+        self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None, num_probes: int | None = None
+    ) -> torch.Tensor:
+        probe = self.probe.expand(hidden_states.shape[0], num_probes or 1, -1)
         x, _ = self.attention(probe, key_value_states=hidden_states, attention_mask=attention_mask)
         x = x + self.mlp(self.layernorm(x))
-        return x[:, 0]
+        return x if num_probes is not None else x[:, 0]
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -275,12 +588,21 @@ def additive_masks(valid: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tenso
     return additive_mask(pair, dtype), additive_mask(valid[:, None, None, :], dtype)
 
 
+def block_diagonal_mask(segment_ids: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Packed images (NaViT): ``[B, N]`` segment ids (0 = padding) -> the additive self-attention mask
+    ``[B, 1, N, N]`` letting each token attend to the tokens of its own image only: big_vision naflex's
+    ``valid_q & valid_k`` with "same image" added. Pad queries see nothing (a uniform softmax, see `additive_mask`)."""
+    same = segment_ids[:, None, :, None] == segment_ids[:, None, None, :]
+    return additive_mask(same & (segment_ids > 0)[:, None, :, None], dtype)
+
+
 def pool(
     encoded: torch.Tensor,
     pool_type: str,
     valid: torch.Tensor | None = None,
     map_head: BvMAPHead | None = None,
     map_attention_mask: torch.Tensor | None = None,
+    segment_ids: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """big_vision's pooling of encoder tokens ``[B, N, D]``: one function for every tower.
 
@@ -297,27 +619,49 @@ def pool(
     - ``"tok"``, ``"0"``, ``"first"``: token 0 (``vit``'s ``[cls]`` or first patch; text ``"first"``).
     - ``"last"``: the last token (text tower: "Assuming 'sticky' EOS tokenization, last token is always EOS").
     - ``"none"``: every token, unpooled.
+
+    ``segment_ids`` (``[B, N]``, packed images, NaViT; see `PackedLayout`) pools each image of the rows on its
+    own, as the pool of that image's tokens alone, and returns ``[num_images, D]`` in the packed image order
+    (``valid`` and ``map_attention_mask`` are then not used): the MAP head runs one probe per image slot of a
+    row, its keys masked to the image; ``gap``/``max`` reduce over each image's tokens; ``tok``/``0``/``first``/
+    ``last`` take each image's first/last token (a ViT's ``[cls]`` leads its image's run).
     """
+    layout = packed_layout(segment_ids) if segment_ids is not None and pool_type != "none" else None
+    tokens = layout.gather(encoded) if layout is not None else None  # (T, D) real tokens, sorted by image
     if pool_type == "map":
         if map_head is None:
             raise ValueError("pool_type='map' needs the MAP head")
+        if layout is not None:
+            slot = layout.image_slots()
+            slot_ids = torch.arange(1, int(slot.max()) + 2, device=encoded.device)
+            keys = segment_ids[:, None, None, :] == slot_ids[None, None, :, None]  # (B, 1, slots, N)
+            probes = map_head(encoded, attention_mask=additive_mask(keys, encoded.dtype), num_probes=len(slot_ids))
+            return probes[layout.row_of_image, slot]
         if map_attention_mask is None and valid is not None:
             map_attention_mask = additive_mask(valid[:, None, None, :], encoded.dtype)
         return map_head(encoded, attention_mask=map_attention_mask)
     if pool_type == "gap":
+        if layout is not None:
+            sums = tokens.new_zeros(layout.num_images, tokens.shape[-1]).index_add(0, layout.image, tokens)
+            return sums / torch.tensor(layout.lengths, device=tokens.device, dtype=tokens.dtype)[:, None]
         if valid is None:
             return encoded.mean(dim=1)
         keep = valid[..., None].to(encoded.dtype)
         return (encoded * keep).sum(dim=1) / keep.sum(dim=1)
     if pool_type == "max":
+        if layout is not None:
+            lowest = tokens.new_full((layout.num_images, tokens.shape[-1]), torch.finfo(tokens.dtype).min)
+            return lowest.scatter_reduce(0, layout.image[:, None].expand_as(tokens), tokens, "amax")
         if valid is None:
             return encoded.amax(dim=1)
         keep = valid[..., None].to(encoded.dtype)
         ignore = torch.where(valid[..., None], 0.0, torch.finfo(encoded.dtype).min).to(encoded.dtype)
         return (keep * encoded + ignore).amax(dim=1)
     if pool_type in ("tok", "0", "first"):
-        return encoded[:, 0]
+        return tokens[layout.starts] if layout is not None else encoded[:, 0]
     if pool_type == "last":
+        if layout is not None:
+            return tokens[layout.starts + torch.tensor(layout.lengths, device=tokens.device) - 1]
         if valid is not None:
             raise ValueError("pool_type='last' reads a fixed position; big_vision has no masked form of it")
         return encoded[:, -1]
@@ -329,6 +673,20 @@ def pool(
 # ---------------------------------------------------------------------------------------------------------
 # ViT
 # ---------------------------------------------------------------------------------------------------------
+
+
+def gather_grid_posembs(posemb_for: Callable, patch_coords: torch.Tensor, shapes: torch.Tensor) -> torch.Tensor:
+    """The posemb of every token of packed images: ``posemb_for((h, w), True)`` (``[1, h*w, D]``, row-major) once
+    per distinct grid in ``shapes [T, 2]``, read at ``patch_coords [T, 2]`` -> ``[T, D]``."""
+    coords, shapes = patch_coords.to(torch.long), shapes.to(torch.long)
+    out = None
+    for h, w in torch.unique(shapes, dim=0).tolist():
+        table = posemb_for((h, w), True)[0]
+        if out is None:
+            out = table.new_empty(coords.shape[0], table.shape[-1])
+        sel = (shapes == torch.tensor([h, w], device=shapes.device)).all(dim=-1)
+        out[sel] = table[coords[sel, 0] * w + coords[sel, 1]]
+    return out
 
 
 class BvViTEmbeddings(nn.Module):
@@ -367,6 +725,15 @@ class BvViTEmbeddings(nn.Module):
                 "(big_vision resample_posemb)"
             )
         return resample_posemb(self.position_embedding, self.grid_size, grid)
+
+    def packed(self, patches: torch.Tensor, patch_coords: torch.Tensor, shapes: torch.Tensor) -> torch.Tensor:
+        """Packed images (NaViT): ``[T, ph*pw*C]`` patches (``(ph, pw, C)`` order, as big_vision ``patchify``) at
+        ``patch_coords [T, 2]`` of grids ``shapes [T, 2]`` -> ``[T, D]``: the conv as a Dense, + each image's posemb
+        (resampled to its grid, as ``interpolate_pos_encoding=True``); no ``[cls]`` (the model inserts it)."""
+        weight = self.patch_embedding.weight  # (D, C, ph, pw)
+        kernel = weight.permute(0, 2, 3, 1).reshape(weight.shape[0], -1)
+        x = F.linear(patches.to(weight.dtype), kernel, self.patch_embedding.bias)
+        return self.dropout(x + gather_grid_posembs(self.position_embedding_for, patch_coords, shapes))
 
     def forward(self, pixel_values: torch.Tensor, interpolate_pos_encoding: bool = False):
         x = self.patch_embedding(pixel_values.to(self.patch_embedding.weight.dtype))  # (B, D, h, w) = out["stem"]
@@ -411,7 +778,7 @@ def init_flax_dense_(layer: nn.Module, zero_kernel: bool = False) -> None:
     init.zeros_(layer.bias)
 
 
-class BvViTPreTrainedModel(PreTrainedModel):
+class BvViTPreTrainedModel(BvStrictLoadingMixin, PreTrainedModel):
     config: BvViTConfig
     config_class = BvViTConfig
     base_model_prefix = "vit"
@@ -455,7 +822,8 @@ class BvViTPreTrainedModel(PreTrainedModel):
         elif isinstance(module, BvViTAttention):  # MHA kernel_init=xavier_uniform, zero biases
             for proj in (module.q_proj, module.k_proj, module.v_proj, module.out_proj):
                 init.xavier_uniform_(proj.weight)
-                init.zeros_(proj.bias)
+                if proj.bias is not None:  # ViT-22B: no q/k/v biases
+                    init.zeros_(proj.bias)
         elif isinstance(module, BvViTMLP):  # vit.MlpBlock: xavier_uniform kernels, normal(1e-6) biases
             for fc in (module.fc1, module.fc2):
                 init.xavier_uniform_(fc.weight)
@@ -484,6 +852,11 @@ class BvViTModel(BvViTPreTrainedModel):
     Parity: ``big_vision.models.vit._Model`` at commit 0127fb6, pools gap/map/tok, posemb learn/sincos2d,
     rep_size, loop and scan checkpoints; fp32 max abs error on ``logits`` against the original JAX code is
     reported by ``tests/test_parity_bv_vit.py`` (below 1e-5 on every fixture).
+
+    Packed images (NaViT, not in big_vision): ``segment_ids``/``patch_coords``/``spatial_shapes`` with patches, or
+    a list of ``[C, H, W]`` images; see `encode_packed`. Each image's outputs equal its unpacked forward with
+    ``interpolate_pos_encoding=True`` (``tests/test_navit.py``). ViT-22B options (``parallel_block``,
+    ``qk_layernorm``, ``qkv_bias=False``; off by default) are checked against a numpy reference of the paper.
     """
 
     embeddings_class: type[nn.Module] = BvViTEmbeddings  # FlexiViT swaps in its resizing embeddings
@@ -503,18 +876,40 @@ class BvViTModel(BvViTPreTrainedModel):
     @capture_outputs(tie_last_hidden_states=False)
     def forward(
         self,
-        pixel_values: torch.Tensor,
+        pixel_values: torch.Tensor | list[torch.Tensor],
         interpolate_pos_encoding: bool = False,
         output_2d: bool = False,
+        segment_ids: torch.Tensor | None = None,
+        patch_coords: torch.Tensor | None = None,
+        spatial_shapes: torch.Tensor | None = None,
+        packed_attention: str = "auto",
         **kwargs,
     ) -> BvViTModelOutput:
         r"""
         pixel_values (`torch.FloatTensor` of shape `(batch_size, channels, height, width)`):
-            Images in [-1, 1] (big_vision ``value_range(-1, 1)``), e.g. from `BvImageProcessor`.
+            Images in [-1, 1] (big_vision ``value_range(-1, 1)``), e.g. from `BvImageProcessor`. Packed images
+            (with ``segment_ids``): patches ``[num_sequences, length, ph*pw*C]``; or a list of ``[C, H, W]`` images
+            of any sizes (multiples of the patch), which are patchified and packed into one sequence.
         interpolate_pos_encoding (`bool`): resample a learned posemb to the input's patch grid, as big_vision
             ``resample_posemb`` does (sincos2d posembs are recomputed for any grid regardless).
         output_2d (`bool`): also return ``pre_logits_2d`` (big_vision ``out["pre_logits_2d"]``).
+        segment_ids, patch_coords, spatial_shapes (packed images, NaViT; see `encode_packed`):
+            ``[S, L]`` image runs numbered ``1, 2, ...`` per row (0 = pad), ``[S, L, 2]`` patch ``(row, col)``
+            (default: complete images, row-major), ``[num_images, 2]`` patch grids.
+        packed_attention (`str`): ``"auto"``, ``"dense"``, ``"varlen"``, ``"segments"``, ``"flex"``, ``"flash"``
+            (see `resolve_packed_attention`).
         """
+        if isinstance(pixel_values, (list, tuple)):
+            packed = patchify_images(pixel_values, self.config.patch_size)
+            pixel_values, segment_ids = packed["pixel_values"], packed["segment_ids"]
+            patch_coords, spatial_shapes = packed["patch_coords"], packed["spatial_shapes"]
+        if segment_ids is not None:
+            if output_2d:
+                raise ValueError("output_2d is not available for packed images (grids differ per image)")
+            layout = packed_layout(segment_ids.to(pixel_values.device))
+            coords, shapes = packed_coords(layout, patch_coords, spatial_shapes)
+            embeddings = self.embeddings.packed(layout.gather(pixel_values), coords, shapes)
+            return self.encode_packed(embeddings, layout, packed_attention, **kwargs)
         embeddings, grid = self.embeddings(pixel_values, interpolate_pos_encoding)
         return self.encode(embeddings, grid, output_2d=output_2d, **kwargs)
 
@@ -549,6 +944,74 @@ class BvViTModel(BvViTPreTrainedModel):
             if self.pre_logits is not None:
                 pre_logits_2d = torch.tanh(self.pre_logits(pre_logits_2d))
         return BvViTModelOutput(last_hidden_state=encoded, pooler_output=pooled, pre_logits_2d=pre_logits_2d)
+
+    def encode_packed(
+        self, embeddings: torch.Tensor, layout: PackedLayout, packed_attention: str = "auto", **kwargs
+    ) -> BvViTModelOutput:
+        """`encode` for packed images (NaViT, https://arxiv.org/abs/2307.06304): ``embeddings [T, D]`` are the real
+        tokens of ``layout`` (its stream: row-major, sorted by image), with their posembs.
+
+        A ``[cls]`` (``pool_type="tok"``) is inserted before each image's tokens. Attention stays inside each image:
+        ``"dense"`` runs left-aligned rows with `block_diagonal_mask` through the attention implementation; the
+        variable-length kernels (`SegmentAttention`) run the stream as ONE row with no padding and no ``[L, L]``
+        mask. Then each image is pooled (`pool` with ``segment_ids``) and ``rep_size`` applied.
+
+        Returns ``pooler_output [num_images, D]`` and ``last_hidden_state`` in the input layout ``[S, L, D]``
+        (patch tokens; zeros at pads; ``[cls]`` states are not in it). Each image's outputs are its unpacked
+        forward's (``interpolate_pos_encoding=True`` for a ViT, no padding for NaFlex) up to float rounding.
+        Recorded ``hidden_states`` are in the layout the encoder ran: rows ``[S, L', D]`` (dense) or ``[1, T', D]``.
+        """
+        stream = layout
+        cls_token = getattr(self.embeddings, "cls_token", None)  # NaFlex has none
+        if cls_token is not None:  # vit._Model: [cls] + tokens, per image
+            stream, perm = layout.with_leading_tokens()
+            cls = cls_token[0].to(embeddings.dtype).expand(layout.num_images, -1)
+            embeddings = torch.cat([embeddings, cls])[perm]
+        backend = resolve_packed_attention(
+            packed_attention, self.config._attn_implementation, embeddings.device, embeddings.dtype
+        )
+        if backend == "dense":
+            row, position, segment_ids = stream.left_aligned()
+            rows = embeddings.new_zeros(*segment_ids.shape, embeddings.shape[-1])
+            rows = rows.index_put((row, position), embeddings)  # (S, L', D)
+            mask = block_diagonal_mask(segment_ids, embeddings.dtype)
+            encoded = self.encoder(rows, attention_mask=mask, **kwargs)[row, position]  # out["encoded"]
+        else:
+            attention = SegmentAttention(stream.lengths, kernel=backend)
+            encoded = self.encoder(embeddings[None], attention_mask=attention, **kwargs)[0]  # out["encoded"]
+        pooled = pool(encoded[None], self.config.pool_type, map_head=self.map_head, segment_ids=stream.segment_ids())
+        if stream is not layout:  # drop the [cls] states
+            encoded = encoded[perm.argsort()[: layout.num_tokens]]
+        if self.pre_logits is not None:
+            pooled = torch.tanh(self.pre_logits(pooled))
+        if self.config.pool_type == "none":
+            pooled = layout.scatter(pooled[0])
+        return BvViTModelOutput(last_hidden_state=layout.scatter(encoded), pooler_output=pooled)
+
+
+def packed_coords(
+    layout: PackedLayout, patch_coords: torch.Tensor | None, spatial_shapes: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per real token of packed images: ``(row, col)`` coordinates and its image's grid, both ``[T, 2]``.
+
+    ``spatial_shapes [num_images, 2]`` defaults to each image's ``max(coords) + 1`` (as big_vision naflex, wrong
+    if tokens were dropped); ``patch_coords`` to complete images in row-major order."""
+    device = layout.image.device
+    if patch_coords is None:
+        if spatial_shapes is None:
+            raise ValueError("packed images need spatial_shapes (num_images, 2) and/or patch_coords (S, L, 2)")
+        coords = grid_coords(spatial_shapes.to(device), layout.lengths)
+    else:
+        coords = layout.gather(patch_coords.to(device)).to(torch.long)
+    if spatial_shapes is None:
+        lowest = coords.new_zeros(layout.num_images, 2)
+        spatial_shapes = lowest.scatter_reduce(0, layout.image[:, None].expand_as(coords), coords, "amax") + 1
+    spatial_shapes = spatial_shapes.to(device).to(torch.long)
+    if spatial_shapes.shape != (layout.num_images, 2):
+        raise ValueError(
+            f"spatial_shapes has shape {tuple(spatial_shapes.shape)}; packed images need ({layout.num_images}, 2)"
+        )
+    return coords, spatial_shapes[layout.image]
 
 
 def image_classifier_output(

@@ -152,6 +152,27 @@ class BvNaFlexImageProcessor(BvBaseImageProcessor):
         kwargs.pop("do_resize", None)  # the size is computed per image
         return super()._validate_preprocess_kwargs(**kwargs)
 
+    def image_sequence(
+        self,
+        image: np.ndarray,
+        budget: int,
+        patch_size: int | None = None,
+        value_range: Sequence[float] | None = None,
+        do_resize: bool = True,
+    ) -> dict[str, np.ndarray]:
+        """One uint8 ``(C, H, W)`` image (`process_image`'s output) -> ``value_range|resize_to_sequence(P, budget)|
+        patchify(P)``: :func:`patchify`'s dict (float32 ``patches``), plus ``shape``, the patch grid ``(h, w)``."""
+        patch_size = patch_size or self.patch_size
+        vmin, vmax = value_range or self.value_range
+        x = bv_value_range(np.moveaxis(image, 0, -1), vmin, vmax)  # big_vision works on (H, W, C)
+        if do_resize:
+            x = resize_to_sequence(x, patch_size, budget)
+        elif x.shape[0] % patch_size or x.shape[1] % patch_size:
+            raise ValueError(f"do_resize=False needs sides divisible by {patch_size}, got {x.shape[:2]}")
+        seq = patchify(x, patch_size)
+        seq["shape"] = (int(seq["yidx"].max()) + 1, int(seq["xidx"].max()) + 1)
+        return seq
+
     def _preprocess(
         self,
         images: list[np.ndarray],
@@ -163,15 +184,9 @@ class BvNaFlexImageProcessor(BvBaseImageProcessor):
         **kwargs,
     ) -> BatchFeature:
         pixel_values, masks, shapes = [], [], []
-        vmin, vmax = value_range
         for image in images:
-            x = bv_value_range(np.moveaxis(image, 0, -1), vmin, vmax)  # big_vision works on (H, W, C)
-            if do_resize:
-                x = resize_to_sequence(x, patch_size, max_num_patches)
-            elif x.shape[0] % patch_size or x.shape[1] % patch_size:
-                raise ValueError(f"do_resize=False needs sides divisible by {patch_size}, got {x.shape[:2]}")
-            seq = patchify(x, patch_size)
-            shapes.append((int(seq["yidx"].max()) + 1, int(seq["xidx"].max()) + 1))
+            seq = self.image_sequence(image, max_num_patches, patch_size, value_range, do_resize)
+            shapes.append(seq.pop("shape"))
             seq = pad_to_sequence(seq, max_num_patches)
             pixel_values.append(seq["patches"].astype(np.float32))
             masks.append(seq["type"])
