@@ -5,7 +5,7 @@ converted folders load with ``AutoModel*.from_pretrained(folder)``, and exports 
 (``big_vision_hf.BvViTModel``): the one table of ``registration.py`` lists them.
 """
 
-from .configuration.configuration_bv_vit import decode_variant
+from .configuration.configuration_bv_vit import decode_variant  # noqa: F401 (exported: __all__ is built below)
 from .registration import exported_classes, register_auto_classes
 
 register_auto_classes()

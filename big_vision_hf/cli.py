@@ -192,7 +192,8 @@ def build_parser() -> argparse.ArgumentParser:
             "      --model-config '{\"variant\": \"B/16\", \"pool_type\": \"map\"}'\n"
             "  big-vision-hf convert webli_en_b16_224_63724782.npz:img out/siglip-img   # a sub-tree\n"
             "  big-vision-hf convert siglip2_b16_256.npz out/siglip2 --tokenizer gemma_tokenizer.model   # two towers\n"
-            "  big-vision-hf convert siglip2_b16_naflex.npz out/s2 --tokenizer gemma_tokenizer.model --target transformers\n"
+            "  big-vision-hf convert siglip2_b16_naflex.npz out/s2 --tokenizer gemma_tokenizer.model \\\n"
+            "      --target transformers\n"
             "  big-vision-hf convert flexivit_b_i1k.npz out/ --model-name proj.flexi.vit"
         ),
     )
@@ -221,7 +222,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "the model card) or bv (always our exact class)")
     p.add_argument("--dtype", choices=sorted(_DTYPES), default="float32", help="weight dtype written (default float32)")
     p.add_argument("--max-shard-size", type=_size, default="5GB", help="safetensors shard size (default 5GB)")
-    p.add_argument("--no-remote-code", action="store_true", help="do not copy the model code / auto_map into the folder")
+    p.add_argument("--no-remote-code", action="store_true",
+                   help="do not copy the model code / auto_map into the folder")
     p.add_argument("--overwrite", action="store_true", help="replace OUT_DIR if it exists and is not empty (the new "
                    "folder is written beside it and renamed in at the end)")
     p.add_argument("--allow-nonfinite", action="store_true", help="convert parameters holding NaN or infinite "
@@ -230,7 +232,8 @@ def build_parser() -> argparse.ArgumentParser:
     _hub_arguments(p)
     p.set_defaults(func=_convert)
 
-    p = sub.add_parser("list", help="list the registered public big_vision checkpoints (--families: the model families)")
+    p = sub.add_parser("list",
+                       help="list the registered public big_vision checkpoints (--families: the model families)")
     p.add_argument("filter", nargs="?", help="only names containing this text")
     p.add_argument("--families", action="store_true", help="list the big_vision model families (config.model_name) "
                    "that convert, whether each is detected from the arrays or must be named, and what it is")
@@ -238,7 +241,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "transfer",
-        help="fine-tune PaliGemma on a task with big_vision's recipe (LoRA or full), evaluate, write a Hub-ready folder",
+        help="fine-tune PaliGemma on a task with big_vision's recipe (LoRA or full), evaluate, write a Hub-ready "
+        "folder",
         description=(
             "One PaliGemma transfer: evaluate the model, fine-tune it with big_vision's recipe for --task "
             "(prefix-LM masks, suffix-only loss averaged per example, Adam + clip 1.0 + cosine/5% warmup, weight "

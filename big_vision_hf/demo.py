@@ -80,7 +80,8 @@ def run_demo(out_dir: str = "outputs/demo") -> None:
     hf_logging.disable_progress_bar()  # the demo prints its own steps
     os.makedirs(out_dir, exist_ok=True)
     ckpt = make_vit_checkpoint(os.path.join(out_dir, "tiny_vit_map.npz"))
-    print(f"1. wrote a big_vision checkpoint: {ckpt} ({os.path.getsize(ckpt) / 1e6:.1f} MB, scan layout, params/ prefix)")
+    size = os.path.getsize(ckpt) / 1e6
+    print(f"1. wrote a big_vision checkpoint: {ckpt} ({size:.1f} MB, scan layout, params/ prefix)")
 
     folder = os.path.join(out_dir, "tiny_vit_map-hf")
     t0 = time.time()
@@ -104,5 +105,5 @@ def run_demo(out_dir: str = "outputs/demo") -> None:
     for row in classify(image, top_k=5):
         bar = "#" * int(round(row["score"] * 40))
         print(f"     {row['label']:>8s}  {row['score']:6.1%}  {bar}")
-    print(f"\nA real checkpoint takes the same path: big-vision-hf convert CHECKPOINT.npz OUT_DIR "
-          f"(see `big-vision-hf convert --help`).")
+    print("\nA real checkpoint takes the same path: big-vision-hf convert CHECKPOINT.npz OUT_DIR "
+          "(see `big-vision-hf convert --help`).")

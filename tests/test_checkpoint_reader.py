@@ -16,7 +16,7 @@ def test_names_and_shapes_without_reading_data(monkeypatch):
     monkeypatch.setattr(checkpoint, "_read_block", lambda m, start, shape: reads.append(m.member))
     g = Golden("vit_scan")
     built = api.build(g.params, "vit", g.model_kwargs, image_size=32)
-    cls, config, mapped, family = built.model_class, built.config, built.mapped, built.family
+    mapped, family = built.mapped, built.family
     assert family == "vit" and reads == []  # building the mapping reads headers only
     assert mapped["vit.encoder.layers.1.self_attn.q_proj.weight"].shape == (48, 48)
 

@@ -29,11 +29,11 @@ from big_vision_hf.configuration.configuration_bv_naflex import BvNaFlexViTConfi
 from big_vision_hf.configuration.configuration_bv_two_towers import BvSiglipConfig
 from big_vision_hf.conversion.api import convert_checkpoint
 from big_vision_hf.conversion.checkpoint import CheckpointError
+from big_vision_hf.conversion.export import add_text_processor
 from big_vision_hf.conversion.zoo import ZOO, find_entry
 from big_vision_hf.modeling.modeling_bv_naflex import BvNaFlexViTModel
 from big_vision_hf.modeling.modeling_bv_two_towers import BvSiglipModel, BvTwoTowerModel
 from big_vision_hf.processing.image_processing_bv_naflex import BvNaFlexImageProcessor
-from big_vision_hf.conversion.export import add_text_processor
 from conftest import Golden, assert_max_abs_errors, convert_cli, max_abs_err, rewrite_npz, run_without_package
 
 TOL = 1e-4
@@ -281,8 +281,8 @@ def test_registered_siglip_config_converts_big_vision_tree_on_meta_device(name, 
     Siglip2Model."""
     from transformers.initialization import no_init_weights
 
-    from big_vision_hf.conversion.families import family_named
     from big_vision_hf.conversion.checkpoint import LazyArray
+    from big_vision_hf.conversion.families import family_named
     from big_vision_hf.conversion.mapping import check_fits
 
     e = ZOO[name]

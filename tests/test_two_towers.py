@@ -21,6 +21,7 @@ import big_vision_hf  # noqa: F401  registers the Auto classes
 from big_vision_hf.cli import main as cli_main
 from big_vision_hf.conversion.api import convert_checkpoint
 from big_vision_hf.conversion.checkpoint import CheckpointError
+from big_vision_hf.conversion.export import add_text_processor
 from big_vision_hf.modeling.modeling_bv_two_towers import (
     BvSiglipModel,
     BvTwoTowerModel,
@@ -28,7 +29,6 @@ from big_vision_hf.modeling.modeling_bv_two_towers import (
     sigmoid_loss,
     softmax_loss,
 )
-from big_vision_hf.conversion.export import add_text_processor
 from big_vision_hf.processing.tokenization_bv_text import BvTextTokenizer
 from conftest import Golden, assert_max_abs_errors, convert_cli, max_abs_err, rewrite_npz
 

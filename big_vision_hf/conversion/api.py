@@ -20,7 +20,7 @@ from transformers import PreTrainedModel
 from ..atomic import atomic_folder, check_output
 from .checkpoint import CheckpointError, LazyArray, check_tree, read_checkpoint
 from .export import progress_bars, save_folder
-from .families import FAMILY_NAMES, detect_family, family_named
+from .families import detect_family, family_named
 from .family import Built, Family
 from .model_card import conversion_card
 from .zoo import find_entry

@@ -65,7 +65,8 @@ built on the ``meta`` device, then every tensor is read, converted and appended 
 scan-stacked array is read layer by layer and a fused einsum part by part (each a contiguous byte range of the
 npz member, ``LazyArray.take``), and big row-wise tensors (the embedding) in row chunks, so memory stays near one
 layer's largest tensor (``gating_einsum`` gate or up: 2048 x 16384 for PaliGemma 3B, 4608 x 36864 for PaliGemma 2
-28B) whatever the model size; bfloat16 is copied as bfloat16 bits when the output is bfloat16. ``big-vision-hf convert ckpt.npz OUT --model-name proj.paligemma.paligemma --model-config JSON`` takes
+28B) whatever the model size; bfloat16 is copied as bfloat16 bits when the output is bfloat16.
+``big-vision-hf convert ckpt.npz OUT --model-name proj.paligemma.paligemma --model-config JSON`` takes
 this path (the family record's ``write_folder``, :func:`write_paligemma_folder`).
 
 Parity: big_vision ``proj.paligemma.paligemma.Model`` (``img``: scanned ViT, ``pool_type="none"``; ``llm``:
@@ -210,7 +211,8 @@ _FUSED = {
 
 
 def maybe_transpose_gating_einsum(params: dict[str, LazyArray]) -> dict[str, LazyArray]:
-    """``gating_einsum`` stored ``[..., F, D]`` -> ``[..., D, F]``, as big_vision ``gemma._maybe_transpose_gating_einsum``
+    """``gating_einsum`` stored ``[..., F, D]`` -> ``[..., D, F]``, as big_vision
+    ``gemma._maybe_transpose_gating_einsum``
     (``transpose_gating_einsum`` checkpoints of gemma/modules.py; detected by shape: ``F > D``)."""
     for name in [k for k in params if k.endswith("mlp/gating_einsum")]:
         array = params[name]
@@ -345,15 +347,18 @@ def gemma_text_config(gemma: dict, apply_final_logits_softcap: bool = False) -> 
     elif norm == "rsqrt_emb_per_head":
         query_scalar = gemma["width"] // gemma["num_heads"]
     else:
-        raise CheckpointError(f"unknown query_pre_attn_norm {norm!r} (gemma.py knows rsqrt_head_dim, rsqrt_emb_per_head)")
+        raise CheckpointError(f"unknown query_pre_attn_norm {norm!r} (gemma.py knows rsqrt_head_dim, "
+                              "rsqrt_emb_per_head)")
     attn_cap = gemma["attn_logits_softcap"] or None  # big_vision: 0.0 / None = off
     final_cap = (gemma["final_logits_softcap"] or None) if apply_final_logits_softcap else None
     if not gemma["post_norms"]:  # Gemma 1: no soft-caps, q scaled by head_dim**-0.5 in transformers
-        problems = [f"{k}={v}" for k, v in (("attn_logits_softcap", attn_cap), ("final_logits_softcap", final_cap)) if v]
+        caps = (("attn_logits_softcap", attn_cap), ("final_logits_softcap", final_cap))
+        problems = [f"{k}={v}" for k, v in caps if v]
         if query_scalar != gemma["head_dim"]:
             problems.append(f"query_pre_attn_norm={norm!r}")
         if problems:
-            raise CheckpointError(f"a Gemma 1 checkpoint (no post-norms) with {', '.join(problems)} cannot be expressed "
+            raise CheckpointError(f"a Gemma 1 checkpoint (no post-norms) with {', '.join(problems)} cannot be "
+                                  "expressed "
                                   "by transformers' GemmaConfig")
         return dict(model_type="gemma", hidden_act="gelu_pytorch_tanh", **common)
     return dict(
@@ -405,7 +410,8 @@ def paligemma_config(
                               f"{img_model!r} and {llm_model!r}")
     img_kwargs, llm_kwargs = dict(kwargs.pop("img", None) or {}), dict(kwargs.pop("llm", None) or {})
     if kwargs:
-        raise CheckpointError(f"unknown PaliGemma model option(s) {', '.join(sorted(kwargs))} (expected img_model, img, "
+        raise CheckpointError(f"unknown PaliGemma model option(s) {', '.join(sorted(kwargs))} (expected img_model, "
+                              "img, "
                               "llm_model, llm)")
     gemma = infer_gemma_config(params, llm_kwargs)
     text = gemma_text_config(gemma, apply_final_logits_softcap)
@@ -472,9 +478,11 @@ def paligemma_param_shapes(
     from ..configuration.configuration_bv_vit import decode_variant
 
     vit = decode_variant(img_variant)
-    w, depth, mlp, heads, patch = vit["width"], img_depth or vit["depth"], vit["mlp_dim"], vit["num_heads"], vit["patch_size"][0]
+    w, depth, mlp, heads = vit["width"], img_depth or vit["depth"], vit["mlp_dim"], vit["num_heads"]
+    patch = vit["patch_size"][0]
     g = gemma_variant_config({"variant": llm_variant})
-    D, L, F, N, K, H = g["width"], llm_depth or g["depth"], g["mlp_dim"], g["num_heads"], g["num_kv_heads"], g["head_dim"]
+    D, L, F = g["width"], llm_depth or g["depth"], g["mlp_dim"]
+    N, K, H = g["num_heads"], g["num_kv_heads"], g["head_dim"]
     block = "img/Transformer/encoderblock/"
     shapes = {
         "img/embedding/kernel": (patch, patch, 3, w), "img/embedding/bias": (w,),
@@ -482,7 +490,8 @@ def paligemma_param_shapes(
         **{f"{block}LayerNorm_{i}/{p}": (depth, w) for i in (0, 1) for p in ("scale", "bias")},
         **{f"{block}MultiHeadDotProductAttention_0/{p}/kernel": (depth, w, heads, w // heads)
            for p in ("query", "key", "value")},
-        **{f"{block}MultiHeadDotProductAttention_0/{p}/bias": (depth, heads, w // heads) for p in ("query", "key", "value")},
+        **{f"{block}MultiHeadDotProductAttention_0/{p}/bias": (depth, heads, w // heads)
+           for p in ("query", "key", "value")},
         f"{block}MultiHeadDotProductAttention_0/out/kernel": (depth, heads, w // heads, w),
         f"{block}MultiHeadDotProductAttention_0/out/bias": (depth, w),
         f"{block}MlpBlock_0/Dense_0/kernel": (depth, w, mlp), f"{block}MlpBlock_0/Dense_0/bias": (depth, mlp),
@@ -555,9 +564,9 @@ def paligemma_card(config: PaliGemmaConfig, checkpoint: str, kwargs: dict, dtype
         "`PaliGemmaForConditionalGeneration` (no remote\ncode). The conversion is strict: every array of the "
         "checkpoint was used and every parameter filled."
     )
-    usage = f"""With the processor saved by `big-vision-hf convert ... --tokenizer paligemma_tokenizer.model` (big_vision's
-PaliGemma input pipeline; `trust_remote_code=True` loads its code from this folder when `big_vision_hf` is not
-installed):
+    usage = f"""With the processor saved by `big-vision-hf convert ... --tokenizer paligemma_tokenizer.model`
+(big_vision's PaliGemma input pipeline; `trust_remote_code=True` loads its code from this folder when
+`big_vision_hf` is not installed):
 
 ```python
 from PIL import Image
@@ -595,7 +604,8 @@ without them transformers builds no prefix-LM mask."""
         f"{os.path.splitext(source)[0]} (PaliGemmaForConditionalGeneration)",
         [(None, intro), ("Usage", usage), ("Parity with big_vision", parity), ("Provenance", provenance)],
         pipeline_tag="image-text-to-text", license="gemma", base_model=known_hub_id(source),
-        tags=["big_vision", "big_vision_hf", "paligemma", NAME.replace(".", "-")], metadata={"source_checkpoint": source},
+        tags=["big_vision", "big_vision_hf", "paligemma", NAME.replace(".", "-")],
+        metadata={"source_checkpoint": source},
     )
 
 

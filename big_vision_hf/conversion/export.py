@@ -192,7 +192,8 @@ def _header(entries: list[tuple[str, torch.dtype, tuple[int, ...], int]]) -> tup
     """The safetensors header for ``(name, dtype, shape, nbytes)`` laid out in order; returns it and the data size."""
     meta, offset = {"__metadata__": {"format": "pt"}}, 0  # what save_pretrained passes as metadata
     for name, dtype, shape, nbytes in entries:
-        meta[name] = {"dtype": _SAFETENSORS_DTYPES[dtype], "shape": list(shape), "data_offsets": [offset, offset + nbytes]}
+        meta[name] = {"dtype": _SAFETENSORS_DTYPES[dtype], "shape": list(shape),
+                      "data_offsets": [offset, offset + nbytes]}
         offset += nbytes
     header = json.dumps(meta, separators=(",", ":")).encode()
     header += b" " * (-(8 + len(header)) % 8)  # safetensors pads the header so that the data is 8-byte aligned
@@ -302,7 +303,7 @@ def write_streamed_safetensors(
 
 def add_text_processor(
     folder: str, vocab_file: str, preset: str | None = None, remote_code: bool = True, max_length: int | None = None
-) -> "SiglipProcessor":
+) -> "SiglipProcessor":  # noqa: F821 (imported in the body: transformers is heavy)
     """Adds big_vision's text pp to a converted two-tower folder and returns its ``SiglipProcessor``.
 
     Writes the tokenizer (``spiece.model`` and its ``tokenizers`` twin ``tokenizer.json``, the same ids: `fast_twin`;

@@ -14,8 +14,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .checkpoint import LazyArray
-from .checkpoint import CheckpointError
+from .checkpoint import CheckpointError, LazyArray
 from .mapping import check_fits, load_into
 
 

@@ -233,8 +233,8 @@ def _model_card(recipe, data_desc: str, base: str, lora, adapter_only: bool, bef
     tiny = not os.path.isdir(str(base))
     base_desc = ("a tiny PaliGemma built from scratch (random initialisation)" if tiny
                  else f"`{base_id}`" if base_id else f"a converted PaliGemma folder (`{os.path.basename(base)}`)")
-    intro = f"""Fine-tuned with `big-vision-hf transfer` ({how}) following big_vision's PaliGemma transfer recipe: prompts
-`[BOS] prefix "\\n" suffix [EOS]` with a prefix-LM mask (`token_type_ids`), loss on the suffix only (per-example
+    intro = f"""Fine-tuned with `big-vision-hf transfer` ({how}) following big_vision's PaliGemma transfer recipe:
+prompts `[BOS] prefix "\\n" suffix [EOS]` with a prefix-LM mask (`token_type_ids`), loss on the suffix only (per-example
 mean, then batch mean), Adam (b2 {recipe.b2}), grad-norm clip 1.0, cosine schedule with 5% warmup, weight decay
 {recipe.wd} on kernels only{', ViT frozen' if recipe.freeze_vit else ''}."""
     facts = [
@@ -255,8 +255,8 @@ mean, then batch mean), Adam (b2 {recipe.b2}), grad-norm clip 1.0, cosine schedu
     load = (f'from peft import PeftModel\n\nbase = AutoModelForImageTextToText.from_pretrained("{base_ref}")\n'
             'model = PeftModel.from_pretrained(base, folder)' if adapter_only else
             "model = AutoModelForImageTextToText.from_pretrained(folder)")
-    usage = f"""`trust_remote_code=True` loads big_vision's PaliGemma processor from this folder where `big_vision_hf` is not
-installed (with it installed, it is not needed).
+    usage = f"""`trust_remote_code=True` loads big_vision's PaliGemma processor from this folder where
+`big_vision_hf` is not installed (with it installed, it is not needed).
 
 ```python
 from PIL import Image

@@ -52,7 +52,7 @@ from .recipe import Recipe
 __all__ = [
     "LORA_PRESETS",
     "BvAdam",
-    "PaliGemmaTrainer",
+    "PaliGemmaTrainer",  # noqa: F822 (served by the module's __getattr__)
     "TrainResult",
     "add_residual_dropout",
     "apply_lora",
@@ -68,7 +68,8 @@ __all__ = [
 
 # Module paths of transformers 5.x PaliGemma (``model.`` prefix; PEFT adds ``base_model.model.`` in front).
 _LLM = r"(?:.*\.)?language_model\.layers\.\d+\.(?:self_attn\.(?:q|k|v|o)_proj|mlp\.(?:gate|up|down)_proj)"
-_VISION = r"(?:.*\.)?vision_tower\.(?:vision_model\.)?encoder\.layers\.\d+\.(?:self_attn\.(?:q|k|v|out)_proj|mlp\.fc[12])"
+_VISION = (r"(?:.*\.)?vision_tower\.(?:vision_model\.)?encoder\.layers\.\d+\."
+           r"(?:self_attn\.(?:q|k|v|out)_proj|mlp\.fc[12])")
 LORA_PRESETS = {
     "llm": _LLM,  # attention + MLP of every Gemma layer, nothing of SigLIP
     "llm+vision": rf"(?:{_LLM}|{_VISION})",  # ... and attention + MLP of every SigLIP layer
