@@ -210,15 +210,22 @@ def prepare_two_tower_params(params: dict[str, LazyArray], prepare_image=prepare
 # ---------------------------------------------------------------------------------------------------------
 
 
+def tower_shapes(params: dict[str, LazyArray], prefix: str, model: str):
+    """``shape(name)`` of the arrays under ``prefix``, with a one-line error naming a missing one."""
+
+    def shape(name: str) -> tuple[int, ...]:
+        if prefix + name not in params:
+            raise CheckpointError(f"not a big_vision {model} tower: no {prefix + name!r} array")
+        return params[prefix + name].shape
+
+    return shape
+
+
 def infer_text_config(params: dict[str, LazyArray], text_kwargs: dict, prefix: str = "txt/") -> dict:
     """`BvTextConfig` kwargs from the arrays' shapes, checked against big_vision ``config.model.text``."""
     p = prefix
     given = bv_text_kwargs_to_config(text_kwargs)
-
-    def shape(name):
-        if p + name not in params:
-            raise CheckpointError(f"not a big_vision text_transformer tower: no {p + name!r} array")
-        return params[p + name].shape
+    shape = tower_shapes(params, p, "text_transformer")
 
     vocab, width = shape("Embed_0/embedding")
     block = "Encoder_0/encoderblock_0"
@@ -253,11 +260,7 @@ def infer_bert_config(params: dict[str, LazyArray], text_kwargs: dict, prefix: s
     named config, or from the sizes when they are BERT-base's or BERT-large's."""
     p = prefix
     given = bv_bert_kwargs_to_config(text_kwargs)
-
-    def shape(name):
-        if p + name not in params:
-            raise CheckpointError(f"not a big_vision proj.flaxformer.bert tower: no {p + name!r} array")
-        return params[p + name].shape
+    shape = tower_shapes(params, p, "proj.flaxformer.bert")
 
     vocab, width = shape(f"{_BERT}/embedder/embedders_token_ids/embedding")
     layers = f"{_BERT}/encoder_block/layer_sequence/layers_"
