@@ -55,6 +55,22 @@ def golden():
     return Golden
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread (and ``OMP_NUM_THREADS=1`` for subprocesses such as `run_without_package`'s) for a test
+    module of tiny models: on a loaded 2-core machine contended threads are many times slower. Restored afterwards.
+    Use with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    threads, omp = torch.get_num_threads(), os.environ.get("OMP_NUM_THREADS")
+    torch.set_num_threads(1)
+    os.environ["OMP_NUM_THREADS"] = "1"
+    yield
+    torch.set_num_threads(threads)
+    if omp is None:
+        os.environ.pop("OMP_NUM_THREADS", None)
+    else:
+        os.environ["OMP_NUM_THREADS"] = omp
+
+
 def max_abs_err(ours: torch.Tensor, ref: np.ndarray) -> float:
     ours = ours.detach().float().numpy()
     assert ours.shape == ref.shape, f"shape {ours.shape} != reference {ref.shape}"

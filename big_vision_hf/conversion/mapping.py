@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .checkpoint import CheckpointError, LazyArray
+from .checkpoint import CheckpointError, LazyArray, check_dtype, check_finite
 
 
 @dataclass(frozen=True)
@@ -41,6 +41,10 @@ class Transform:
     shape: Callable[[tuple[int, ...]], tuple[int, ...]]
     layout_only: bool = False
     row_wise: bool = False
+    #: For attention arrays whose heads the transform flattens away: ``stored shape -> (heads, head_dim)`` (or
+    #: ``None`` for a layout without the split). `map_params` requires one split per attention module and per rule,
+    #: so a kernel stored with its heads axes swapped cannot pass as a model with another head count.
+    heads: Callable[[tuple[int, ...]], tuple[int, ...] | None] | None = None
 
 
 def _prod(shape: Iterable[int]) -> int:
@@ -54,12 +58,15 @@ dense = Transform("dense", lambda x: x.T, lambda s: tuple(s[::-1]), layout_only=
 conv = Transform("conv", lambda x: x.transpose(3, 2, 0, 1), lambda s: (s[3], s[2], s[0], s[1]), layout_only=True)
 #: MHA ``query|key|value/kernel`` ``[D, heads, head_dim]`` -> ``Linear.weight`` ``[heads*head_dim, D]``.
 heads_in = Transform("heads_in", lambda x: x.reshape(x.shape[0], -1).T, lambda s: (_prod(s[1:]), s[0]),
-                     layout_only=True)
+                     layout_only=True, heads=lambda s: tuple(s[1:]) if len(s) == 3 else None)
 #: MHA ``out/kernel`` ``[heads, head_dim, D]`` -> ``Linear.weight`` ``[D, heads*head_dim]``.
 heads_out = Transform("heads_out", lambda x: x.reshape(-1, x.shape[-1]).T, lambda s: (s[-1], _prod(s[:-1])),
-                      layout_only=True)
-#: Any array -> 1-D (MHA biases ``[heads, head_dim]``, old GroupNorm scales ``[1, 1, 1, C]``).
+                      layout_only=True, heads=lambda s: tuple(s[:-1]) if len(s) == 3 else None)
+#: Any array -> 1-D (old GroupNorm scales ``[1, 1, 1, C]``).
 flat = Transform("flat", lambda x: x.reshape(-1), lambda s: (_prod(s),), layout_only=True)
+#: MHA ``query|key|value/bias`` ``[heads, head_dim]`` -> 1-D (``flat``, with the head split checked).
+heads_bias = Transform("heads_bias", flat.array, flat.shape, layout_only=True,
+                       heads=lambda s: tuple(s) if len(s) == 2 else None)
 
 
 @dataclass(frozen=True)
@@ -92,9 +99,10 @@ def attention(bv: str, hf: str) -> list[Rule]:
     for bv_name, hf_name in (("query", "q_proj"), ("key", "k_proj"), ("value", "v_proj")):
         rules += [
             Rule(f"{bv}/{bv_name}/kernel", f"{hf}.{hf_name}.weight", heads_in),
-            Rule(f"{bv}/{bv_name}/bias", f"{hf}.{hf_name}.bias", flat),
+            Rule(f"{bv}/{bv_name}/bias", f"{hf}.{hf_name}.bias", heads_bias),
         ]
-    return rules + [Rule(f"{bv}/out/kernel", f"{hf}.out_proj.weight", heads_out), Rule(f"{bv}/out/bias", f"{hf}.out_proj.bias")]
+    return rules + [Rule(f"{bv}/out/kernel", f"{hf}.out_proj.weight", heads_out),
+                    Rule(f"{bv}/out/bias", f"{hf}.out_proj.bias")]
 
 
 def encoder_blocks(bv: str, hf: str) -> list[Rule]:
@@ -137,7 +145,8 @@ def with_head(rules: list[Rule], num_classes: int | None, base_model: type, clas
     ``head`` Dense as ``classifier``."""
     if not num_classes:
         return base_model, rules, {}
-    return classifier, prefixed(rules, hf_prefix=base_prefix) + linear("head", "classifier"), {"num_labels": num_classes}
+    head_rules = prefixed(rules, hf_prefix=base_prefix) + linear("head", "classifier")
+    return classifier, head_rules, {"num_labels": num_classes}
 
 
 def map_params(
@@ -151,6 +160,7 @@ def map_params(
     ignored = [re.compile(pattern) for pattern in (ignore or {})]
     mapped: dict[str, LazyArray] = {}
     unmatched, ambiguous = [], []
+    splits: dict[tuple, tuple[str, tuple]] = {}  # (kind, key) -> (first name, heads split): see Transform.heads
     for name, array in params.items():
         hits = [(m, rule) for regex, rule in compiled if (m := regex.fullmatch(name))]
         if not hits:
@@ -165,8 +175,20 @@ def map_params(
         if target in mapped:
             raise CheckpointError(f"two checkpoint arrays map to {target!r} (second: {name!r})")
         t = rule.transform
-        mapped[target] = array.derive(t.array, t.shape(array.shape), layout_only=t.layout_only, row_wise=t.row_wise)
-        mapped[target].name = name
+        try:
+            shape = t.shape(array.shape)
+        except (IndexError, ValueError, TypeError):
+            raise CheckpointError(f"{name} has shape {tuple(array.shape)}, which a {t.name} transform cannot take "
+                                  f"(target {target})") from None
+        if t.heads is not None and (split := t.heads(tuple(array.shape))) is not None:
+            module = target.rsplit(".", 2)[0]
+            for key in (("module", module), ("rule", id(rule))):
+                first, expected = splits.setdefault(key, (name, split))
+                if split != expected:
+                    raise CheckpointError(f"{name} has heads x head_dim {split} but {first} has {expected} "
+                                          f"(shape {tuple(array.shape)})")
+        mapped[target] = array.derive(t.array, shape, layout_only=t.layout_only, row_wise=t.row_wise)
+        mapped[target].name = name if array.name in ("", name) else f"{name} = {array.name}"
     if ambiguous:
         raise CheckpointError(f"converter bug: names matched by several rules: {_listing(ambiguous)}")
     if unmatched:
@@ -175,12 +197,18 @@ def map_params(
 
 
 def check_fits(mapped: dict[str, LazyArray], model: torch.nn.Module) -> None:
-    """Checks names and shapes against ``model.state_dict()`` without reading any data.
+    """Checks names, shapes and dtypes against ``model.state_dict()`` without reading any data (``model`` may be on
+    the ``meta`` device).
 
     Raises one ``CheckpointError`` naming the missing parameters, the unused checkpoint arrays (by their
-    big_vision names) and every shape mismatch.
+    big_vision names) and every shape mismatch; an array that fills a floating-point parameter must be stored as a
+    float (``checkpoint.FLOAT_DTYPES``: an integer kernel is an error, not a silent cast).
     """
-    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    state = model.state_dict()
+    for k in sorted(set(state) & set(mapped)):
+        if state[k].is_floating_point():
+            check_dtype(mapped[k], f"{mapped[k].name or k} (-> {k})")
+    expected = {k: tuple(v.shape) for k, v in state.items()}
     missing = sorted(set(expected) - set(mapped))
     unexpected = sorted(mapped[k].name for k in set(mapped) - set(expected))
     mismatched = [
@@ -199,16 +227,39 @@ def check_fits(mapped: dict[str, LazyArray], model: torch.nn.Module) -> None:
         raise CheckpointError(f"checkpoint does not fit {type(model).__name__}: " + "; ".join(problems))
 
 
-def materialize(mapped: dict[str, LazyArray], dtype: torch.dtype | None = None, progress: bool = False):
-    """Reads every lazy array (grouped by source so stacked arrays are read once) into torch tensors."""
+def _read_checked(array: LazyArray, name: str, allow_nonfinite: bool) -> torch.Tensor:
+    tensor = torch.from_numpy(np.ascontiguousarray(array.load()))
+    if not allow_nonfinite:
+        check_finite(tensor, f"{array.name or name} (-> {name})")
+    return tensor
+
+
+def materialize(mapped: dict[str, LazyArray], dtype: torch.dtype | None = None, progress: bool = False,
+                allow_nonfinite: bool = False):
+    """Reads every lazy array (grouped by source so stacked arrays are read once) into torch tensors; a NaN/Inf
+    value is a `CheckpointError` naming the array unless ``allow_nonfinite``."""
     from tqdm.auto import tqdm
 
     order = sorted(mapped, key=lambda k: mapped[k].source)
     tensors = {}
     for name in tqdm(order, desc="reading arrays", unit="array", disable=not progress):
-        tensor = torch.from_numpy(np.ascontiguousarray(mapped[name].load()))
+        tensor = _read_checked(mapped[name], name, allow_nonfinite)
         tensors[name] = tensor.to(dtype) if dtype is not None and tensor.is_floating_point() else tensor
     return tensors
+
+
+def load_into(model: torch.nn.Module, mapped: dict[str, LazyArray], progress: bool = False,
+              allow_nonfinite: bool = False) -> None:
+    """Copies every lazy array into ``model``'s parameter or buffer of the same name, one at a time (peak memory:
+    the model plus its largest array), after :func:`check_fits`. Values as :func:`materialize` reads them."""
+    from tqdm.auto import tqdm
+
+    check_fits(mapped, model)
+    targets = model.state_dict(keep_vars=True)
+    with torch.no_grad():
+        for name in tqdm(sorted(mapped, key=lambda k: mapped[k].source), desc="reading arrays", unit="array",
+                         disable=not progress):
+            targets[name].copy_(_read_checked(mapped[name], name, allow_nonfinite))
 
 
 def _listing(names: list[str], limit: int = 12) -> str:
@@ -297,11 +348,12 @@ def unstack_scan(params: dict[str, LazyArray], stacked: str, looped: str, axis: 
             for i in range(array.shape[0]):
                 name_i = looped.format(i) + rest
                 out[name_i] = array.take(i)
-                out[name_i].name = name_i
+                out[name_i].name = f"{name}[{i}]"  # the file's name, for error messages
             continue
         source = _StackedSource(array, axis)
         shape = tuple(s for i, s in enumerate(array.shape) if i != axis)
         for i in range(array.shape[axis]):
             name_i = looped.format(i) + rest
-            out[name_i] = LazyArray(shape, array.dtype, lambda i=i, src=source: src.slice(i), array.source, name_i)
+            out[name_i] = LazyArray(shape, array.dtype, lambda i=i, src=source: src.slice(i), array.source,
+                                    f"{name}[{i}]" if axis == 0 else f"{name}[axis {axis}: {i}]")
     return out

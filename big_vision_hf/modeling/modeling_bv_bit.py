@@ -40,6 +40,7 @@ from transformers.utils.output_capturing import OutputRecorder, capture_outputs
 from ..configuration.configuration_bv_bit import BvBiTConfig
 
 # The ViT's outputs (pre_logits_2d, logits_2d) and head.
+from .loading import BvStrictLoadingMixin
 from .modeling_bv_vit import BvImageClassifierOutput, BvViTModelOutput, image_classifier_output, init_flax_dense_
 
 
@@ -186,7 +187,7 @@ class BvBiTStage(nn.Module):
         return hidden_states
 
 
-class BvBiTPreTrainedModel(PreTrainedModel):
+class BvBiTPreTrainedModel(BvStrictLoadingMixin, PreTrainedModel):
     config: BvBiTConfig
     config_class = BvBiTConfig
     base_model_prefix = "bit"

@@ -27,6 +27,7 @@ from transformers.utils import can_return_tuple
 from transformers.utils.output_capturing import capture_outputs
 
 from ..configuration.configuration_bv_mixer import BvMixerConfig
+from .loading import BvStrictLoadingMixin
 from .modeling_bv_vit import (  # the ViT's output, MLP, head and initialisers
     BvImageClassifierOutput,
     BvViTMLP,
@@ -68,7 +69,7 @@ class BvMixerBlock(GradientCheckpointingLayer):
         return residual + stochastic_depth(hidden_states, self.drop_p, self.training)
 
 
-class BvMixerPreTrainedModel(PreTrainedModel):
+class BvMixerPreTrainedModel(BvStrictLoadingMixin, PreTrainedModel):
     config: BvMixerConfig
     config_class = BvMixerConfig
     base_model_prefix = "mixer"

@@ -30,6 +30,7 @@ from transformers import PreTrainedModel, initialization as init
 from transformers.utils import ModelOutput
 
 from ..configuration.configuration_bv_vqvae import BvSegVQVAEConfig
+from .loading import BvStrictLoadingMixin
 
 
 @dataclass
@@ -181,7 +182,7 @@ class BvSegVQVAEQuantizer(nn.Module):
         return distances.argmin(dim=1).reshape(latents.shape[0], -1)
 
 
-class BvSegVQVAEPreTrainedModel(PreTrainedModel):
+class BvSegVQVAEPreTrainedModel(BvStrictLoadingMixin, PreTrainedModel):
     config: BvSegVQVAEConfig
     config_class = BvSegVQVAEConfig
     base_model_prefix = "vqvae"
