@@ -291,7 +291,8 @@ def test_tokenizer_that_does_not_fit_the_model(tmp_path):
     config = json.load(open(folder / "config.json"))
     config["text_config"]["vocab_size"] = 100
     json.dump(config, open(folder / "config.json", "w"))
-    with pytest.raises(ValueError, match=r"config.json: the tokenizer has ids up to \d+ but the model.s vocab_size is 100") as e:
+    message = r"config.json: the tokenizer has ids up to \d+ but the model.s vocab_size is 100"
+    with pytest.raises(ValueError, match=message) as e:
         BvPaliGemmaProcessor.from_pretrained(folder)
     assert "\n" not in str(e.value)
 
