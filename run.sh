@@ -4,5 +4,6 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 bash scripts/setup_venv.sh
-if [ "$#" -eq 0 ]; then set -- transfer; fi
+# The default replaces its own earlier result (outputs/transfer), so that `bash run.sh` can be run again.
+if [ "$#" -eq 0 ]; then set -- transfer --overwrite; fi
 exec .venv/bin/big-vision-hf "$@"
