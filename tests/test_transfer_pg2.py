@@ -60,6 +60,97 @@ def test_smiles_music_text_spotting_reports():
     assert out["bleu4"] == pytest.approx(1.0, abs=1e-6) and out["rouge_l"] == pytest.approx(1.0)
 
 
+def test_grits_hand_made():
+    """GriTS = 2 * sum f(matched cells) / (|A| + |B|) over the best 2D substructure match (Smock et al.)."""
+    pytest.importorskip("grits")
+    assert P.grits_scores(T, T) == {"grits_top": 1.0, "grits_con": 1.0}
+    # one cell 'abcd' -> 'abce': LCS similarity 2 * 3 / (4 + 4) = 0.75, the other 1 -> 2 * 1.75 / (2 + 2)
+    assert P.grits_scores(T.replace("abcd", "abce"), T) == {"grits_top": 1.0, "grits_con": pytest.approx(0.875)}
+    # a missing column: 1 of 2 cells matched exactly -> 2 * 1 / (2 + 1), for topology and content alike
+    out = P.grits_scores("<table><tr><td>abcd</td></tr></table>", T)
+    assert out == {"grits_top": pytest.approx(2 / 3), "grits_con": pytest.approx(2 / 3)}
+    # a 2x1 prediction of a 1x2 table: at most a 1x1 substructure matches (abcd, abcd) -> 2 * 1 / (2 + 2)
+    two_rows = "<table><tr><td>abcd</td></tr><tr><td>x</td></tr></table>"
+    assert P.grits_scores(two_rows, T) == {"grits_top": pytest.approx(2 / 4), "grits_con": pytest.approx(2 / 4)}
+    assert P.grits_scores("no table", T) == {"grits_top": 0.0, "grits_con": 0.0}
+    out = P.table_structure([T, "garbage"], [T, T])
+    assert out["grits_top"] == pytest.approx(0.5) and out["teds"] == pytest.approx(0.5) and out["num"] == 2
+
+
+def _loc(*values):
+    return "".join(f"<loc{v:04d}>" for v in values)
+
+
+def test_text_spotting_rotated_words_hand_made():
+    pytest.importorskip("shapely")
+    box = ("box", (0.0, 0.0, 0.4, 0.4))  # (y1, x1, y2, x2)
+    shifted = ("poly", ((0.2, 0.0), (0.6, 0.0), (0.6, 0.4), (0.2, 0.4)))  # (x, y): the box moved right by 0.2
+    assert P.shape_iou(box, shifted) == pytest.approx(0.08 / 0.24)  # intersection 0.2 x 0.4, union 2 x 0.16 - 0.08
+    # a thin word along the diagonal: 0.1 sqrt(2) x 0.7 sqrt(2) = 0.14; its axis-aligned box 0.8 x 0.8 = 0.64
+    thin = [[0.1, 0.2], [0.2, 0.1], [0.9, 0.8], [0.8, 0.9]]
+    assert P.shape_iou(("poly", tuple(map(tuple, thin))), ("box", (0.1, 0.1, 0.9, 0.9))) == pytest.approx(0.14 / 0.64)
+    ref = [{"polygon": thin, "text": "EXIT"}]
+    exact = _loc(205, 102, 102, 205, 818, 921, 921, 818) + " EXIT"  # the same quadrilateral, (y, x) per point
+    assert P.text_spotting([exact], [ref])["f1"] == 1.0
+    assert P.text_spotting([_loc(102, 102, 921, 921) + " EXIT"], [ref])["f1"] == 0.0  # its box: IoU 0.22
+    # a don't-care region (###) is not counted; a prediction on it neither; a malformed word (6 <loc>) is an error
+    ref = P.parse_icdar_gt("\ufeff100,200,900,200,900,400,100,400,A,B\n0,0,50,0,50,50,0,50,###", 1000, 1000)
+    assert ref[0] == {"polygon": [[0.1, 0.2], [0.9, 0.2], [0.9, 0.4], [0.1, 0.4]], "text": "A,B"}
+    hit = _loc(205, 102, 205, 921, 409, 921, 409, 102) + " A,B"
+    on_dont_care = _loc(0, 0, 51, 51) + " ;x"  # a word may contain ';'
+    out = P.text_spotting([f"{hit} ; {on_dont_care}"], [ref])
+    assert out["precision"] == 1.0 and out["recall"] == 1.0
+    out = P.text_spotting([f"{hit} ; {_loc(1, 2, 3, 4, 5, 6)} B"], [ref])
+    assert out["precision"] == 0.5 and out["recall"] == 1.0
+    assert P.words_to_text(ref) == hit  # the target text of ICDAR ground truth, don't-care left out
+
+
+def test_radgraph_f1_needs_the_weights_and_wires_the_package(tmp_path, monkeypatch):
+    import sys
+    import types
+
+    with pytest.raises(FileNotFoundError, match="StanfordAIMI/RRG_scorers"):
+        P.radgraph_f1(["a"], ["a"], str(tmp_path))
+    with pytest.raises(FileNotFoundError, match=str(tmp_path / "radgraph")):
+        P.report_generation(["a"], ["a"], radgraph_dir=str(tmp_path))
+    (tmp_path / "radgraph").mkdir()
+    (tmp_path / "radgraph" / "weights.th").write_bytes(b"")
+    calls = {}
+
+    class F1RadGraph:  # the package's interface: F1RadGraph(reward_level, model_type, ...)(hyps=, refs=)
+        def __init__(self, reward_level, model_type, model_cache_dir):
+            calls.update(level=reward_level, model_type=model_type, cache=model_cache_dir)
+
+        def __call__(self, hyps, refs):
+            calls.update(hyps=hyps, refs=refs)
+            return (0.5, 0.4, 0.3), [], [], []
+
+    monkeypatch.setitem(sys.modules, "radgraph", types.SimpleNamespace(F1RadGraph=F1RadGraph))
+    out = P.radgraph_f1(["pred"], [["ref"]], str(tmp_path))
+    assert out == {"radgraph_f1": 0.4, "radgraph_simple": 0.5, "radgraph_complete": 0.3, "num": 1.0}
+    assert calls == {"level": "all", "model_type": "radgraph", "cache": str(tmp_path), "hyps": ["pred"],
+                     "refs": ["ref"]}
+
+
+def test_pg2_tasks_carry_the_paper_appendix_values():
+    """App. B of arXiv 2412.03555 (text_len = its maximum sequence / output length)."""
+    t = get_task("text_detection", 896)
+    assert (t.lr, t.total_steps, t.batch_size, t.label_smoothing, t.text_len) == (1e-5, 15_000, 256, 0.1, 2048)
+    t = get_task("table_structure", 896)
+    assert (t.lr, t.total_steps, t.batch_size, t.label_smoothing, t.text_len) == (1e-4, 15_000, 256, 0.0, 4096)
+    assert t.metric == "table_structure"
+    t = get_task("molecule", 448)
+    assert (t.lr, t.total_steps, t.batch_size, t.label_smoothing, t.text_len) == (1e-4, 30_000, 256, 0.1, 256)
+    assert get_task("music_score", 896).text_len == 1024 and get_task("music_score", 896).total_steps == 30_000
+    t = get_task("mimic_cxr", 448)
+    assert (t.lr, t.total_epochs, t.wd, t.label_smoothing, t.llm_dropout, t.decoding) == (5e-6, 8, 0, 0, 0, "greedy")
+    assert t.build_prefix({"report": "x", "indication": "dyspnea."}) == "report en dyspnea."
+    assert t.build_prefix({"report": "x"}) == "report en"
+    t = get_task("vsr", 224)
+    assert (t.batch_size, t.text_len) == (1024, 18)
+    assert get_task("docci", 448).text_len == 192
+
+
 @pytest.fixture(scope="module")
 def tok():
     extra = ["<table>", "</table>", "<tr>", "</tr>", "<td>", "</td>", "parse table", "caption de", "caption quz",

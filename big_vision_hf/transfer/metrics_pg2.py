@@ -5,29 +5,39 @@ one exists. big_vision has no evaluator for these tasks; each function names the
   ``src/metric.py``): the ``<table>`` trees compared with APTED (the ``apted`` package), renaming a cell costs
   the normalised Levenshtein distance of its content (``rapidfuzz``), other mismatches 1;
   ``1 - TED / max(#nodes)``; ``teds_struct`` ignores the cell contents (TEDS-S).
+- :func:`grits`: GriTS-Top / GriTS-Con (Smock et al. 2022) with ``grits-metric`` (the GriTS authors' package),
+  per table, then averaged over the tables (the TSR literature's "macro" aggregation the paper compares with).
+  :func:`table_structure` = TEDS + GriTS, the paper's Table 3 metrics.
 - :func:`smiles_exact_match`: molecules, exact match of RDKit canonical SMILES (the optional ``rdkit`` package).
 - :func:`music_error_rates`: optical music recognition (GrandStaff ``**kern``): symbol error rate (edit distance
   over whitespace-separated symbols / reference symbols) and line error rate (over lines), corpus-level as in
   the OMR literature (Rios-Vila et al.).
 - :func:`text_spotting`: text detection and recognition, word-level precision / recall / F1 as the HierText
-  protocol: a predicted word (``<loc>`` box + transcription) matches an unmatched ground-truth word with box IoU
-  >= 0.5 and the same text.
+  protocol: a predicted word matches an unmatched ground-truth word with IoU >= 0.5 and the same text. Words are
+  axis-aligned boxes (4 ``<loc>``) or rotated quadrilaterals / polygons (2k ``<loc>``, ``(y, x)`` pairs; IoU with
+  ``shapely``); ground truth may also be ICDAR-style point lists (:func:`parse_icdar_gt`), ``###`` = don't care.
 - :func:`report_generation`: radiography reports (MIMIC-CXR): CIDEr (ours, PTB-tokenised), and BLEU-4 and ROUGE-L
-  with pycocoevalcap's scorers (the optional ``pycocoevalcap`` package). RadGraph F1 needs the RadGraph model (a
-  download): not computed here.
+  with pycocoevalcap's scorers (the optional ``pycocoevalcap`` package); RadGraph F1 (:func:`radgraph_f1`, the
+  ``radgraph`` package) only when given a folder with the RadGraph weights (nothing is downloaded).
 """
 
 from __future__ import annotations
 
+import contextlib
 import html.parser
+import io
+import json
+import os
+import re
 
 import numpy as np
 
 from .metrics import box_iou, cider
 from .ptb import ptb_tokenize_lines
 
-__all__ = ["PG2_METRICS", "music_error_rates", "report_generation", "smiles_exact_match", "teds", "teds_score",
-           "text_spotting"]
+__all__ = ["PG2_METRICS", "grits", "grits_scores", "music_error_rates", "parse_icdar_gt", "radgraph_f1",
+           "report_generation", "shape_iou", "smiles_exact_match", "table_structure", "teds", "teds_score",
+           "text_spotting", "words_to_text"]
 
 
 def _refs(references) -> list[str]:
@@ -154,6 +164,45 @@ def teds(predictions, references, examples=None) -> dict[str, float]:
             "teds_struct": float(np.mean(struct)) if n else float("nan"), "num": float(n)}
 
 
+def grits_scores(prediction: str, reference: str) -> dict[str, float]:
+    """GriTS-Top and GriTS-Con of one HTML table against the reference, with ``grits-metric`` (``pip install
+    'big_vision_hf[pg2]'``): each table as a grid, the 2D most-similar-substructures match, ``2 * sum f / (|A| +
+    |B|)`` with f = IoU of the cells' relative spans (Top) or the LCS similarity of their texts (Con). A
+    prediction that is no table (or an empty one) scores 0.
+
+    Example::
+
+        >>> grits_scores("<table><tr><td>a</td><td>b</td></tr></table>", "<table><tr><td>a</td></tr></table>")
+        {'grits_top': 0.666..., 'grits_con': 0.666...}
+    """
+    try:
+        from grits import grits_con, grits_top, html_to_grids
+    except ImportError:
+        raise ImportError("GriTS needs the grits-metric package: pip install 'big_vision_hf[pg2]' "
+                          "(or grits-metric)") from None
+    true, pred = html_to_grids(reference), html_to_grids(prediction)
+    if true is None or pred is None or not any(true["top"]) or not any(pred["top"]):
+        return {"grits_top": 0.0, "grits_con": 0.0}
+    return {"grits_top": float(grits_top(true["top"], pred["top"])[0]),
+            "grits_con": float(grits_con(true["con"], pred["con"])[0])}
+
+
+def grits(predictions, references, examples=None) -> dict[str, float]:
+    """Table structure recognition: mean GriTS-Top (``grits_top``) and GriTS-Con (``grits_con``) over the tables
+    (:func:`grits_scores` of each)."""
+    _check(predictions, references)
+    scores = [grits_scores(p, r) for p, r in zip(predictions, _refs(references))]
+    n = len(scores)
+    out = {k: float(np.mean([s[k] for s in scores])) if n else float("nan") for k in ("grits_top", "grits_con")}
+    return {**out, "num": float(n)}
+
+
+def table_structure(predictions, references, examples=None) -> dict[str, float]:
+    """The paper's table-structure metrics (its Table 3): ``teds``, ``teds_struct`` (S-TEDS), ``grits_top``,
+    ``grits_con``, each the mean over the tables."""
+    return {**teds(predictions, references), **grits(predictions, references)}
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Molecules (RDKit canonical SMILES)
 # ---------------------------------------------------------------------------------------------------------
@@ -207,29 +256,134 @@ def music_error_rates(predictions, references, examples=None) -> dict[str, float
 # Text detection and recognition (word-level F1, HierText protocol)
 # ---------------------------------------------------------------------------------------------------------
 
-def _words(text: str) -> list[tuple[tuple[float, ...], str]]:
-    from ..processing.paligemma_decoding import LOC_BINS, NUM_LOC_TOKENS, parse_objects
+_WORD_RE = re.compile(r"((?:<loc\d{4}>){4,})([^<]*)")
+_LOC_RE = re.compile(r"<loc(\d{4})>")
+_SEPARATOR_RE = re.compile(r"\s*;\s*$")
+DONT_CARE = "###"  # ICDAR's transcription of a don't-care region
 
+
+def _shape(locs) -> tuple[str, tuple] | None:
+    """``<loc>`` values -> ``("box", (y1, x1, y2, x2))`` for 4 tokens, ``("poly", ((x, y), ...))`` for 2k >= 8
+    tokens (PaliGemma's ``(y, x)`` order per point), normalised to [0, 1]; ``None`` when malformed."""
+    from ..processing.paligemma_decoding import LOC_BINS, NUM_LOC_TOKENS
+
+    polygon = len(locs) >= 8 and len(locs) % 2 == 0
+    if not all(0 <= t < NUM_LOC_TOKENS for t in locs) or not (len(locs) == 4 or polygon):
+        return None
+    v = np.asarray(locs, dtype=np.float64) / LOC_BINS
+    if len(v) == 4:
+        return "box", tuple(v)
+    return "poly", tuple((float(x), float(y)) for y, x in v.reshape(-1, 2))
+
+
+def _parse_words(text: str) -> list[tuple[tuple[str, tuple] | None, str]]:
+    """``"<loc>x4 word ; <loc>x8 word ..."`` -> ``[(shape or None, word), ...]`` (a word's text runs to the next
+    ``<loc>``, less the `` ; `` separator, so words may contain ``;``)."""
     out = []
-    for obj in parse_objects(text):
-        if all(0 <= t < NUM_LOC_TOKENS for t in obj["loc"]):
-            out.append((tuple(np.array(obj["loc"]) / LOC_BINS), obj["label"]))
+    for m in _WORD_RE.finditer(text if isinstance(text, str) else ""):
+        locs = [int(t) for t in _LOC_RE.findall(m.group(1))]
+        out.append((_shape(locs), _SEPARATOR_RE.sub("", m.group(2)).strip()))
     return out
+
+
+def _reference_words(reference) -> list[tuple[tuple[str, tuple] | None, str]]:
+    """A reference: the ``<loc>`` text, or ``[{"polygon": [[x, y], ...] | "box": (y1, x1, y2, x2), "text": ...}]``
+    (normalised to [0, 1], e.g. from :func:`parse_icdar_gt`)."""
+    if isinstance(reference, str):
+        return _parse_words(reference)
+    if isinstance(reference, (list, tuple)) and len(reference) == 1 and isinstance(reference[0], str):
+        return _parse_words(reference[0])
+    words = []
+    for w in reference:
+        if "box" in w:
+            words.append((("box", tuple(float(c) for c in w["box"])), str(w["text"])))
+        else:
+            words.append((("poly", tuple((float(x), float(y)) for x, y in w["polygon"])), str(w["text"])))
+    return words
+
+
+def parse_icdar_gt(text: str, width: float, height: float) -> list[dict]:
+    """ICDAR 2015 ground truth (``gt_img_*.txt``: ``x1,y1,x2,y2,x3,y3,x4,y4,transcription`` per line, pixels) ->
+    ``[{"polygon": [[x, y] x 4] normalised to [0, 1], "text"}]``; ``###`` marks a don't-care region.
+
+    Example::
+
+        >>> parse_icdar_gt("10,10,50,10,50,30,10,30,STOP", 100, 100)
+        [{'polygon': [[0.1, 0.1], [0.5, 0.1], [0.5, 0.3], [0.1, 0.3]], 'text': 'STOP'}]
+    """
+    words = []
+    for line in text.lstrip("\ufeff").splitlines():
+        parts = line.strip().split(",", 8)
+        if len(parts) < 9:
+            continue
+        xy = [float(c) for c in parts[:8]]
+        words.append({"polygon": [[xy[i] / width, xy[i + 1] / height] for i in range(0, 8, 2)], "text": parts[8]})
+    return words
+
+
+def words_to_text(words) -> str:
+    """The target of a text-spotting example: ``[{"polygon" | "box", "text"}]`` (normalised, as
+    :func:`parse_icdar_gt`) -> ``"<loc>x8 word ; ..."`` (polygons as ``(y, x)`` pairs, boxes as 4 ``<loc>``);
+    a string is returned as is. Don't-care words (``###``) are left out."""
+    if isinstance(words, str):
+        return words
+    from ..processing.paligemma_decoding import LOC_BINS
+
+    def loc(v):
+        return f"<loc{int(round(min(max(v, 0.0), 1.0) * LOC_BINS)):04d}>"
+
+    parts = []
+    for w in words:
+        if w["text"] == DONT_CARE:
+            continue
+        coords = w["box"] if "box" in w else [c for x, y in w["polygon"] for c in (y, x)]
+        parts.append("".join(loc(c) for c in coords) + " " + w["text"])
+    return " ; ".join(parts)
+
+
+def _polygon(shape):
+    try:
+        from shapely import make_valid
+        from shapely.geometry import Polygon
+    except ImportError:
+        raise ImportError("rotated / polygon words need shapely: pip install 'big_vision_hf[pg2]'") from None
+    kind, v = shape
+    if kind == "box":
+        y1, x1, y2, x2 = v
+        v = ((x1, y1), (x2, y1), (x2, y2), (x1, y2))
+    poly = Polygon(v)
+    return poly if poly.is_valid else make_valid(poly)  # a self-crossing quadrilateral: its valid pieces
+
+
+def shape_iou(a, b) -> float:
+    """IoU of two word shapes (``_shape`` tuples): :func:`box_iou` for two boxes, else polygon areas (shapely)."""
+    if a[0] == b[0] == "box":
+        return box_iou(a[1], b[1])
+    pa, pb = _polygon(a), _polygon(b)
+    inter = pa.intersection(pb).area
+    union = pa.area + pb.area - inter
+    return float(inter / union) if union > 0 else 0.0
 
 
 def text_spotting(predictions, references, examples=None, *, iou: float = 0.5,
                   case_sensitive: bool = True) -> dict[str, float]:
-    """Word-level ``precision`` / ``recall`` / ``f1`` (corpus level): outputs and references are
-    ``<loc>x4 word ; <loc>x4 word ...``; a prediction is a true positive when an unmatched reference word has box
-    IoU >= ``iou`` and the same transcription (greedy, in order of IoU)."""
+    """Word-level ``precision`` / ``recall`` / ``f1`` (corpus level), HierText protocol: a predicted word is a true
+    positive when an unmatched reference word has IoU >= ``iou`` and the same transcription (greedy, in order of
+    IoU; no case, punctuation or length normalisation unless ``case_sensitive=False``).
+
+    Words are ``<loc>x4 word`` (axis-aligned box ``y1 x1 y2 x2``) or ``<loc>x2k word`` (k >= 4 points ``(y, x)``:
+    a rotated quadrilateral or polygon); references may also be lists of ``{"polygon" | "box", "text"}``
+    (:func:`parse_icdar_gt`). Reference words ``###`` are don't care: not counted in recall, and a prediction that
+    matches no word but overlaps one with IoU >= ``iou`` is not counted either. A malformed predicted word (a
+    ``<loc>`` count that is no shape) counts as a false positive.
+    """
     _check(predictions, references)
     tp = n_pred = n_true = 0
-    for pred, ref in zip(predictions, _refs(references)):
-        pw, tw = _words(pred), _words(ref)
-        n_pred += len(pw)
-        n_true += len(tw)
-        pairs = sorted(((box_iou(pb, tb), i, j) for i, (pb, _) in enumerate(pw) for j, (tb, _) in enumerate(tw)),
-                       reverse=True)
+    for pred, ref in zip(predictions, references):
+        pw, tw = _parse_words(pred), _reference_words(ref)
+        care = [j for j, (_, t) in enumerate(tw) if t != DONT_CARE]
+        pairs = sorted(((shape_iou(ps, tw[j][0]), i, j) for i, (ps, _) in enumerate(pw) if ps is not None
+                        for j in care), reverse=True)
         used_p, used_t = set(), set()
         for v, i, j in pairs:
             if v < iou:
@@ -240,7 +394,11 @@ def text_spotting(predictions, references, examples=None, *, iou: float = 0.5,
             if (a == b) if case_sensitive else (a.lower() == b.lower()):
                 used_p.add(i)
                 used_t.add(j)
-                tp += 1
+        ignored = {i for i, (ps, _) in enumerate(pw) if i not in used_p and ps is not None and any(
+            shape_iou(ps, s) >= iou for s, t in tw if t == DONT_CARE)}
+        tp += len(used_p)
+        n_pred += len(pw) - len(ignored)
+        n_true += len(care)
     precision = tp / n_pred if n_pred else 0.0
     recall = tp / n_true if n_true else 0.0
     f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
@@ -251,10 +409,53 @@ def text_spotting(predictions, references, examples=None, *, iou: float = 0.5,
 # Radiography reports (CIDEr, BLEU-4, ROUGE-L)
 # ---------------------------------------------------------------------------------------------------------
 
-def report_generation(predictions, references, examples=None) -> dict[str, float]:
-    """Report generation (MIMIC-CXR): ``cider`` (:func:`~big_vision_hf.transfer.metrics.cider`), ``bleu4`` and
-    ``rouge_l`` (pycocoevalcap ``Bleu(4)`` / ``Rouge()`` on the PTB-tokenised texts, as the captioning evaluator;
-    needs ``pip install pycocoevalcap``, no Java). RadGraph F1 is not computed (it needs the RadGraph model)."""
+RADGRAPH_REPO = "StanfordAIMI/RRG_scorers"  # where the radgraph package keeps its weight archives (Hugging Face)
+
+
+def radgraph_f1(predictions, references, model_dir: str, *, model_type: str = "radgraph") -> dict[str, float]:
+    """RadGraph F1 (Jain et al. 2021; the ``radgraph`` package's ``F1RadGraph``, ``pip install
+    'big_vision_hf[radgraph]'``): the F1 of the clinical entities (``radgraph_simple``), entities + relations
+    (``radgraph_f1``, the RG_ER most report-generation papers quote; the PaliGemma 2 paper does not say which level
+    it reports) and complete graphs (``radgraph_complete``) of prediction vs reference, averaged over reports.
+
+    Nothing is downloaded: ``model_dir/<model_type>/`` must hold the extracted ``<model_type>.tar.gz`` of the
+    Hugging Face repository ``StanfordAIMI/RRG_scorers`` (``config.json``, ``vocabulary/``, ``weights.th``), and
+    the BERT its ``config.json`` names must be in the Hugging Face cache.
+
+    Example::
+
+        >>> radgraph_f1(["no acute process."], ["no acute cardiopulmonary process."], "/data/radgraph")
+        {'radgraph_f1': ..., 'radgraph_simple': ..., 'radgraph_complete': ..., 'num': 1.0}
+    """
+    _check(predictions, references)
+    folder = os.path.join(model_dir, model_type)
+    if not os.path.isfile(os.path.join(folder, "weights.th")):
+        raise FileNotFoundError(f"RadGraph F1 needs the RadGraph weights in {folder}/ (config.json, vocabulary/, "
+                                f"weights.th): extract {model_type}.tar.gz of the Hugging Face repository "
+                                f"{RADGRAPH_REPO} there; nothing is downloaded")
+    try:
+        from radgraph import F1RadGraph
+    except ImportError:
+        raise ImportError("RadGraph F1 needs the radgraph package: pip install 'big_vision_hf[radgraph]'") from None
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):  # the package prints its device
+            scorer = F1RadGraph(reward_level="all", model_type=model_type, model_cache_dir=model_dir)
+    except OSError as e:  # its BERT tokenizer / encoder is not in the Hugging Face cache
+        with open(os.path.join(folder, "config.json"), encoding="utf-8") as f:
+            bert = json.load(f)["model"]["embedder"]["token_embedders"]["bert"]["model_name"]
+        raise OSError(f"RadGraph F1: the BERT {bert!r} its config names is not in the Hugging Face cache "
+                      f"({type(e).__name__}); put it there (huggingface-cli download {bert}) first") from None
+    (simple, partial, complete), *_ = scorer(hyps=list(predictions), refs=_refs(references))
+    return {"radgraph_f1": float(partial), "radgraph_simple": float(simple), "radgraph_complete": float(complete),
+            "num": float(len(predictions))}
+
+
+def report_generation(predictions, references, examples=None, *, radgraph_dir: str | None = None
+                      ) -> dict[str, float]:
+    """Report generation (MIMIC-CXR), the paper's Table 8: ``cider`` (:func:`~big_vision_hf.transfer.metrics.cider`),
+    ``bleu4`` and ``rouge_l`` (pycocoevalcap ``Bleu(4)`` / ``Rouge()`` on the PTB-tokenised texts, as the captioning
+    evaluator; needs ``pip install pycocoevalcap``, no Java), and, with ``radgraph_dir`` (a folder with the RadGraph
+    weights, see :func:`radgraph_f1`), RadGraph F1. Without it RadGraph F1 is not computed (it needs a model)."""
     _check(predictions, references)
     refs = [[r] if isinstance(r, str) else list(r) for r in references]
     out = {"cider": cider(predictions, refs)["cider"]}
@@ -269,19 +470,20 @@ def report_generation(predictions, references, examples=None) -> dict[str, float
         gts[k] = flat[i:i + len(rs)]
         i += len(rs)
     res = {k: [p] for k, p in enumerate(ptb_tokenize_lines(list(predictions)))}
-    import contextlib
-    import io
-
     with contextlib.redirect_stdout(io.StringIO()):
         bleu, _ = Bleu(4).compute_score(gts, res)
     out["bleu4"] = float(bleu[3])
     out["rouge_l"] = float(Rouge().compute_score(gts, res)[0])
+    if radgraph_dir is not None:
+        scores = radgraph_f1(predictions, [r[0] for r in refs], radgraph_dir)
+        out.update((k, v) for k, v in scores.items() if k != "num")
     out["num"] = float(len(predictions))
     return out
 
 
 PG2_METRICS = {
     "teds": teds,
+    "table_structure": table_structure,
     "smiles_exact_match": smiles_exact_match,
     "music_error_rates": music_error_rates,
     "text_spotting": text_spotting,
