@@ -11,6 +11,7 @@ import torch
 from transformers import EvalPrediction
 
 from big_vision_hf import evaluate_metrics
+from big_vision_hf.transfer import metrics_pg2  # noqa: F401  (registers the PaliGemma 2 metrics in METRICS)
 from big_vision_hf.transfer.metrics import METRICS
 
 BOX = "<loc0100><loc0200><loc0600><loc0700>"
