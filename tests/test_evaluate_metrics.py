@@ -11,8 +11,7 @@ import torch
 from transformers import EvalPrediction
 
 from big_vision_hf import evaluate_metrics
-from big_vision_hf.transfer import metrics_pg2  # noqa: F401  (registers the PaliGemma 2 metrics in METRICS)
-from big_vision_hf.transfer.metrics import METRICS
+from big_vision_hf.evaluate_metrics import METRICS
 
 BOX = "<loc0100><loc0200><loc0600><loc0700>"
 SEG = "".join(f"<seg{i:03d}>" for i in range(16))
@@ -46,6 +45,10 @@ def test_evaluate_module_equals_the_function(name, tmp_path):
     if name in ("segmentation", "detection"):
         want = METRICS[name](BOX_PREDICTIONS, None, EXAMPLES)
         got = module.compute(predictions=BOX_PREDICTIONS, examples=EXAMPLES)
+    elif name == "text_spotting":  # references: the words of each image, "<loc>x4 word ; ..." (one string)
+        refs = [[p] for p in BOX_PREDICTIONS[:2]] + [[BOX + " cat"]] * 3
+        want = METRICS[name](BOX_PREDICTIONS, refs, EXAMPLES)
+        got = module.compute(predictions=BOX_PREDICTIONS, references=refs, examples=EXAMPLES)
     else:
         want = METRICS[name](PREDICTIONS, REFERENCES, EXAMPLES)
         got = module.compute(predictions=PREDICTIONS, references=REFERENCES, examples=EXAMPLES)

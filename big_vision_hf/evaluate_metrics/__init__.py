@@ -3,9 +3,11 @@ modules and as ``compute_metrics`` for ``Trainer``, with exactly the numbers of 
 
 - One ``evaluate.Metric`` class per metric of :data:`~big_vision_hf.transfer.metrics.METRICS` (`Cider`, `Vqav2`,
   `Vqa`, `ExactMatch`, `Anls`, `Chartqa`, `RelaxedAccuracy`, `Tallyqa`, `Rsvqa`, `ScienceQa`, `Pope`,
-  `Segmentation`, `Detection`): ``compute(predictions=..., references=..., examples=..., **options)`` calls the
-  function with the same arguments (``examples``: the dataset rows for the metrics that read other fields, e.g.
-  ``answer_type``, ``question_type``, ``bbox``, ``mask``; ``vqvae=`` for segmentation masks).
+  `Segmentation`, `Detection`) and of ``transfer.metrics_pg2.PG2_METRICS`` (`TableStructure`, `Teds`,
+  `SmilesExactMatch`, `MusicErrorRates`, `TextSpotting`, `ReportGeneration`):
+  ``compute(predictions=..., references=..., examples=..., **options)`` calls the function with the same arguments
+  (``examples``: the dataset rows for the metrics that read other fields, e.g. ``answer_type``, ``question_type``,
+  ``bbox``, ``mask``; ``vqvae=`` for segmentation masks).
 - :func:`load`: ``evaluate.load`` of the metric's module (a one-line script importing the class, written once to
   :func:`script_dir`), so ``evaluate.load(script_dir("cider"))`` works as for any local metric script.
 - :func:`compute_metrics`: ``Trainer(compute_metrics=...)`` on ``EvalPrediction``: token ids (or logits: argmax)
@@ -26,7 +28,11 @@ import datasets
 import evaluate
 import numpy as np
 
-from ..transfer.metrics import METRICS
+from ..transfer.metrics import METRICS as TRANSFER_METRICS
+from ..transfer.metrics_pg2 import PG2_METRICS
+
+#: every metric of the transfer tasks (PaliGemma and PaliGemma 2), by name.
+METRICS = {**TRANSFER_METRICS, **PG2_METRICS}
 
 __all__ = ["BvMetric", "compute_metrics", "load", "metric_class", "preprocess_logits_for_metrics", "script_dir"]
 
