@@ -11,7 +11,7 @@ from __future__ import annotations
 from huggingface_hub.dataclasses import strict
 from transformers import PreTrainedConfig
 
-from .configuration_bv_vit import POSEMB_TYPES, BvViTConfig, bv_kwargs_to_config, translate_bv_kwargs
+from .configuration_bv_vit import BvViTConfig, bv_kwargs_to_config, check_widths, same_names, translate_bv_kwargs
 
 
 @strict
@@ -84,13 +84,7 @@ class BvCapPaConfig(PreTrainedConfig):
         self.num_hidden_layers = self.num_hidden_layers or vision.num_hidden_layers
         self.num_attention_heads = self.num_attention_heads or vision.num_attention_heads
         self.intermediate_size = self.intermediate_size or vision.intermediate_size
-        if self.posemb not in POSEMB_TYPES:
-            raise ValueError(f"Unknown posemb type: {self.posemb!r}; expected one of {POSEMB_TYPES}")
-        if self.hidden_size % self.num_attention_heads:
-            raise ValueError(f"decoder hidden_size {self.hidden_size} is not divisible by {self.num_attention_heads} "
-                             "heads")
-        if self.posemb == "sincos2d" and self.hidden_size % 4:
-            raise ValueError("sincos2d posemb needs a decoder width divisible by 4 (big_vision posemb_sincos_2d)")
+        check_widths(self.hidden_size, self.num_attention_heads, self.posemb, what="decoder ")
         if not 0.0 <= self.masked_pred_prob <= 1.0 or not 0.0 <= self.masking_ratio <= 1.0:
             raise ValueError(f"masked_pred_prob ({self.masked_pred_prob}) and masking_ratio ({self.masking_ratio}) "
                              "must be in [0, 1]")
@@ -121,8 +115,7 @@ class BvCapPaConfig(PreTrainedConfig):
 BV_CAPPA_ENCODER_KWARGS = {
     "emb_dim": "width",
     "num_layers": "depth",
-    "mlp_dim": "mlp_dim",
-    "num_heads": "num_heads",
+    **same_names("mlp_dim", "num_heads"),
     "patches": "patch_size",
     "posemb_type": "posemb",
     "enc_dropout_rate": "dropout",
@@ -133,13 +126,10 @@ BV_CAPPA_KWARGS = {
     "decoder_num_layers": "num_hidden_layers",
     "decoder_num_heads": "num_attention_heads",
     "decoder_mlp_dim": "intermediate_size",
-    "vocab_size": "vocab_size",
     "seq_len": "max_position_embeddings",
     "posemb_type": "posemb",
-    "decoder_bias": "decoder_bias",
-    "masked_pred_prob": "masked_pred_prob",
-    "masking_ratio": "masking_ratio",
     "dec_dropout_rate": "dropout",
+    **same_names("vocab_size", "decoder_bias", "masked_pred_prob", "masking_ratio"),
 }
 # Kwargs that change nothing in PyTorch: layout and remat, and fields cappa.Model declares but never uses.
 BV_CAPPA_NO_EFFECT = ("scan", "remat_policy", "input_seq_len", "patch_dropout")

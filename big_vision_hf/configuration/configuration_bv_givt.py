@@ -18,7 +18,8 @@ from huggingface_hub.dataclasses import strict
 from transformers import PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
 
-from .configuration_bv_vit import BvViTConfig, pair, translate_bv_kwargs
+from .configuration_bv_uvim import BV_VIT_VAE_TRUNK_KWARGS
+from .configuration_bv_vit import BvViTConfig, check_widths, pair, same_names, translate_bv_kwargs
 
 STYLES = ("ar", "masked")
 MASK_STYLES = ("replace", "concat")
@@ -161,8 +162,7 @@ class BvGivtConfig(PreTrainedConfig):
             raise ValueError(f"num_mixtures must be >= 1, got {self.num_mixtures}")
         if self.multivariate and self.num_mixtures != 1:
             raise ValueError("multivariate=True needs num_mixtures=1 (big_vision: 'Cannot do multivariate GMM!')")
-        if self.hidden_size % self.num_attention_heads:
-            raise ValueError(f"hidden_size {self.hidden_size} is not divisible by {self.num_attention_heads} heads")
+        check_widths(self.hidden_size, self.num_attention_heads)
         if self.num_classes is not None and self.num_classes < 1:
             self.num_classes = None  # big_vision `num_labels or 1`: 0 behaves as None
         if self.adaptor_num_blocks and self.out_dim % 2:
@@ -236,25 +236,14 @@ BV_GIVT_KWARGS = {
     "num_heads": "num_attention_heads",
     "mlp_dim": "intermediate_size",
     "num_labels": "num_classes",
-    "seq_len": "seq_len",
-    "out_dim": "out_dim",
-    "style": "style",
-    "mask_style": "mask_style",
-    "num_mixtures": "num_mixtures",
-    "per_channel_mixtures": "per_channel_mixtures",
-    "multivariate": "multivariate",
-    "fix_square_plus": "fix_square_plus",
-    "scale_tol": "scale_tol",
-    "drop_labels_probability": "drop_labels_probability",
-    "mask_schedule_train": "mask_schedule_train",
-    "min_masking_rate_training": "min_masking_rate_training",
-    "zero_embedding_init": "zero_embedding_init",
     "dec_dropout_rate": "dropout",
     "num_layers": "num_encoder_layers",
     "patches": "patch_size",
     "input_size": "image_size",
     "enc_dropout_rate": "encoder_dropout",
-    "posemb_type": "posemb_type",
+    **same_names("seq_len", "out_dim", "style", "mask_style", "num_mixtures", "per_channel_mixtures", "multivariate",
+                 "fix_square_plus", "scale_tol", "drop_labels_probability", "mask_schedule_train",
+                 "min_masking_rate_training", "zero_embedding_init", "posemb_type"),
 }
 # `scan`/`remat_policy` change the checkpoint layout / memory only; `zero_decoder_seq` is declared but unused.
 BV_GIVT_NO_EFFECT = ("scan", "remat_policy", "zero_decoder_seq")
@@ -387,17 +376,10 @@ class BvGivtCNNVAEConfig(PreTrainedConfig):
 
 
 BV_CNN_VAE_KWARGS = {
-    "codeword_dim": "codeword_dim",
-    "code_len": "code_len",
-    "filters": "filters",
-    "num_res_blocks": "num_res_blocks",
-    "channel_multipliers": "channel_multipliers",
-    "conv_downsample": "conv_downsample",
+    **same_names("codeword_dim", "code_len", "filters", "num_res_blocks", "channel_multipliers", "conv_downsample",
+                 "norm_type", "malib_ckpt", "pixel_shuffle_patch_size"),
     "activation_fn": "hidden_act",
-    "norm_type": "norm_type",
     "output_dim": "num_channels",
-    "malib_ckpt": "malib_ckpt",
-    "pixel_shuffle_patch_size": "pixel_shuffle_patch_size",
 }
 # `code_dropout` acts in training only (vae.Model.code_dropout_fn); `dtype` is the compute dtype.
 BV_CNN_VAE_NO_EFFECT = ("code_dropout", "dtype")
@@ -507,22 +489,7 @@ class BvGivtViTVAEConfig(PreTrainedConfig):
         return self.codeword_dim
 
 
-BV_VIT_VAE_KWARGS = {
-    "codeword_dim": "codeword_dim",
-    "code_len": "code_len",
-    "bottleneck_resize": "bottleneck_resize",
-    "inout_specs": "inout_specs",
-    "head_zeroinit": "head_zeroinit",
-    "input_size": "image_size",
-    "patch_size": "patch_size",
-    "width": "hidden_size",
-    "enc_depth": "encoder_layers",
-    "dec_depth": "decoder_layers",
-    "mlp_dim": "intermediate_size",
-    "num_heads": "num_attention_heads",
-    "posemb": "posemb",
-    "dropout": "dropout",
-}
+BV_VIT_VAE_KWARGS = {**BV_VIT_VAE_TRUNK_KWARGS, "inout_specs": "inout_specs"}  # uvim/vit.py's + the outputs
 BV_VIT_VAE_NO_EFFECT = ("scan", "remat_policy", "code_dropout")
 _VIT_VAE_TOWER = ("image_size", "patch_size", "hidden_size", "intermediate_size", "num_attention_heads", "posemb",
                   "dropout")

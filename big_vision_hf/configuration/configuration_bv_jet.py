@@ -14,7 +14,7 @@ import itertools
 from huggingface_hub.dataclasses import strict
 from transformers import PreTrainedConfig
 
-from .configuration_bv_vit import translate_bv_kwargs
+from .configuration_bv_vit import check_widths, same_names, translate_bv_kwargs
 
 COUPLING_KINDS = ("channels", "spatial")
 CHANNEL_PROJS = ("random",)
@@ -96,8 +96,7 @@ class BvJetConfig(PreTrainedConfig):
         if self.patch_dim % 2 or self.num_patches % 2:
             raise ValueError(f"couplings halve the channels ({self.patch_dim}) and the tokens ({self.num_patches}) of "
                              "a patch grid: both must be even")
-        if self.hidden_size % self.num_attention_heads:
-            raise ValueError(f"hidden_size {self.hidden_size} is not divisible by {self.num_attention_heads} heads")
+        check_widths(self.hidden_size, self.num_attention_heads)
         super().__post_init__(**kwargs)
 
     @property
@@ -136,11 +135,8 @@ BV_JET_KWARGS = {
     "block_depth": "num_hidden_layers",
     "emb_dim": "hidden_size",
     "num_heads": "num_attention_heads",
-    "scale_factor": "scale_factor",
     "ps": "patch_size",
-    "kinds": "kinds",
-    "channels_coupling_projs": "channels_coupling_projs",
-    "spatial_coupling_projs": "spatial_coupling_projs",
+    **same_names("scale_factor", "kinds", "channels_coupling_projs", "spatial_coupling_projs"),
 }
 
 

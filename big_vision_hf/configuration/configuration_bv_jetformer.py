@@ -18,7 +18,7 @@ from transformers import PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
 
 from .configuration_bv_jet import BvJetConfig
-from .configuration_bv_vit import pair, translate_bv_kwargs
+from .configuration_bv_vit import BV_SIZE_KWARGS, pair, same_names, translate_bv_kwargs
 
 HEAD_DTYPES = ("float32", "bfloat16")
 
@@ -238,58 +238,29 @@ class BvJetFormerConfig(PreTrainedConfig):
 
 # big_vision `jetformer.Model` kwargs (config.model) -> BvJetFormerConfig fields.
 BV_JETFORMER_KWARGS = {
-    "width": "hidden_size",
-    "depth": "num_hidden_layers",
-    "mlp_dim": "intermediate_size",
-    "num_heads": "num_attention_heads",
+    **BV_SIZE_KWARGS,
     "num_kv_heads": "num_key_value_heads",
-    "head_dim": "head_dim",
-    "vocab_size": "vocab_size",
     "bos_id": "bos_token_id",
     "boi_id": "boi_token_id",
     "nolabel_id": "nolabel_token_id",
-    "num_vocab_repeats": "num_vocab_repeats",
-    "causal_mask_on_prefix": "causal_mask_on_prefix",
-    "untie_output_vocab": "untie_output_vocab",
-    "per_modality_final_norm": "per_modality_final_norm",
-    "num_mixtures": "num_mixtures",
-    "multivariate": "multivariate",
-    "out_dim": "out_dim",
-    "scale_tol": "scale_tol",
-    "head_dtype": "head_dtype",
-    "dropout": "dropout",
-    "drop_labels_probability": "drop_labels_probability",
+    **same_names("head_dim", "vocab_size", "num_vocab_repeats", "causal_mask_on_prefix", "untie_output_vocab",
+                 "per_modality_final_norm", "num_mixtures", "multivariate", "out_dim", "scale_tol", "head_dtype",
+                 "dropout", "drop_labels_probability"),
 }
 # Fields with no effect on a PyTorch model (layout, remat, dtypes of activations and cache, unused norm_eps).
 BV_JETFORMER_NO_EFFECT = ("scan", "remat_policy", "cache_dtype", "embed_dtype", "norm_eps", "dropout_bdims")
 # big_vision `patch_pca.Model` kwargs (config.patch_pca.model) -> fields; `pca_init_file` is read by the converter.
 BV_PATCH_PCA_KWARGS = {
     "input_size": "image_size",
-    "patch_size": "patch_size",
-    "skip_pca": "skip_pca",
-    "whiten": "whiten",
-    "depth_to_seq": "depth_to_seq",
-    "noise_std": "noise_std",
-    "add_dequant_noise": "add_dequant_noise",
+    **same_names("patch_size", "skip_pca", "whiten", "depth_to_seq", "noise_std", "add_dequant_noise"),
 }
 BV_PATCH_PCA_NO_EFFECT = ("pca_init_file", "code_len", "codeword_dim", "code_dropout")
 # big_vision trainer config fields the model reads.
-BV_JETFORMER_TRAINER_KWARGS = {
-    "latent_noise_dim": "latent_noise_dim",
-    "input_noise_std": "input_noise_std",
-    "noise_scale": "noise_scale",
-    "noise_min": "noise_min",
-    "rgb_noise_on_image_prefix": "rgb_noise_on_image_prefix",
-    "text_prefix_prob": "text_prefix_prob",
-    "loss_on_prefix": "loss_on_prefix",
-    "text_loss_weight": "text_loss_weight",
-    "stop_grad_nvp_prefix": "stop_grad_nvp_prefix",
-}
-BV_SAMPLE_IMAGES_KWARGS = {
-    "cfg_inference_weight": "cfg_inference_weight",
-    "temperature": "temperature",
-    "temperature_probs": "temperature_probs",
-}
+BV_JETFORMER_TRAINER_KWARGS = same_names(
+    "latent_noise_dim", "input_noise_std", "noise_scale", "noise_min", "rgb_noise_on_image_prefix", "text_prefix_prob",
+    "loss_on_prefix", "text_loss_weight", "stop_grad_nvp_prefix",
+)
+BV_SAMPLE_IMAGES_KWARGS = same_names("cfg_inference_weight", "temperature", "temperature_probs")
 
 
 def bv_jetformer_kwargs_to_config(kwargs: dict) -> dict:

@@ -7,7 +7,7 @@ import math
 from huggingface_hub.dataclasses import strict
 from transformers import PreTrainedConfig
 
-from .configuration_bv_vit import pair, translate_bv_kwargs
+from .configuration_bv_vit import pair, same_names, translate_bv_kwargs
 
 # Reference: Table 1 of https://arxiv.org/abs/2105.01601, as transcribed in big_vision
 # `models/mlp_mixer.py:Model` (commit 0127fb6). (hidden_dim, num_blocks, tokens_mlp_dim, channels_mlp_dim);
@@ -106,10 +106,7 @@ class BvMixerConfig(PreTrainedConfig):
 BV_MIXER_KWARGS = {
     "hidden_dim": "hidden_size",
     "num_blocks": "num_hidden_layers",
-    "tokens_mlp_dim": "tokens_mlp_dim",
-    "channels_mlp_dim": "channels_mlp_dim",
-    "patch_size": "patch_size",
-    "stoch_depth": "stoch_depth",
+    **same_names("tokens_mlp_dim", "channels_mlp_dim", "patch_size", "stoch_depth"),
 }
 # big_vision kwargs that change nothing in a PyTorch model (`MlpMixer.model_name` is an unused field).
 BV_MIXER_NO_EFFECT = ("model_name",)

@@ -6,9 +6,8 @@ import re
 import sys
 
 from huggingface_hub.dataclasses import strict
-from transformers import PreTrainedConfig
 
-from .configuration_bv_vit import pair, translate_bv_kwargs
+from .configuration_bv_vit import BV_SIZE_KWARGS, BvViTTrunkConfig, same_names, translate_bv_kwargs
 
 # big_vision naflex `_Model.__call__`: "map" | "gap" | "max" | "none" (no "tok"/"0": there is no [cls]).
 NAFLEX_POOL_TYPES = ("map", "gap", "max", "none")
@@ -19,20 +18,16 @@ FACTORIZED_POSEMBS = ("factorized", "factorized_fractional")
 
 
 @strict
-class BvNaFlexViTConfig(PreTrainedConfig):
+class BvNaFlexViTConfig(BvViTTrunkConfig):
     r"""Configuration of a big_vision NaFlex ViT (``big_vision.models.proj.image_text.naflex_vit._Model``).
 
     Field names follow transformers (as `BvViTConfig`, whose shared encoder reads them); each names the big_vision
-    field it holds.
+    field it holds. The trunk's fields are `BvViTTrunkConfig`'s; ``patch_size`` is the size the patches were cut
+    with (big_vision's model does not know it: its ``embedding`` Dense takes flattened ``p*p*3`` patches; the
+    converter reads it from the kernel shape), and ``dropout`` is the ``Encoder1DBlock`` dropout (naflex has no
+    ``dropout`` field; always 0 there).
 
     Args:
-        hidden_size: big_vision ``width``.
-        num_hidden_layers: big_vision ``depth``.
-        intermediate_size: big_vision ``mlp_dim`` (``None`` there means ``4 * width``).
-        num_attention_heads: big_vision ``num_heads``.
-        patch_size: the patch size ``[h, w]`` the patches were cut with. big_vision's model does not know it (its
-            ``embedding`` Dense takes flattened ``p*p*3`` patches); the converter reads it from the kernel shape.
-        num_channels: channels of a patch (3).
         posemb: big_vision ``posemb``: ``"learn_2d(L)"`` or ``"learn_2d"`` (= ``"learn_2d(64)"``, big_vision's
             default). ``L`` is the side of the canvas the posemb is resized onto: tokens at ``yidx`` or
             ``xidx >= L`` get a NaN posemb, as in big_vision (see ``_pos_emb_resize``). Not in big_vision, NaViT's
@@ -42,18 +37,8 @@ class BvNaFlexViTConfig(PreTrainedConfig):
         nposemb: big_vision ``nposemb``: the stored learned posemb is ``nposemb x nposemb`` (16 for SigLIP 2); the
             length of each factorised table.
         pool_type: ``"map"``, ``"gap"``, ``"max"`` or ``"none"`` (big_vision ``pool_type``; pads are masked out).
-        representation_size: big_vision ``rep_size``: ``None`` (False), or the width of the ``pre_logits``
-            Dense + tanh layer.
         patchln_pre: big_vision ``patchln_pre``: LayerNorm on the flattened patches (Dual PatchNorm).
         patchln_post: big_vision ``patchln_post``: LayerNorm after the patch embedding (Dual PatchNorm).
-        layer_norm_eps: flax ``nn.LayerNorm`` default, 1e-6.
-        hidden_act: ``"gelu_pytorch_tanh"``: flax ``nn.gelu`` defaults to the tanh approximation.
-        dropout: big_vision ``Encoder1DBlock`` dropout (naflex has no ``dropout`` field; always 0 there).
-        head_zeroinit: big_vision ``head_zeroinit``; only affects fresh initialisation.
-        parallel_block: ViT-22B (https://arxiv.org/abs/2302.05442, not in big_vision) parallel layers:
-            ``y = LN(x); x + MLP(y) + Attention(y)``. Off for every big_vision checkpoint.
-        qk_layernorm: ViT-22B QK normalisation: LayerNorm (scale only, per head) on queries and keys before ``q.k``.
-        qkv_bias: ``False`` drops the q/k/v projection biases (ViT-22B); ``True`` for big_vision checkpoints.
 
     Example:
         >>> from big_vision_hf.configuration.configuration_bv_naflex import BvNaFlexViTConfig
@@ -64,37 +49,19 @@ class BvNaFlexViTConfig(PreTrainedConfig):
 
     model_type = "bv_naflex_vit"
 
-    hidden_size: int = 768
-    num_hidden_layers: int = 12
-    intermediate_size: int = 3072
-    num_attention_heads: int = 12
-    patch_size: list[int] | tuple[int, ...] | int = (16, 16)
-    num_channels: int = 3
     posemb: str = "learn_2d(64)"  # big_vision naflex `_Model.posemb` default
     nposemb: int = 16  # SigLIP 2 NaFlex checkpoints (big_vision's default None must be overwritten)
     pool_type: str = "gap"  # big_vision naflex `_Model.pool_type` default
-    representation_size: int | None = None
     patchln_pre: bool = False
     patchln_post: bool = False
-    layer_norm_eps: float = 1e-6
-    hidden_act: str = "gelu_pytorch_tanh"
-    dropout: float = 0.0
-    attention_dropout: float = 0.0
-    head_zeroinit: bool = True
-    parallel_block: bool = False
-    qk_layernorm: bool = False
-    qkv_bias: bool = True
 
     def __post_init__(self, **kwargs):
-        self.patch_size = pair(self.patch_size)
         if not _POSEMB.fullmatch(self.posemb) and self.posemb not in FACTORIZED_POSEMBS:
             raise ValueError(
                 f"Unknown posemb: {self.posemb!r}; NaFlex supports 'learn_2d', 'learn_2d(L)', {FACTORIZED_POSEMBS}"
             )
         if self.pool_type not in NAFLEX_POOL_TYPES:
             raise ValueError(f"Unknown pool type: {self.pool_type!r}; NaFlex supports {NAFLEX_POOL_TYPES}")
-        if self.hidden_size % self.num_attention_heads:
-            raise ValueError(f"hidden_size {self.hidden_size} is not divisible by {self.num_attention_heads} heads")
         super().__post_init__(**kwargs)
 
     @property
@@ -122,18 +89,9 @@ class BvNaFlexViTConfig(PreTrainedConfig):
 
 # big_vision naflex `_Model` kwargs -> BvNaFlexViTConfig fields (`patch_size` comes from `decode_variant`).
 BV_NAFLEX_KWARGS = {
-    "width": "hidden_size",
-    "depth": "num_hidden_layers",
-    "mlp_dim": "intermediate_size",
-    "num_heads": "num_attention_heads",
-    "patch_size": "patch_size",
+    **BV_SIZE_KWARGS,
+    **same_names("patch_size", "pool_type", "head_zeroinit", "posemb", "nposemb", "patchln_pre", "patchln_post"),
     "rep_size": "representation_size",
-    "pool_type": "pool_type",
-    "head_zeroinit": "head_zeroinit",
-    "posemb": "posemb",
-    "nposemb": "nposemb",
-    "patchln_pre": "patchln_pre",
-    "patchln_post": "patchln_post",
 }
 # big_vision kwargs that change nothing in a PyTorch model (layout, remat, matmul dtype).
 BV_NAFLEX_NO_EFFECT = ("scan", "remat_policy", "dtype_mm")

@@ -17,7 +17,14 @@ from huggingface_hub.dataclasses import strict
 from transformers import BertConfig, PreTrainedConfig
 
 from .configuration_bv_naflex import BvNaFlexViTConfig
-from .configuration_bv_vit import BvViTConfig, translate_bv_kwargs
+from .configuration_bv_vit import (
+    BV_SIZE_KWARGS,
+    BvFlaxBlockConfig,
+    BvViTConfig,
+    check_widths,
+    same_names,
+    translate_bv_kwargs,
+)
 
 TEXT_POOL_TYPES = ("last", "first", "gap", "max", "map")
 # big_vision text_transformer accepts these spellings too (`pool_type in ("mean", "gap")`, `("max", "gmp")`).
@@ -28,7 +35,7 @@ IMAGE_MODELS = {"vit": BvViTConfig, "proj.image_text.naflex_vit": BvNaFlexViTCon
 
 
 @strict
-class BvTextConfig(PreTrainedConfig):
+class BvTextConfig(BvFlaxBlockConfig):
     r"""Configuration of big_vision's text tower (``big_vision.models.proj.image_text.text_transformer._Model``).
 
     Token embedding + learned posemb + the ViT encoder (``vit.Encoder``: pre-LN blocks, NO causal mask, final
@@ -62,17 +69,12 @@ class BvTextConfig(PreTrainedConfig):
     max_position_embeddings: int = 64
     pool_type: str = "last"
     projection_size: int | None = None
-    layer_norm_eps: float = 1e-6
-    hidden_act: str = "gelu_pytorch_tanh"
-    dropout: float = 0.0
-    attention_dropout: float = 0.0
 
     def __post_init__(self, **kwargs):
         self.pool_type = TEXT_POOL_ALIASES.get(self.pool_type, self.pool_type)
         if self.pool_type not in TEXT_POOL_TYPES:
             raise ValueError(f"Unknown text pool type: {self.pool_type!r}; expected one of {TEXT_POOL_TYPES}")
-        if self.hidden_size % self.num_attention_heads:
-            raise ValueError(f"hidden_size {self.hidden_size} is not divisible by {self.num_attention_heads} heads")
+        check_widths(self.hidden_size, self.num_attention_heads)
         if self.projection_size == 0:
             self.projection_size = None
         super().__post_init__(**kwargs)
@@ -85,13 +87,8 @@ class BvTextConfig(PreTrainedConfig):
 
 # big_vision `text_transformer.Model` kwargs -> BvTextConfig fields.
 BV_TEXT_KWARGS = {
-    "width": "hidden_size",
-    "depth": "num_hidden_layers",
-    "mlp_dim": "intermediate_size",
-    "num_heads": "num_attention_heads",
-    "vocab_size": "vocab_size",
-    "pool_type": "pool_type",
-    "dropout": "dropout",
+    **BV_SIZE_KWARGS,
+    **same_names("vocab_size", "pool_type", "dropout"),
     "num_classes": "projection_size",
 }
 BV_TEXT_NO_EFFECT = ("scan", "remat_policy")
@@ -152,8 +149,7 @@ class BvBertTextConfig(BertConfig):
     def __post_init__(self, **kwargs):
         if self.projection_size == 0:
             self.projection_size = None
-        if self.hidden_size % self.num_attention_heads:
-            raise ValueError(f"hidden_size {self.hidden_size} is not divisible by {self.num_attention_heads} heads")
+        check_widths(self.hidden_size, self.num_attention_heads)
         super().__post_init__(**kwargs)
 
     @property

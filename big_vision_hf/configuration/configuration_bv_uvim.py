@@ -12,7 +12,14 @@ from __future__ import annotations
 from huggingface_hub.dataclasses import strict
 from transformers import PreTrainedConfig
 
-from .configuration_bv_vit import POSEMB_TYPES, BvViTConfig, pair, translate_bv_kwargs
+from .configuration_bv_vit import (
+    BvFlaxBlockConfig,
+    BvViTConfig,
+    check_widths,
+    pair,
+    same_names,
+    translate_bv_kwargs,
+)
 
 
 def _target_shapes(targets, what: str) -> dict[str, list[int]]:
@@ -29,7 +36,7 @@ def _target_shapes(targets, what: str) -> dict[str, list[int]]:
 
 
 @strict
-class BvUViMVQVAEConfig(PreTrainedConfig):
+class BvUViMVQVAEConfig(BvFlaxBlockConfig):
     r"""Configuration of UViM's stage I VQ-VAE (``big_vision.models.proj.uvim.vit.Model``).
 
     A ViT encoder over the label map's patches (each target one-hot or valued per patch pixel, e.g.
@@ -98,10 +105,6 @@ class BvUViMVQVAEConfig(PreTrainedConfig):
     quantize: bool = True
     zero_decoder_seq: bool = False
     num_channels: int = 3
-    layer_norm_eps: float = 1e-6
-    hidden_act: str = "gelu_pytorch_tanh"
-    dropout: float = 0.0
-    attention_dropout: float = 0.0
     head_zeroinit: bool = True
 
     def __post_init__(self, **kwargs):
@@ -112,10 +115,7 @@ class BvUViMVQVAEConfig(PreTrainedConfig):
             self.intermediate_size = 4 * self.hidden_size  # vit.MlpBlock: mlp_dim or 4 * width
         if self.codeword_dim is None:
             self.codeword_dim = self.hidden_size
-        if self.posemb not in POSEMB_TYPES:
-            raise ValueError(f"Unknown posemb type: {self.posemb!r}; expected one of {POSEMB_TYPES}")
-        if self.hidden_size % self.num_attention_heads:
-            raise ValueError(f"hidden_size {self.hidden_size} is not divisible by {self.num_attention_heads} heads")
+        check_widths(self.hidden_size, self.num_attention_heads, self.posemb)
         if any(s % p for s, p in zip(self.image_size, self.patch_size)):
             raise ValueError(f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}")
         if self.bottleneck_resize and round(self.code_len**0.5) ** 2 != self.code_len:
@@ -143,28 +143,22 @@ class BvUViMVQVAEConfig(PreTrainedConfig):
                 frozenset({"color"}): "colorization"}.get(frozenset(keys))
 
 
-# big_vision `uvim.vit.Model` kwargs -> BvUViMVQVAEConfig fields.
-BV_UVIM_VQVAE_KWARGS = {
-    "inputs": "inputs",
-    "outputs": "outputs",
+# big_vision `uvim.vit.Model` kwargs of the ViT trunk -> config fields; GIVT's ViT VAE (`proj.givt.vit`, adapted
+# from `uvim/vit.py`) takes them too.
+BV_VIT_VAE_TRUNK_KWARGS = {
     "input_size": "image_size",
-    "patch_size": "patch_size",
-    "code_len": "code_len",
     "width": "hidden_size",
     "enc_depth": "encoder_layers",
     "dec_depth": "decoder_layers",
     "mlp_dim": "intermediate_size",
     "num_heads": "num_attention_heads",
-    "posemb": "posemb",
+    **same_names("patch_size", "code_len", "posemb", "codeword_dim", "bottleneck_resize", "dropout", "head_zeroinit"),
+}
+# big_vision `uvim.vit.Model` kwargs -> BvUViMVQVAEConfig fields.
+BV_UVIM_VQVAE_KWARGS = {
+    **BV_VIT_VAE_TRUNK_KWARGS,
+    **same_names("inputs", "outputs", "with_encoder_ctx", "with_decoder_ctx", "quantize", "zero_decoder_seq"),
     "dict_size": "codebook_size",
-    "codeword_dim": "codeword_dim",
-    "with_encoder_ctx": "with_encoder_ctx",
-    "with_decoder_ctx": "with_decoder_ctx",
-    "bottleneck_resize": "bottleneck_resize",
-    "quantize": "quantize",
-    "zero_decoder_seq": "zero_decoder_seq",
-    "dropout": "dropout",
-    "head_zeroinit": "head_zeroinit",
 }
 # Training-only (dictionary learning, code dropout, multi-host statistics) or unused by `uvim.vit.Model`'s forward.
 BV_UVIM_VQVAE_NO_EFFECT = (
@@ -179,7 +173,7 @@ def bv_vqvae_kwargs_to_config(kwargs: dict) -> dict:
 
 
 @strict
-class BvUViMVTTConfig(PreTrainedConfig):
+class BvUViMVTTConfig(BvFlaxBlockConfig):
     r"""Configuration of UViM's stage II vision-to-text transformer (``big_vision.models.proj.uvim.vtt.Model``).
 
     An image encoder (``EmbedPatches`` conv + ``pos_embedding_encoder`` + ``vit.Encoder``: a plain ViT without
@@ -230,10 +224,6 @@ class BvUViMVTTConfig(PreTrainedConfig):
     max_position_embeddings: int = 256
     posemb: str = "sincos2d"
     zero_decoder_seq: bool = False
-    layer_norm_eps: float = 1e-6
-    hidden_act: str = "gelu_pytorch_tanh"
-    dropout: float = 0.0
-    attention_dropout: float = 0.0
     is_encoder_decoder: bool = True
     decoder_start_token_id: int | None = 0  # vtt.shift_right pads with 0; decode.py starts from token 0
     pad_token_id: int | None = 0
@@ -246,12 +236,7 @@ class BvUViMVTTConfig(PreTrainedConfig):
             self.vision_config = {}
         if isinstance(self.vision_config, dict):  # the encoder is never pooled
             self.vision_config = {"pool_type": "none", **self.vision_config}
-        if self.posemb not in POSEMB_TYPES:
-            raise ValueError(f"Unknown posemb type: {self.posemb!r}; expected one of {POSEMB_TYPES}")
-        if self.hidden_size % self.num_attention_heads:
-            raise ValueError(f"hidden_size {self.hidden_size} is not divisible by {self.num_attention_heads} heads")
-        if self.posemb == "sincos2d" and self.hidden_size % 4:
-            raise ValueError("sincos2d posemb needs hidden_size divisible by 4 (big_vision posemb_sincos_2d)")
+        check_widths(self.hidden_size, self.num_attention_heads, self.posemb)
         super().__post_init__(**kwargs)
         if self.vision_config.pool_type != "none":
             raise ValueError(f"the VTT encoder is not pooled: vision_config.pool_type must be 'none', "

@@ -45,32 +45,95 @@ def pair(x) -> list[int]:
     return [int(x), int(x)] if isinstance(x, int) else [int(v) for v in x]
 
 
-@strict
-class BvViTConfig(PreTrainedConfig):
-    r"""Configuration of a big_vision ViT (``big_vision.models.vit._Model``).
+def check_widths(hidden_size: int, num_heads: int, posemb: str | None = None, what: str = "") -> None:
+    """The checks of a transformer config: ``hidden_size`` split evenly over the heads; with a vit.py ``posemb``,
+    ``"learn"`` or ``"sincos2d"``, the latter needing a width divisible by 4 (big_vision ``posemb_sincos_2d``).
+    ``what`` names the tower in the messages (``"decoder "``)."""
+    if posemb is not None and posemb not in POSEMB_TYPES:
+        raise ValueError(f"Unknown posemb type: {posemb!r}; expected one of {POSEMB_TYPES}")
+    if hidden_size % num_heads:
+        raise ValueError(f"{what}hidden_size {hidden_size} is not divisible by {num_heads} heads")
+    if posemb == "sincos2d" and hidden_size % 4:
+        raise ValueError(f"sincos2d posemb needs {what}hidden_size divisible by 4 (big_vision posemb_sincos_2d)")
 
-    Field names follow transformers; each names the big_vision field it holds.
+
+@strict
+class BvFlaxBlockConfig(PreTrainedConfig):
+    """The fields every big_vision transformer block reads, at flax's defaults: the base of the tower configs.
+
+    ``layer_norm_eps``: flax ``nn.LayerNorm``'s 1e-6; ``hidden_act``: ``"gelu_pytorch_tanh"`` (flax ``nn.gelu`` is
+    the tanh approximation); ``dropout`` / ``attention_dropout``: big_vision's dropout rates (0 at inference).
+
+    Example:
+        >>> from big_vision_hf import BvViTConfig
+        >>> BvViTConfig().layer_norm_eps, BvViTConfig(dropout=0.1).dropout
+        (1e-06, 0.1)
+    """
+
+    layer_norm_eps: float = 1e-6
+    hidden_act: str = "gelu_pytorch_tanh"
+    dropout: float = 0.0
+    attention_dropout: float = 0.0
+
+
+@strict
+class BvViTTrunkConfig(BvFlaxBlockConfig):
+    r"""The ViT trunk's fields (ViT-B/16 defaults) and their checks, shared by `BvViTConfig` and `BvNaFlexViTConfig`:
+    the shared encoder (`BvViTEncoder`) and the heads read them.
 
     Args:
         hidden_size: big_vision ``width``.
         num_hidden_layers: big_vision ``depth``.
         intermediate_size: big_vision ``mlp_dim`` (``None`` there means ``4 * width``).
         num_attention_heads: big_vision ``num_heads``.
-        patch_size: big_vision ``patch_size`` as ``[height, width]``.
-        image_size: the input resolution ``[height, width]`` the posemb grid was made for (big_vision
-            derives it from the input at init; we store it).
-        posemb: ``"learn"`` or ``"sincos2d"`` (big_vision ``posemb``).
-        pool_type: ``"gap"``, ``"map"``, ``"tok"``, ``"0"`` or ``"none"`` (big_vision ``pool_type``).
+        patch_size: the patch size ``[height, width]``.
+        num_channels: channels of the image (3).
         representation_size: big_vision ``rep_size``: ``None`` (False), or the width of the ``pre_logits``
             Dense + tanh layer (``True`` in big_vision means ``width``).
-        layer_norm_eps: flax ``nn.LayerNorm`` default, 1e-6.
-        hidden_act: ``"gelu_pytorch_tanh"``: flax ``nn.gelu`` defaults to the tanh approximation.
-        dropout: big_vision ``dropout`` (after posemb, attention output and MLP).
         head_zeroinit: big_vision ``head_zeroinit``; only affects fresh initialisation.
         parallel_block: ViT-22B (https://arxiv.org/abs/2302.05442, not in big_vision) parallel layers:
             ``y = LN(x); x + MLP(y) + Attention(y)``. Off for every big_vision checkpoint.
         qk_layernorm: ViT-22B QK normalisation: LayerNorm (scale only, per head) on queries and keys before ``q.k``.
         qkv_bias: ``False`` drops the q/k/v projection biases (ViT-22B); ``True`` for big_vision checkpoints.
+        layer_norm_eps, hidden_act, dropout, attention_dropout: see `BvFlaxBlockConfig` (``dropout``: after posemb,
+            attention output and MLP).
+
+    Example:
+        >>> from big_vision_hf import BvViTConfig
+        >>> BvViTConfig(patch_size=14).patch_size
+        [14, 14]
+    """
+
+    hidden_size: int = 768
+    num_hidden_layers: int = 12
+    intermediate_size: int = 3072
+    num_attention_heads: int = 12
+    patch_size: list[int] | tuple[int, ...] | int = (16, 16)
+    num_channels: int = 3
+    representation_size: int | None = None
+    head_zeroinit: bool = True
+    parallel_block: bool = False
+    qk_layernorm: bool = False
+    qkv_bias: bool = True
+
+    def __post_init__(self, **kwargs):
+        self.patch_size = pair(self.patch_size)
+        check_widths(self.hidden_size, self.num_attention_heads)
+        super().__post_init__(**kwargs)
+
+
+@strict
+class BvViTConfig(BvViTTrunkConfig):
+    r"""Configuration of a big_vision ViT (``big_vision.models.vit._Model``).
+
+    Field names follow transformers; each names the big_vision field it holds. The trunk's fields (sizes,
+    ``patch_size``, ``representation_size``, the ViT-22B options, ...) are `BvViTTrunkConfig`'s.
+
+    Args:
+        image_size: the input resolution ``[height, width]`` the posemb grid was made for (big_vision
+            derives it from the input at init; we store it).
+        posemb: ``"learn"`` or ``"sincos2d"`` (big_vision ``posemb``).
+        pool_type: ``"gap"``, ``"map"``, ``"tok"``, ``"0"`` or ``"none"`` (big_vision ``pool_type``).
 
     Example:
         >>> from big_vision_hf import BvViTConfig
@@ -81,36 +144,15 @@ class BvViTConfig(PreTrainedConfig):
 
     model_type = "bv_vit"
 
-    hidden_size: int = 768
-    num_hidden_layers: int = 12
-    intermediate_size: int = 3072
-    num_attention_heads: int = 12
-    patch_size: list[int] | tuple[int, ...] | int = (16, 16)
     image_size: list[int] | tuple[int, ...] | int = (224, 224)
-    num_channels: int = 3
     posemb: str = "learn"
     pool_type: str = "gap"
-    representation_size: int | None = None
-    layer_norm_eps: float = 1e-6
-    hidden_act: str = "gelu_pytorch_tanh"
-    dropout: float = 0.0
-    attention_dropout: float = 0.0
-    head_zeroinit: bool = True
-    parallel_block: bool = False
-    qk_layernorm: bool = False
-    qkv_bias: bool = True
 
     def __post_init__(self, **kwargs):
-        self.patch_size = pair(self.patch_size)
         self.image_size = pair(self.image_size)
-        if self.posemb not in POSEMB_TYPES:
-            raise ValueError(f"Unknown posemb type: {self.posemb!r}; expected one of {POSEMB_TYPES}")
+        check_widths(self.hidden_size, self.num_attention_heads, self.posemb)
         if self.pool_type not in POOL_TYPES:
             raise ValueError(f"Unknown pool type: {self.pool_type!r}; expected one of {POOL_TYPES}")
-        if self.hidden_size % self.num_attention_heads:
-            raise ValueError(f"hidden_size {self.hidden_size} is not divisible by {self.num_attention_heads} heads")
-        if self.posemb == "sincos2d" and self.hidden_size % 4:
-            raise ValueError("sincos2d posemb needs hidden_size divisible by 4 (big_vision posemb_sincos_2d)")
         super().__post_init__(**kwargs)
 
     @property
@@ -124,18 +166,23 @@ class BvViTConfig(PreTrainedConfig):
         return cls(**{**bv_kwargs_to_config(decode_variant(variant)), **overrides})
 
 
-# big_vision `vit.Model` kwargs -> BvViTConfig fields.
-BV_VIT_KWARGS = {
+def same_names(*names: str) -> dict[str, str]:
+    """``{name: name}``: the part of a kwargs table (big_vision name -> ours) whose names do not change."""
+    return dict(zip(names, names))
+
+
+# big_vision's transformer sizes -> ours, for every model whose kwargs use vit.py's names.
+BV_SIZE_KWARGS = {
     "width": "hidden_size",
     "depth": "num_hidden_layers",
     "mlp_dim": "intermediate_size",
     "num_heads": "num_attention_heads",
-    "patch_size": "patch_size",
-    "posemb": "posemb",
-    "pool_type": "pool_type",
+}
+# big_vision `vit.Model` kwargs -> BvViTConfig fields.
+BV_VIT_KWARGS = {
+    **BV_SIZE_KWARGS,
+    **same_names("patch_size", "posemb", "pool_type", "dropout", "head_zeroinit"),
     "rep_size": "representation_size",
-    "dropout": "dropout",
-    "head_zeroinit": "head_zeroinit",
 }
 # big_vision kwargs that change nothing in a PyTorch model (layout, remat, matmul dtype).
 BV_VIT_NO_EFFECT = ("scan", "remat_policy", "dtype_mm")

@@ -19,7 +19,6 @@ from ..modeling.modeling_bv_flexivit import BvFlexiViTForImageClassification, Bv
 from .checkpoint import CheckpointError, LazyArray
 from .convert_bv_vit import VIT_RULES, infer_vit_config, prepare_vit_params
 from .family import Built, Family
-from .mapping import map_params, with_head
 
 # big_vision flexi `_Model.posemb_size` default, used for a sincos2d posemb when the kwargs do not give it.
 DEFAULT_POSEMB_SIZE = (7, 7)
@@ -58,8 +57,8 @@ def build_flexivit(params: dict[str, LazyArray], model_kwargs: dict | None = Non
         image_size = [posemb_size[0] * kh, posemb_size[1] * kw]
     config_kwargs, num_classes = infer_vit_config(params, vit_kwargs, image_size)
     config_kwargs.update(posemb_size=posemb_size, seqhw=flexi_kwargs.get("seqhw"))
-    cls, rules, head = with_head(VIT_RULES, num_classes, BvFlexiViTModel, BvFlexiViTForImageClassification, "vit.")
-    return Built(cls, BvFlexiViTConfig(**config_kwargs, **head), map_params(params, rules))
+    return Built.base_or_classifier(params, VIT_RULES, num_classes, (BvFlexiViTModel, BvFlexiViTForImageClassification),
+                                    "vit.", BvFlexiViTConfig, config_kwargs)
 
 
 FAMILY = Family(

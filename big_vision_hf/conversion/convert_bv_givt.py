@@ -40,6 +40,7 @@ from ..configuration.configuration_bv_givt import (
 from ..modeling.modeling_bv_givt import BvGivtModel
 from ..modeling.modeling_bv_givt_vae import BvGivtCNNVAEModel, BvGivtViTVAEModel
 from .checkpoint import CheckpointError, LazyArray
+from .convert_bv_uvim import VIT_VAE_TRUNK_RULES
 from .export import save_folder
 from .family import Built, Family
 from .mapping import Rule, attention, conv, encoder_rules, layer_norm, linear, map_params, unstack_scan
@@ -326,14 +327,7 @@ def build_cnn_vae(params: dict[str, LazyArray], model_kwargs: dict | None = None
 VIT_VAE_RULES = [
     Rule("embedding/kernel", "embedding.weight", conv),
     Rule("embedding/bias", "embedding.bias"),
-    Rule("pos_embedding_encoder", "pos_embedding_encoder"),
-    Rule("pos_embedding_decoder", "pos_embedding_decoder"),
-    *encoder_rules("encoder", "encoder"),
-    *encoder_rules("decoder", "decoder"),
-    Rule("bottleneck_downsample", "bottleneck_downsample"),
-    Rule("bottleneck_upsample", "bottleneck_upsample"),
-    *linear("encoder_head", "encoder_head"),
-    *linear("decoder_stem", "decoder_stem"),
+    *VIT_VAE_TRUNK_RULES,  # uvim/vit.py's
     *linear("decoder_head", "decoder_head"),
 ]
 
@@ -493,33 +487,32 @@ def _pipeline_tag(config) -> str:
     return "unconditional-image-generation" if config.encoder_config is None else "image-to-image"
 
 
-GIVT = Family(
+def givt_family(**fields) -> Family:
+    """The record of a GIVT-project model: no builder options; `write_givt_folder` writes its folder."""
+    return Family(options=(), write_folder=write_givt_folder, **fields)
+
+
+GIVT = givt_family(
     name="proj.givt.givt",
     build=build_givt,
     summary="GIVT (proj/givt/givt.py): causal or MaskGIT transformer over VAE latents, Gaussian-mixture head, "
             "sampling",
     signatures=(("EmbedTargets/kernel", "decoder/LogitsDense/kernel"),),
-    options=(),
-    write_folder=write_givt_folder,
     classes=("BvGivtModel",),
 )
 
-CNN_VAE = Family(
+CNN_VAE = givt_family(
     name="proj.givt.cnn",
     build=build_cnn_vae,
     summary="GIVT's CNN beta-VAE (proj/givt/cnn.py): the ImageNet VAEs, flax msgpack or .npz",
     signatures=(("cnn_encoder/Conv_0/kernel",), ("ema_params/encoder/Conv_0/kernel",)),
-    options=(),
-    write_folder=write_givt_folder,
     classes=("BvGivtCNNVAEModel",),
 )
 
-VIT_VAE = Family(
+VIT_VAE = givt_family(
     name="proj.givt.vit",
     build=build_vit_vae,
     summary="GIVT's ViT beta-VAE (proj/givt/vit.py): the panoptic / depth VAEs (label maps <-> latents)",
     signatures=(("encoder_head/kernel", "decoder_stem/kernel", "decoder_head/kernel"),),
-    options=(),
-    write_folder=write_givt_folder,
     classes=("BvGivtViTVAEModel",),
 )

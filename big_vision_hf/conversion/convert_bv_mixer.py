@@ -15,7 +15,7 @@ from ..configuration.configuration_bv_vit import pair
 from ..modeling.modeling_bv_mixer import BvMixerForImageClassification, BvMixerModel
 from .checkpoint import CheckpointError, LazyArray
 from .family import Built, Family
-from .mapping import Rule, conv, convert_pre_linen, layer_norm, linear, map_params, with_head
+from .mapping import Rule, conv, convert_pre_linen, layer_norm, linear
 
 _BLOCK, _LAYER = r"MixerBlock_(\d+)", "layers.{0}"
 
@@ -142,8 +142,8 @@ def build_mixer(params: dict[str, LazyArray], model_kwargs: dict | None = None, 
     """The Mixer or its classifier for an ``mlp_mixer`` checkpoint (nothing read yet)."""
     params = fix_old_checkpoints(params)
     config_kwargs, num_classes = infer_mixer_config(params, model_kwargs, image_size)
-    cls, rules, head = with_head(MIXER_RULES, num_classes, BvMixerModel, BvMixerForImageClassification, "mixer.")
-    return Built(cls, BvMixerConfig(**config_kwargs, **head), map_params(params, rules))
+    return Built.base_or_classifier(params, MIXER_RULES, num_classes, (BvMixerModel, BvMixerForImageClassification),
+                                    "mixer.", BvMixerConfig, config_kwargs)
 
 
 FAMILY = Family(

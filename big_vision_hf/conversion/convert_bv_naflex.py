@@ -40,8 +40,6 @@ from .mapping import (
     layer_norm,
     linear,
     map_head_rules,
-    map_params,
-    with_head,
 )
 from .model_card import conversion_card
 
@@ -137,9 +135,9 @@ def build_naflex(params: dict[str, LazyArray], model_kwargs: dict | None = None,
     """
     params = prepare_naflex_params(params)
     config_kwargs, num_classes = infer_naflex_config(params, model_kwargs)
-    cls, rules, head = with_head(NAFLEX_RULES, num_classes, BvNaFlexViTModel, BvNaFlexViTForImageClassification,
-                                 "vit.")
-    return Built(cls, BvNaFlexViTConfig(**config_kwargs, **head), map_params(params, rules))
+    return Built.base_or_classifier(params, NAFLEX_RULES, num_classes,
+                                    (BvNaFlexViTModel, BvNaFlexViTForImageClassification), "vit.", BvNaFlexViTConfig,
+                                    config_kwargs)
 
 
 def naflex_image_processor_for(config, preprocessing: str = "resize", max_num_patches: int = 256):
@@ -305,18 +303,20 @@ flatten_posemb = Transform("flatten_posemb", lambda x: x.reshape(-1, x.shape[-1]
                            layout_only=True)
 
 
+# The sizes our tower configs and transformers' ``Siglip*Config`` s name alike: copied by name.
+SIGLIP_SIZES = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads")
+
+
+def same_fields(config, names: tuple[str, ...]) -> dict:
+    """``{name: config.name}`` for ``names`` (``config[name]`` for a dict), for fields named alike on both sides."""
+    return {k: config[k] if isinstance(config, dict) else getattr(config, k) for k in names}
+
+
 def siglip2_vision_kwargs(config: BvNaFlexViTConfig) -> dict:
     """``Siglip2VisionConfig`` kwargs of a NaFlex tower."""
     return dict(
-        hidden_size=config.hidden_size,
-        intermediate_size=config.intermediate_size,
-        num_hidden_layers=config.num_hidden_layers,
-        num_attention_heads=config.num_attention_heads,
-        num_channels=config.num_channels,
+        **same_fields(config, (*SIGLIP_SIZES, "num_channels", "hidden_act", "layer_norm_eps", "attention_dropout")),
         patch_size=config.patch_size[0],
         num_patches=config.nposemb**2,
-        hidden_act=config.hidden_act,
-        layer_norm_eps=config.layer_norm_eps,
-        attention_dropout=config.attention_dropout,
         vision_use_head=config.pool_type == "map",
     )

@@ -47,13 +47,9 @@ dense_general_in = Transform("dense_general_in", lambda x: x.reshape(-1, x.shape
 #: [prod(shape), width]``; its bias ``[*shape]`` is flattened (`flat`).
 dense_general_out = Transform("dense_general_out", lambda x: x.reshape(x.shape[0], -1).T,
                               lambda s: (math.prod(s[1:]), s[0]), layout_only=True)
-VQVAE_RULES = [
-    Rule(r"embedding_(\w+)/kernel", "target_embeddings.{0}.weight", dense_general_in),
-    Rule(r"embedding_(\w+)/bias", "target_embeddings.{0}.bias"),
-    Rule("ctx_enc_embedding/kernel", "ctx_encoder_embedding.weight", conv),
-    Rule("ctx_enc_embedding/bias", "ctx_encoder_embedding.bias"),
-    Rule("ctx_dec_embedding/kernel", "ctx_decoder_embedding.weight", conv),
-    Rule("ctx_dec_embedding/bias", "ctx_decoder_embedding.bias"),
+#: ``uvim/vit.py``'s trunk: posembs, the two ``vit.Encoder`` s, the learned bottleneck resampling and the Dense
+#: layers around the bottleneck. GIVT's ViT VAE (``proj.givt.vit``, adapted from it) has the same names.
+VIT_VAE_TRUNK_RULES = [
     Rule("pos_embedding_encoder", "pos_embedding_encoder"),
     Rule("pos_embedding_decoder", "pos_embedding_decoder"),
     *encoder_rules("encoder", "encoder"),
@@ -62,6 +58,15 @@ VQVAE_RULES = [
     Rule("bottleneck_upsample", "bottleneck_upsample", identity),
     *linear("encoder_head", "encoder_head"),
     *linear("decoder_stem", "decoder_stem"),
+]
+VQVAE_RULES = [
+    Rule(r"embedding_(\w+)/kernel", "target_embeddings.{0}.weight", dense_general_in),
+    Rule(r"embedding_(\w+)/bias", "target_embeddings.{0}.bias"),
+    Rule("ctx_enc_embedding/kernel", "ctx_encoder_embedding.weight", conv),
+    Rule("ctx_enc_embedding/bias", "ctx_encoder_embedding.bias"),
+    Rule("ctx_dec_embedding/kernel", "ctx_decoder_embedding.weight", conv),
+    Rule("ctx_dec_embedding/bias", "ctx_decoder_embedding.bias"),
+    *VIT_VAE_TRUNK_RULES,
     Rule(r"head_(\w+)/kernel", "heads.{0}.weight", dense_general_out),
     Rule(r"head_(\w+)/bias", "heads.{0}.bias", flat),
     Rule("state/dictionary", "dictionary"),
@@ -70,7 +75,7 @@ VQVAE_RULES = [
 
 
 def _decoder_attention(bv: str, hf: str) -> list[Rule]:
-    """flax ``SelfAttention`` / ``MultiHeadDotProductAttention`` with ``use_bias=False`` -> `BvUViMAttention`."""
+    """flax ``SelfAttention`` / ``MultiHeadDotProductAttention`` with ``use_bias=False`` -> `BvDecoderAttention`."""
     names = (("query", "q_proj"), ("key", "k_proj"), ("value", "v_proj"))
     return [Rule(f"{bv}/{b}/kernel", f"{hf}.{h}.weight", heads_in) for b, h in names] + [
         Rule(f"{bv}/out/kernel", f"{hf}.out_proj.weight", heads_out)

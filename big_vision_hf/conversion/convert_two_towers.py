@@ -45,10 +45,12 @@ from ..processing.image_processing_bv import image_processor_for
 from .checkpoint import CheckpointError, LazyArray
 from .convert_bv_naflex import (
     NAFLEX_RULES,
+    SIGLIP_SIZES,
     flatten_posemb,
     infer_naflex_config,
     naflex_image_processor_for,
     prepare_naflex_params,
+    same_fields,
     siglip2_unsupported,
     siglip2_vision_kwargs,
     synthetic_naflex_inputs,
@@ -354,12 +356,7 @@ def text_head_misfits(image_head: int | None, text: dict, has_bias: bool, text_c
 def siglip_text_config(text: dict) -> dict:
     """``SiglipTextConfig`` / ``Siglip2TextConfig`` kwargs of a big_vision text tower (`infer_text_config`)."""
     return dict(
-        vocab_size=text["vocab_size"],
-        hidden_size=text["hidden_size"],
-        intermediate_size=text["intermediate_size"],
-        num_hidden_layers=text["num_hidden_layers"],
-        num_attention_heads=text["num_attention_heads"],
-        max_position_embeddings=text["max_position_embeddings"],
+        **same_fields(text, ("vocab_size", *SIGLIP_SIZES, "max_position_embeddings")),
         projection_size=text["projection_size"] or text["hidden_size"],
         bos_token_id=None,  # token ids belong to the tokenizer (BvTextTokenizer), not to the checkpoint
         eos_token_id=None,
@@ -379,11 +376,7 @@ def to_siglip(params: dict[str, LazyArray], vision: BvViTConfig, text: dict) -> 
     pack_in_proj(mapped, "vision_model.head.attention")
     add_identity_text_head(mapped, text["hidden_size"])
     vision_config = dict(
-        hidden_size=vision.hidden_size,
-        intermediate_size=vision.intermediate_size,
-        num_hidden_layers=vision.num_hidden_layers,
-        num_attention_heads=vision.num_attention_heads,
-        num_channels=vision.num_channels,
+        **same_fields(vision, (*SIGLIP_SIZES, "num_channels")),
         image_size=vision.image_size[0],
         patch_size=vision.patch_size[0],
         vision_use_head=True,

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .checkpoint import CheckpointError, LazyArray
-from .mapping import check_fits, load_into
+from .mapping import check_fits, load_into, map_params, with_head
 
 
 @dataclass
@@ -55,6 +55,14 @@ class Built:
         if self.family:
             model.config.bv_model_name = self.family
         return model.eval()
+
+    @classmethod
+    def base_or_classifier(cls, params: dict[str, LazyArray], rules: list, num_classes: int | None,
+                           classes: tuple[type, type], base_prefix: str, config_class: type, config_kwargs: dict):
+        """The base model or its classifier as `with_head` decides from ``num_classes`` (``classes``: both), with
+        its config (``config_class(**config_kwargs)``, ``num_labels`` for the classifier) and the mapped arrays."""
+        model_class, rules, head = with_head(rules, num_classes, *classes, base_prefix)
+        return cls(model_class, config_class(**config_kwargs, **head), map_params(params, rules))
 
 
 #: ``builder(params, model_kwargs, **options) -> Built``; ``params`` are the checkpoint's lazy arrays, ``model_kwargs``

@@ -35,23 +35,24 @@ big_vision names -> ours: ``encoder/...`` -> ``model.encoder`` (`BvViTModel`), `
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
-import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
 from transformers import initialization as init
-from transformers.activations import ACT2FN
 from transformers.cache_utils import Cache, DynamicCache, EncoderDecoderCache
 from transformers.generation import GenerationMixin
-from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutput, Seq2SeqLMOutput, Seq2SeqModelOutput
-from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.utils import can_return_tuple
 
 from ..configuration.configuration_bv_cappa import BvCapPaConfig
-from .modeling_bv_vit import BvViTModel, BvViTPreTrainedModel, eager_attention_forward, posemb_sincos_2d
+from .decoder import (
+    BvDecoderLayer,
+    BvEncoderDecoderMixin,
+    BvTokenDecoder,
+    encoder_hidden_states_of,
+    init_decoder_module_,
+)
+from .modeling_bv_vit import BvViTModel, BvViTPreTrainedModel
 
 IGNORE_INDEX = -100  # transformers' collators pad labels with it; read as big_vision's pad (0) here
 
@@ -94,126 +95,23 @@ def decoder_attention_mask(
     return mask.masked_fill(~allowed, torch.finfo(dtype).min)[:, None]
 
 
-class BvCapPaAttention(nn.Module):
-    """flax ``nn.SelfAttention`` / ``nn.MultiHeadDotProductAttention`` with ``use_bias=False``, cached.
-
-    Self-attention when ``key_value_states`` is None; cross-attention to the image tokens otherwise. With an
-    ``EncoderDecoderCache``, self-attention appends this step's keys and values; cross-attention computes the image
-    keys and values once (the first step) and reuses them.
-    """
-
-    def __init__(self, config: BvCapPaConfig, kv_width: int, layer_idx: int):
-        super().__init__()
-        self.config = config
-        width = config.hidden_size
-        self.num_heads = config.num_attention_heads
-        self.head_dim = width // self.num_heads
-        self.scale = self.head_dim**-0.5  # flax divides the query by sqrt(head_dim)
-        self.dropout = getattr(config, "attention_dropout", config.dropout)
-        self.layer_idx = layer_idx
-        self.is_causal = False  # the masks are explicit (causal, parallel or none)
-        self.q_proj = nn.Linear(width, width, bias=False)
-        self.k_proj = nn.Linear(kv_width, width, bias=False)
-        self.v_proj = nn.Linear(kv_width, width, bias=False)
-        self.out_proj = nn.Linear(width, width, bias=False)
-
-    def forward(
-        self,
-        hidden_states: torch.Tensor,
-        key_value_states: torch.Tensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-        cache: Cache | None = None,
-        **kwargs,
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        is_cross = key_value_states is not None
-        batch, length = hidden_states.shape[:2]
-        query = self.q_proj(hidden_states).view(batch, length, -1, self.head_dim).transpose(1, 2)  # (B, H, Tq, Dh)
-        reuse = False
-        if isinstance(cache, EncoderDecoderCache):
-            reuse = is_cross and bool(cache.is_updated.get(self.layer_idx))
-            if is_cross:
-                cache.is_updated[self.layer_idx] = True
-            cache = cache.cross_attention_cache if is_cross else cache.self_attention_cache
-        if reuse:
-            key, value = cache.layers[self.layer_idx].keys, cache.layers[self.layer_idx].values
-        else:
-            source = key_value_states if is_cross else hidden_states
-            key = self.k_proj(source).view(batch, source.shape[1], -1, self.head_dim).transpose(1, 2)  # (B, H, Tk, Dh)
-            value = self.v_proj(source).view(batch, source.shape[1], -1, self.head_dim).transpose(1, 2)
-            if cache is not None:
-                key, value = cache.update(key, value, self.layer_idx)
-        attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
-            self.config._attn_implementation, eager_attention_forward
-        )
-        out, weights = attention_interface(
-            self, query, key, value, attention_mask, is_causal=False, scaling=self.scale,
-            dropout=self.dropout if self.training else 0.0,
-        )
-        return self.out_proj(out.reshape(batch, length, -1).contiguous()), weights
-
-
-class BvCapPaMLP(nn.Module):
-    """big_vision ``cappa.MlpBlock``: Dense -> GELU (tanh) -> Dropout -> Dense, biases only with ``bias``."""
-
-    def __init__(self, width: int, mlp_dim: int, hidden_act: str, dropout: float, bias: bool):
-        super().__init__()
-        self.fc1 = nn.Linear(width, mlp_dim, bias=bias)
-        self.activation_fn = ACT2FN[hidden_act]
-        self.dropout = nn.Dropout(dropout)
-        self.fc2 = nn.Linear(mlp_dim, width, bias=bias)
-
-    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        return self.fc2(self.dropout(self.activation_fn(self.fc1(hidden_states))))
-
-
-class BvCapPaDecoderLayer(GradientCheckpointingLayer):
-    """big_vision ``cappa.EncoderDecoderBlock``: ``x + SA(LN1(x))``, ``+ CA(LN2(.), image)``, ``+ MLP(LN3(.))``."""
+class BvCapPaDecoderLayer(BvDecoderLayer):
+    """big_vision ``cappa.EncoderDecoderBlock`` (`BvDecoderLayer`): ``x + SA(LN1(x))``, ``+ CA(LN2(.), image)``,
+    ``+ MLP(LN3(.))``; ``decoder_bias`` switches the biases of the LayerNorms and of the MLP. The cross-attention is
+    ``encoder_attn``, as in converted CapPa folders."""
 
     def __init__(self, config: BvCapPaConfig, layer_idx: int):
-        super().__init__()
-        width, bias, eps = config.hidden_size, getattr(config, "decoder_bias", True), config.layer_norm_eps
-        self.layer_norm1 = nn.LayerNorm(width, eps=eps, bias=bias)
-        self.self_attn = BvCapPaAttention(config, width, layer_idx)
-        self.layer_norm2 = nn.LayerNorm(width, eps=eps, bias=bias)
-        self.encoder_attn = BvCapPaAttention(config, config.vision_config.hidden_size, layer_idx)
-        self.layer_norm3 = nn.LayerNorm(width, eps=eps, bias=bias)
-        self.mlp = BvCapPaMLP(width, config.intermediate_size, config.hidden_act, config.dropout, bias)
-        self.dropout = nn.Dropout(config.dropout)
-
-    def forward(
-        self,
-        hidden_states: torch.Tensor,
-        encoder_hidden_states: torch.Tensor,
-        attention_mask: torch.Tensor | None = None,
-        cache: Cache | None = None,
-        **kwargs,
-    ) -> torch.Tensor:
-        x, _ = self.self_attn(self.layer_norm1(hidden_states), attention_mask=attention_mask, cache=cache)
-        hidden_states = hidden_states + self.dropout(x)
-        y, _ = self.encoder_attn(self.layer_norm2(hidden_states), key_value_states=encoder_hidden_states, cache=cache)
-        hidden_states = hidden_states + self.dropout(y)
-        return hidden_states + self.mlp(self.layer_norm3(hidden_states))
+        bias = getattr(config, "decoder_bias", True)
+        super().__init__(config, layer_idx, config.vision_config.hidden_size, norm_bias=bias, mlp_bias=bias,
+                         cross_attention_name="encoder_attn")
 
 
-class BvCapPaDecoder(nn.Module):
-    """big_vision ``cappa.Decoder`` up to the final ``LayerNorm``: token embedding + decoder posemb, the blocks,
-    ``LayerNorm``. ``LogitsDense`` is the ``lm_head`` of `BvCapPaForConditionalGeneration`.
-
-    The posemb row of each token is its position ``past + i`` (``past``: tokens already in the cache), as flax's
-    ``AddPositionEmbs(decode=True)`` cache index; more positions than ``max_position_embeddings`` is an error.
-    """
+class BvCapPaDecoder(BvTokenDecoder):
+    """big_vision ``cappa.Decoder`` up to the final ``LayerNorm`` (`BvTokenDecoder`, + 1 mask token row with
+    parallel prediction). ``LogitsDense`` is the ``lm_head`` of `BvCapPaForConditionalGeneration`."""
 
     def __init__(self, config: BvCapPaConfig):
-        super().__init__()
-        self.config = config
-        width, length = config.hidden_size, config.max_position_embeddings
-        self.embed_tokens = nn.Embedding(getattr(config, "num_embeddings", config.vocab_size), width)
-        if config.posemb == "learn":
-            self.position_embedding = nn.Parameter(torch.zeros(1, length, width))
-        else:  # sincos2d on a (1, seq_len) grid: not a parameter; recomputed by _init_weights after meta loading
-            self.register_buffer("position_embedding", posemb_sincos_2d(1, length, width), persistent=False)
-        self.layers = nn.ModuleList([BvCapPaDecoderLayer(config, i) for i in range(config.num_hidden_layers)])
-        self.layer_norm = nn.LayerNorm(width, eps=config.layer_norm_eps)  # decoder/LayerNorm: always with bias
+        super().__init__(config, BvCapPaDecoderLayer, getattr(config, "num_embeddings", config.vocab_size))
 
     def forward(
         self,
@@ -229,66 +127,31 @@ class BvCapPaDecoder(nn.Module):
         """
         past = cache.get_seq_length() if cache is not None else 0
         length = input_ids.shape[1]
-        if past + length > self.position_embedding.shape[1]:
-            raise ValueError(
-                f"the decoder has {self.position_embedding.shape[1]} positions (big_vision seq_len) but was given "
-                f"{past + length}; generate at most max_length={self.position_embedding.shape[1] + 1} tokens "
-                "(the start token included)"
-            )
         if past and not (isinstance(parallel, bool) and not parallel):
             raise ValueError("parallel prediction attends to every position at once: it cannot use a KV cache")
-        hidden = self.embed_tokens(input_ids) + self.position_embedding[:, past : past + length].to(
-            self.embed_tokens.weight.dtype
-        )
+        hidden = self.embed_tokens(input_ids)
+        hidden = hidden + self.posemb(past, length, hidden.dtype)  # no dropout (cappa.Decoder)
         mask = decoder_attention_mask(length, past, parallel, input_ids.shape[0], hidden.dtype, hidden.device)
-        encoder_hidden_states = encoder_hidden_states.to(hidden.dtype)
-        for layer in self.layers:
-            hidden = layer(hidden, encoder_hidden_states, attention_mask=mask, cache=cache, **kwargs)
-        return self.layer_norm(hidden)
+        return self.run_layers(hidden, encoder_hidden_states, mask, cache, **kwargs)
 
 
-class BvCapPaPreTrainedModel(BvViTPreTrainedModel):
+class BvCapPaPreTrainedModel(BvEncoderDecoderMixin, BvViTPreTrainedModel):
     """CapPa's base: the ViT's initialisers for the encoder (`BvViTPreTrainedModel`) and cappa.py's for the rest."""
 
     config: BvCapPaConfig
     config_class = BvCapPaConfig
-    base_model_prefix = "model"
-    main_input_name = "pixel_values"
-    input_modalities = ("image", "text")
     _no_split_modules = ["BvViTEmbeddings", "BvViTEncoderLayer", "BvCapPaDecoderLayer"]
     _supports_flash_attn = False  # the decoder's masks are explicit (causal, parallel, per example)
     _supports_flex_attn = False
-    _can_record_outputs = {}  # the encoder (BvViTModel) records its own; the decoder records nothing
 
     @torch.no_grad()
     def _init_weights(self, module):
         """big_vision's flax initialisers (``cappa.py``); loaded tensors are left alone."""
-        super()._init_weights(module)
-        if isinstance(module, BvCapPaAttention):  # flax attention default: lecun_normal kernels
-            for proj in (module.q_proj, module.k_proj, module.v_proj, module.out_proj):
-                init.lecun_normal_(proj.weight)
-        elif isinstance(module, BvCapPaMLP):  # cappa.MlpBlock: xavier_uniform kernels, normal(1e-6) biases
-            for fc in (module.fc1, module.fc2):
-                init.xavier_uniform_(fc.weight)
-                if fc.bias is not None:
-                    init.normal_(fc.bias, std=1e-6)
-        elif isinstance(module, BvCapPaDecoder):
-            init.normal_(module.embed_tokens.weight, std=1.0)  # EmbedTargets: normal(stddev=1.0)
-            width, length = module.position_embedding.shape[1:][::-1]
-            if module.config.posemb == "learn":  # vit.get_posemb: normal(1/sqrt(width))
-                init.normal_(module.position_embedding, std=1 / np.sqrt(width))
-            else:
-                init.copy_(module.position_embedding, posemb_sincos_2d(1, length, width))
-        elif isinstance(module, BvCapPaForConditionalGeneration):  # LogitsDense: zero kernel, zero bias
+        super()._init_weights(module)  # the MLP: vit.MlpBlock's (cappa.MlpBlock has the same initialisers)
+        init_decoder_module_(module)
+        if isinstance(module, BvCapPaForConditionalGeneration):  # LogitsDense: zero kernel, zero bias
             init.zeros_(module.lm_head.weight)
             init.zeros_(module.lm_head.bias)
-
-
-def encoder_hidden_states_of(encoder_outputs) -> torch.Tensor:
-    """The image tokens from ``encoder_outputs`` (a ``ModelOutput`` or a tuple, as transformers passes them)."""
-    if isinstance(encoder_outputs, (tuple, list)):
-        return encoder_outputs[0]
-    return encoder_outputs.last_hidden_state
 
 
 class BvCapPaModel(BvCapPaPreTrainedModel):
@@ -303,15 +166,6 @@ class BvCapPaModel(BvCapPaPreTrainedModel):
         self.encoder = BvViTModel._from_config(config.vision_config)
         self.decoder = BvCapPaDecoder(config)
         self.post_init()
-
-    def get_encoder(self, modality: str | None = None) -> BvViTModel:
-        return self.encoder
-
-    def get_input_embeddings(self) -> nn.Module:
-        return self.decoder.embed_tokens
-
-    def set_input_embeddings(self, value: nn.Module) -> None:
-        self.decoder.embed_tokens = value
 
     @can_return_tuple
     def forward(
@@ -422,18 +276,6 @@ class BvCapPaForConditionalGeneration(BvCapPaPreTrainedModel, GenerationMixin):
         self.post_init()
         # generate() stops when the decoder's posemb runs out: the start token + seq_len tokens.
         self.generation_config.max_length = config.max_position_embeddings + 1
-
-    def get_encoder(self, modality: str | None = None) -> BvViTModel:
-        return self.model.encoder
-
-    def get_input_embeddings(self) -> nn.Module:
-        return self.model.decoder.embed_tokens
-
-    def set_input_embeddings(self, value: nn.Module) -> None:
-        self.model.decoder.embed_tokens = value
-
-    def get_output_embeddings(self) -> nn.Module:
-        return self.lm_head
 
     def decoder_inputs_from_labels(self, labels: torch.LongTensor, parallel: bool = False):
         """``(decoder_input_ids, parallel rows)`` for ``labels``, as big_vision's ``Decoder`` builds them: teacher

@@ -46,15 +46,14 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 from transformers import PreTrainedModel, initialization as init
-from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.utils import ModelOutput
 from transformers.utils.output_capturing import capture_outputs
 
 from ..configuration.configuration_bv_givt import BvGivtConfig
+from .decoder import BvDecoderAttention, BvDecoderLayer, init_decoder_module_
 from .loading import BvStrictLoadingMixin
-from .modeling_bv_cappa import BvCapPaAttention
-from .modeling_bv_givt_vae import init_vit_block_module_, share_attn_implementation
-from .modeling_bv_vit import BvViTAttention, BvViTEncoder, BvViTMLP, additive_mask
+from .modeling_bv_givt_vae import share_attn_implementation
+from .modeling_bv_vit import BvViTAttention, BvViTEncoder, BvViTMLP, additive_mask, init_vit_block_module_
 
 LOG_2PI = math.log(2.0 * math.pi)
 
@@ -384,37 +383,16 @@ class BvGivtKVCache:
                 store[layer] = tensor[:, :, :length]
 
 
-class BvGivtDecoderLayer(GradientCheckpointingLayer):
-    """big_vision ``givt.EncoderDecoderBlock``: bias-free LayerNorm -> bias-free self-attention -> residual, (with
-    an encoder) LayerNorm -> cross-attention -> residual, LayerNorm -> ``vit.MlpBlock`` (with biases) -> residual.
-    Dropout after both attentions (and inside them and the MLP), none after the MLP. The attention is CapPa's
-    (`BvCapPaAttention`, the same flax ``use_bias=False`` attention); the cross-attention recomputes the image keys
-    at every decoding step, as big_vision's does."""
+class BvGivtDecoderLayer(BvDecoderLayer):
+    """big_vision ``givt.EncoderDecoderBlock`` (`BvDecoderLayer`): bias-free LayerNorm -> bias-free self-attention
+    -> residual, (with an encoder) LayerNorm -> cross-attention -> residual, LayerNorm -> ``vit.MlpBlock`` (with
+    biases) -> residual. Dropout after both attentions (and inside them and the MLP), none after the MLP. The
+    cross-attention recomputes the image keys at every decoding step (`BvGivtKVCache` holds self-attention only), as
+    big_vision's does."""
 
     def __init__(self, config: BvGivtConfig, layer_idx: int):
-        super().__init__()
-        width, eps = config.hidden_size, config.layer_norm_eps
-        self.layer_norm1 = nn.LayerNorm(width, eps=eps, bias=False)
-        self.self_attn = BvCapPaAttention(config, width, layer_idx)  # flax SelfAttention(use_bias=False), cached
-        if config.encoder_config is not None:
-            self.layer_norm2 = nn.LayerNorm(width, eps=eps, bias=False)
-            self.cross_attn = BvCapPaAttention(config, width, layer_idx)
-        else:
-            self.layer_norm2 = self.cross_attn = None
-        self.layer_norm3 = nn.LayerNorm(width, eps=eps, bias=False)
-        self.mlp = BvViTMLP(width, config.intermediate_size, config.hidden_act, config.dropout)
-        self.dropout = nn.Dropout(config.dropout)
-
-    def forward(self, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,
-                attention_mask: torch.Tensor | None = None, past_key_values: BvGivtKVCache | None = None,
-                **kwargs) -> torch.Tensor:
-        attended, _ = self.self_attn(self.layer_norm1(hidden_states), attention_mask=attention_mask,
-                                     cache=past_key_values)
-        hidden_states = hidden_states + self.dropout(attended)
-        if self.cross_attn is not None and encoder_hidden_states is not None:  # big_vision: `if encoded is None`
-            attended, _ = self.cross_attn(self.layer_norm2(hidden_states), key_value_states=encoder_hidden_states)
-            hidden_states = hidden_states + self.dropout(attended)
-        return hidden_states + self.mlp(self.layer_norm3(hidden_states))
+        cross_width = config.hidden_size if config.encoder_config is not None else None
+        super().__init__(config, layer_idx, cross_width, norm_bias=False)
 
 
 class BvGivtDecoder(nn.Module):
@@ -614,9 +592,8 @@ class BvGivtPreTrainedModel(BvStrictLoadingMixin, PreTrainedModel):
             init.normal_(module.position_embedding, std=module.position_embedding.shape[-1] ** -0.5)
             init.zeros_(module.head.weight)  # LogitsDense: kernel_init=zeros
             init.zeros_(module.head.bias)
-        elif isinstance(module, BvCapPaAttention):  # flax MHA default: lecun_normal kernels
-            for proj in (module.q_proj, module.k_proj, module.v_proj, module.out_proj):
-                init.lecun_normal_(proj.weight)
+        elif isinstance(module, BvDecoderAttention):
+            init_decoder_module_(module)  # flax MHA default: lecun_normal kernels
         elif isinstance(module, (BvViTAttention, BvViTMLP)):
             init_vit_block_module_(module)
         elif isinstance(module, BvGivtImageEncoder):

@@ -49,6 +49,7 @@ from .modeling_bv_vit import (
     BvViTEncoder,
     BvViTMLP,
     init_flax_dense_,
+    init_vit_block_module_,
     posemb_sincos_2d,
     resize_grid_antialiased,
 )
@@ -96,20 +97,6 @@ def share_attn_implementation(config) -> None:
         sub = getattr(config, key, None)
         if sub is not None and sub._attn_implementation is None:
             sub._attn_implementation_internal = config._attn_implementation
-
-
-def init_vit_block_module_(module: nn.Module) -> None:
-    """big_vision ``vit.Encoder1DBlock``'s initialisers for the `BvViTEncoder` s these models hold plainly (not as a
-    `BvViTPreTrainedModel`): MHA xavier_uniform kernels and zero biases, ``MlpBlock`` xavier_uniform kernels and
-    normal(1e-6) biases."""
-    if isinstance(module, BvViTAttention):
-        for proj in (module.q_proj, module.k_proj, module.v_proj, module.out_proj):
-            init.xavier_uniform_(proj.weight)
-            init.zeros_(proj.bias)
-    elif isinstance(module, BvViTMLP):
-        for fc in (module.fc1, module.fc2):
-            init.xavier_uniform_(fc.weight)
-            init.normal_(fc.bias, std=1e-6)
 
 
 class BvGivtVAEPreTrainedModel(BvStrictLoadingMixin, PreTrainedModel):
@@ -186,83 +173,77 @@ def _level_widths(config: BvGivtCNNVAEConfig) -> list[int]:
     return [config.filters * m for m in config.channel_multipliers]
 
 
-class BvGivtCNNEncoder(nn.Module):
-    """big_vision ``cnn.Encoder``: ``conv_in``, per level ``num_res_blocks`` blocks then a downsampling (all but the
-    last level), ``num_res_blocks`` more blocks, GN, act, a 1x1 conv to ``2 * codeword_dim`` (mean | logvar).
+class BvGivtCNNStack(nn.Module):
+    """What big_vision's ``cnn.Encoder`` and ``cnn.Decoder`` share: ``conv_in``, groups of ``num_res_blocks``
+    `BvGivtCNNResBlock` s (one group per entry of ``group_widths``, the group's output width) with the subclass's
+    `resample` between groups, then GN, act and ``conv_out``. ``res_blocks`` is flat, in flax creation order
+    (``ResBlock_i``)."""
 
-    ``res_blocks`` and ``downsample`` are in flax creation order (``ResBlock_i``, ``Conv_1...``)."""
-
-    def __init__(self, config: BvGivtCNNVAEConfig):
+    def __init__(self, config: BvGivtCNNVAEConfig, conv_in: nn.Conv2d, group_widths: list[int], out_channels: int,
+                 out_kernel: int):
         super().__init__()
-        widths, n = _level_widths(config), config.num_res_blocks
-        self.conv_in = nn.Conv2d(config.num_channels, config.filters, 3, padding=1, bias=False)
-        blocks, width = [], config.filters
-        for level_width in widths:
-            for _ in range(n):
-                blocks.append(BvGivtCNNResBlock(config, width, level_width))
-                width = level_width
-        blocks += [BvGivtCNNResBlock(config, width, width) for _ in range(n)]
-        self.res_blocks = nn.ModuleList(blocks)
-        self.downsample = nn.ModuleList(
-            [BvSameConv2d(w, w, 4, stride=2) for w in widths[:-1]] if config.conv_downsample else [])  # flax SAME
-        self.norm_out = _group_norm(config, width)
-        self.conv_out = nn.Conv2d(width, 2 * config.codeword_dim, 1)
-        self.act = ACT2FN[config.hidden_act]
         self.config = config
+        self.conv_in = conv_in
+        blocks, width = [], conv_in.out_channels
+        for group_width in group_widths:
+            for _ in range(config.num_res_blocks):
+                blocks.append(BvGivtCNNResBlock(config, width, group_width))
+                width = group_width
+        self.res_blocks = nn.ModuleList(blocks)
+        self.norm_out = _group_norm(config, width)
+        self.conv_out = nn.Conv2d(width, out_channels, out_kernel, padding=out_kernel // 2)
+        self.act = ACT2FN[config.hidden_act]
+
+    def resample(self, group: int, x: torch.Tensor) -> torch.Tensor:
+        """What comes between the blocks of group ``group`` and those of the next."""
+        raise NotImplementedError
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        n, levels = self.config.num_res_blocks, len(self.config.channel_multipliers)
+        n = self.config.num_res_blocks
         x = self.conv_in(x)
-        blocks = iter(self.res_blocks)
-        for level in range(levels):
-            for _ in range(n):
-                x = next(blocks)(x)
-            if level < levels - 1:
-                x = self.downsample[level](x) if self.config.conv_downsample else tf_avg_pool_2x2(x)
-        for block in blocks:
-            x = block(x)
+        for group in range(len(self.res_blocks) // n):
+            if group:
+                x = self.resample(group - 1, x)
+            for block in self.res_blocks[group * n : (group + 1) * n]:
+                x = block(x)
         return self.conv_out(self.act(self.norm_out(x)))
 
 
-class BvGivtCNNDecoder(nn.Module):
+class BvGivtCNNEncoder(BvGivtCNNStack):
+    """big_vision ``cnn.Encoder``: ``conv_in``, per level ``num_res_blocks`` blocks then a downsampling (all but the
+    last level), ``num_res_blocks`` more blocks, GN, act, a 1x1 conv to ``2 * codeword_dim`` (mean | logvar).
+
+    ``downsample`` is in flax creation order (``Conv_1...``)."""
+
+    def __init__(self, config: BvGivtCNNVAEConfig):
+        widths = _level_widths(config)
+        conv_in = nn.Conv2d(config.num_channels, config.filters, 3, padding=1, bias=False)
+        super().__init__(config, conv_in, [*widths, widths[-1]], 2 * config.codeword_dim, 1)
+        self.downsample = nn.ModuleList(
+            [BvSameConv2d(w, w, 4, stride=2) for w in widths[:-1]] if config.conv_downsample else [])  # flax SAME
+
+    def resample(self, group: int, x: torch.Tensor) -> torch.Tensor:
+        if group == len(self.config.channel_multipliers) - 1:  # the last level: no downsampling
+            return x
+        return self.downsample[group](x) if self.config.conv_downsample else tf_avg_pool_2x2(x)
+
+
+class BvGivtCNNDecoder(BvGivtCNNStack):
     """big_vision ``cnn.Decoder``: ``conv_in`` (3x3, bias), ``num_res_blocks`` blocks, then per level from the last
     ``num_res_blocks`` blocks and (all but the first level) a nearest 2x upsampling + 3x3 conv; GN, act, 3x3 conv to
     the image."""
 
     def __init__(self, config: BvGivtCNNVAEConfig):
-        super().__init__()
-        widths, n = _level_widths(config), config.num_res_blocks
-        width = widths[-1]
-        self.conv_in = nn.Conv2d(config.codeword_dim, width, 3, padding=1)
-        blocks = [BvGivtCNNResBlock(config, width, width) for _ in range(n)]
-        upsample = []
-        for level in reversed(range(len(widths))):
-            for _ in range(n):
-                blocks.append(BvGivtCNNResBlock(config, width, widths[level]))
-                width = widths[level]
-            if level > 0:
-                upsample.append(nn.Conv2d(width, width, 3, padding=1))
-        self.res_blocks = nn.ModuleList(blocks)
-        self.upsample = nn.ModuleList(upsample)
-        self.norm_out = _group_norm(config, width)
-        self.conv_out = nn.Conv2d(width, config.num_channels, 3, padding=1)
-        self.act = ACT2FN[config.hidden_act]
-        self.config = config
+        widths = _level_widths(config)
+        conv_in = nn.Conv2d(config.codeword_dim, widths[-1], 3, padding=1)
+        super().__init__(config, conv_in, [widths[-1], *widths[::-1]], config.num_channels, 3)
+        self.upsample = nn.ModuleList([nn.Conv2d(w, w, 3, padding=1) for w in widths[:0:-1]])
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        n, levels = self.config.num_res_blocks, len(self.config.channel_multipliers)
-        x = self.conv_in(x)
-        blocks = iter(self.res_blocks)
-        for _ in range(n):
-            x = next(blocks)(x)
-        upsample = iter(self.upsample)
-        for level in reversed(range(levels)):
-            for _ in range(n):
-                x = next(blocks)(x)
-            if level > 0:
-                # jax.image.resize(..., "nearest") at exactly 2x = torch nearest (pixel i <- i // 2)
-                x = next(upsample)(F.interpolate(x, scale_factor=2, mode="nearest"))
-        return self.conv_out(self.act(self.norm_out(x)))
+    def resample(self, group: int, x: torch.Tensor) -> torch.Tensor:
+        if group == 0:  # after the blocks at the bottom width: straight into the last level
+            return x
+        # jax.image.resize(..., "nearest") at exactly 2x = torch nearest (pixel i <- i // 2)
+        return self.upsample[group - 1](F.interpolate(x, scale_factor=2, mode="nearest"))
 
 
 class BvGivtCNNVAEModel(BvGivtVAEPreTrainedModel):

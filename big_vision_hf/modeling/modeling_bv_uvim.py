@@ -31,7 +31,6 @@ colour outputs) and the two-stage pipelines are in ``processing/uvim_tasks.py``.
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -41,18 +40,21 @@ from torch.nn import functional as F
 from transformers import GenerationMixin, initialization as init
 from transformers.cache_utils import Cache, DynamicCache, EncoderDecoderCache
 from transformers.masking_utils import create_causal_mask
-from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutput, ModelOutput, Seq2SeqLMOutput, Seq2SeqModelOutput
-from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 from ..configuration.configuration_bv_uvim import BvUViMVQVAEConfig, BvUViMVTTConfig
+from .decoder import (
+    BvDecoderLayer,
+    BvEncoderDecoderMixin,
+    BvTokenDecoder,
+    encoder_hidden_states_of,
+    init_decoder_module_,
+)
 from .modeling_bv_vit import (
     BvViTEncoder,
-    BvViTMLP,
     BvViTModel,
     BvViTPreTrainedModel,
     antialiased_resize_weights,
-    eager_attention_forward,
     init_flax_dense_,
     posemb_sincos_2d,
 )
@@ -350,107 +352,22 @@ def shift_right(labels: torch.LongTensor) -> torch.LongTensor:
     return F.pad(labels, (1, 0), value=0)[:, :-1]
 
 
-class BvUViMAttention(nn.Module):
-    """flax ``nn.SelfAttention`` / ``nn.MultiHeadDotProductAttention`` with ``use_bias=False`` (``vtt`` decoder),
-    with a KV cache for generation (self-attention: appended per step; cross-attention: computed once)."""
-
-    def __init__(self, config: BvUViMVTTConfig, layer_idx: int, is_cross_attention: bool = False):
-        super().__init__()
-        width = config.hidden_size
-        kv_width = config.vision_config.hidden_size if is_cross_attention else width
-        self.config = config
-        self.layer_idx = layer_idx
-        self.head_dim = width // config.num_attention_heads
-        self.scaling = self.head_dim**-0.5  # flax divides the query by sqrt(head_dim)
-        self.dropout = config.attention_dropout
-        self.is_causal = not is_cross_attention
-        self.is_cross_attention = is_cross_attention
-        self.q_proj = nn.Linear(width, width, bias=False)
-        self.k_proj = nn.Linear(kv_width, width, bias=False)
-        self.v_proj = nn.Linear(kv_width, width, bias=False)
-        self.out_proj = nn.Linear(width, width, bias=False)
-
-    def forward(
-        self,
-        hidden_states: torch.Tensor,
-        key_value_states: torch.Tensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-        cache: EncoderDecoderCache | None = None,
-        **kwargs,
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        query = self.q_proj(hidden_states).view(*hidden_states.shape[:-1], -1, self.head_dim).transpose(1, 2)
-        layer_cache = None
-        if cache is not None:
-            layer_cache = cache.cross_attention_cache if self.is_cross_attention else cache.self_attention_cache
-        if self.is_cross_attention and cache is not None and cache.is_updated.get(self.layer_idx):
-            key, value = layer_cache.layers[self.layer_idx].keys, layer_cache.layers[self.layer_idx].values
-        else:
-            source = key_value_states if self.is_cross_attention else hidden_states
-            kv_shape = (*source.shape[:-1], -1, self.head_dim)
-            key = self.k_proj(source).view(kv_shape).transpose(1, 2)  # (B, H, Lk, Dh)
-            value = self.v_proj(source).view(kv_shape).transpose(1, 2)
-            if layer_cache is not None:
-                key, value = layer_cache.update(key, value, self.layer_idx)
-                if self.is_cross_attention:
-                    cache.is_updated[self.layer_idx] = True
-        attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
-            self.config._attn_implementation, eager_attention_forward
-        )
-        out, weights = attention_interface(
-            self, query, key, value, attention_mask, scaling=self.scaling,
-            dropout=0.0 if not self.training else self.dropout, **kwargs,
-        )
-        return self.out_proj(out.reshape(*hidden_states.shape[:-1], -1).contiguous()), weights
-
-
-class BvUViMDecoderLayer(GradientCheckpointingLayer):
-    """big_vision ``vtt.EncoderDecoderBlock``: pre-LN causal self-attention, cross-attention to the image tokens
-    and ``vit.MlpBlock``, each with a residual (LayerNorms and MLP with biases, attention without)."""
+class BvUViMDecoderLayer(BvDecoderLayer):
+    """big_vision ``vtt.EncoderDecoderBlock`` (`BvDecoderLayer`): pre-LN causal self-attention, cross-attention to
+    the image tokens and ``vit.MlpBlock``, each with a residual (LayerNorms and MLP with biases, attention without)."""
 
     def __init__(self, config: BvUViMVTTConfig, layer_idx: int):
-        super().__init__()
-        width = config.hidden_size
-        self.layer_norm1 = nn.LayerNorm(width, eps=config.layer_norm_eps)
-        self.self_attn = BvUViMAttention(config, layer_idx)
-        self.layer_norm2 = nn.LayerNorm(width, eps=config.layer_norm_eps)
-        self.cross_attn = BvUViMAttention(config, layer_idx, is_cross_attention=True)
-        self.layer_norm3 = nn.LayerNorm(width, eps=config.layer_norm_eps)
-        self.mlp = BvViTMLP(width, config.intermediate_size, config.hidden_act, config.dropout)
-        self.dropout = nn.Dropout(config.dropout)
-
-    def forward(
-        self,
-        hidden_states: torch.Tensor,
-        encoder_hidden_states: torch.Tensor,
-        attention_mask: torch.Tensor | None = None,
-        cache: EncoderDecoderCache | None = None,
-        **kwargs,
-    ) -> torch.Tensor:
-        residual = hidden_states
-        hidden_states, _ = self.self_attn(self.layer_norm1(hidden_states), attention_mask=attention_mask, cache=cache)
-        hidden_states = residual + self.dropout(hidden_states)
-        residual = hidden_states
-        hidden_states, _ = self.cross_attn(self.layer_norm2(hidden_states), encoder_hidden_states, cache=cache)
-        hidden_states = residual + self.dropout(hidden_states)
-        return hidden_states + self.mlp(self.layer_norm3(hidden_states))
+        super().__init__(config, layer_idx, config.vision_config.hidden_size, causal=True)
 
 
-class BvUViMDecoder(nn.Module):
-    """big_vision ``vtt.Decoder`` without ``LogitsDense``: ``EmbedTargets`` + ``pos_embedding_decoder``, the blocks,
-    ``LayerNorm``. Positions continue from the cache's length (``AddPositionEmbs(decode=True)``)."""
+class BvUViMDecoder(BvTokenDecoder):
+    """big_vision ``vtt.Decoder`` without ``LogitsDense`` (`BvTokenDecoder`): ``EmbedTargets`` +
+    ``pos_embedding_decoder`` (then dropout), the blocks, ``LayerNorm``. Positions continue from the cache's length
+    (``AddPositionEmbs(decode=True)``)."""
 
     def __init__(self, config: BvUViMVTTConfig):
-        super().__init__()
-        self.config = config
-        width, length = config.hidden_size, config.max_position_embeddings
-        self.embed_tokens = nn.Embedding(config.vocab_size, width)
-        if config.posemb == "learn":
-            self.position_embedding = nn.Parameter(torch.zeros(1, length, width))
-        else:  # vit.get_posemb(..., (1, seq_len), ...): sincos on a 1 x seq_len grid; recomputed by _init_weights
-            self.register_buffer("position_embedding", posemb_sincos_2d(1, length, width), persistent=False)
+        super().__init__(config, BvUViMDecoderLayer)
         self.dropout = nn.Dropout(config.dropout)
-        self.layers = nn.ModuleList([BvUViMDecoderLayer(config, i) for i in range(config.num_hidden_layers)])
-        self.layer_norm = nn.LayerNorm(width, eps=config.layer_norm_eps)
 
     def forward(
         self,
@@ -461,48 +378,29 @@ class BvUViMDecoder(nn.Module):
     ) -> torch.Tensor:
         past = cache.get_seq_length() if cache is not None else 0
         length = input_ids.shape[1]
-        if past + length > self.config.max_position_embeddings:
-            raise ValueError(f"the decoder has {self.config.max_position_embeddings} positions (big_vision seq_len); "
-                             f"got {past} cached + {length} new tokens")
         x = self.embed_tokens(input_ids)
         if self.config.zero_decoder_seq:
             x = torch.zeros_like(x)
-        x = self.dropout(x + self.position_embedding[:, past:past + length].to(x.dtype))
+        x = self.dropout(x + self.posemb(past, length, x.dtype))
         mask = create_causal_mask(
             config=self.config, inputs_embeds=x, attention_mask=None,
             cache=cache.self_attention_cache if cache is not None else None,
             position_ids=torch.arange(past, past + length, device=x.device)[None],
         )
-        for layer in self.layers:
-            x = layer(x, encoder_hidden_states, attention_mask=mask, cache=cache, **kwargs)
-        return self.layer_norm(x)
+        return self.run_layers(x, encoder_hidden_states, mask, cache, **kwargs)
 
 
-class BvUViMVTTPreTrainedModel(BvViTPreTrainedModel):
+class BvUViMVTTPreTrainedModel(BvEncoderDecoderMixin, BvViTPreTrainedModel):
     config: BvUViMVTTConfig
     config_class = BvUViMVTTConfig
-    base_model_prefix = "model"
-    main_input_name = "pixel_values"
-    input_modalities = ("image", "text")
     _no_split_modules = ["BvViTEmbeddings", "BvViTEncoderLayer", "BvUViMDecoderLayer"]
-    _can_record_outputs = {}
 
     @torch.no_grad()
     def _init_weights(self, module):
         """big_vision's initialisers (``uvim/vtt.py``); loaded tensors are left alone."""
         super()._init_weights(module)
-        if isinstance(module, BvUViMAttention):  # flax attention default kernel_init: lecun_normal
-            for proj in (module.q_proj, module.k_proj, module.v_proj, module.out_proj):
-                init.lecun_normal_(proj.weight)
-        elif isinstance(module, BvUViMDecoder):
-            init.normal_(module.embed_tokens.weight, std=1.0)  # EmbedTargets: normal(stddev=1.0)
-            config = module.config
-            if config.posemb == "learn":
-                init.normal_(module.position_embedding, std=1 / np.sqrt(config.hidden_size))
-            else:
-                init.copy_(module.position_embedding,
-                           posemb_sincos_2d(1, config.max_position_embeddings, config.hidden_size))
-        elif isinstance(module, BvUViMVTTForConditionalGeneration):
+        init_decoder_module_(module)
+        if isinstance(module, BvUViMVTTForConditionalGeneration):
             init_flax_dense_(module.lm_head, zero_kernel=True)  # LogitsDense: kernel_init=zeros
 
 
@@ -513,11 +411,9 @@ class BvUViMVTTModel(BvUViMVTTPreTrainedModel):
     Example:
         >>> import torch
         >>> from big_vision_hf import BvUViMVTTConfig, BvUViMVTTModel
-        >>> config = BvUViMVTTConfig(
-        ...     vision_config={"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
-        ...                    "intermediate_size": 64, "patch_size": 8, "image_size": 32, "pool_type": "none"},
-        ...     vocab_size=17, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
-        ...     max_position_embeddings=4)
+        >>> from big_vision_hf.configuration.configuration_bv_uvim import bv_vtt_kwargs_to_config
+        >>> config = BvUViMVTTConfig(**bv_vtt_kwargs_to_config(dict(  # big_vision vtt.Model kwargs
+        ...     num_heads=2, num_layers=1, mlp_dim=64, emb_dim=32, vocab_size=17, seq_len=4, input_size=32, patches=8)))
         >>> model = BvUViMVTTModel(config).eval()
         >>> out = model(torch.zeros(1, 3, 32, 32), decoder_input_ids=torch.zeros(1, 4, dtype=torch.long))
         >>> out.last_hidden_state.shape, out.encoder_last_hidden_state.shape
@@ -529,15 +425,6 @@ class BvUViMVTTModel(BvUViMVTTPreTrainedModel):
         self.encoder = BvViTModel(config.vision_config)
         self.decoder = BvUViMDecoder(config)
         self.post_init()
-
-    def get_input_embeddings(self) -> nn.Module:
-        return self.decoder.embed_tokens
-
-    def set_input_embeddings(self, value: nn.Module) -> None:
-        self.decoder.embed_tokens = value
-
-    def get_encoder(self, modality: str | None = None) -> BvViTModel:
-        return self.encoder
 
     def forward(
         self,
@@ -559,18 +446,17 @@ class BvUViMVTTModel(BvUViMVTTPreTrainedModel):
             if pixel_values is None:
                 raise ValueError("pass pixel_values (or encoder_outputs)")
             encoder_outputs = self.encoder(pixel_values)
-        elif isinstance(encoder_outputs, (tuple, list)):
-            encoder_outputs = BaseModelOutput(last_hidden_state=encoder_outputs[0])
+        encoded = encoder_hidden_states_of(encoder_outputs)
         if decoder_input_ids is None:
             raise ValueError("pass decoder_input_ids (or labels to the ...ForConditionalGeneration model)")
         use_cache = use_cache if use_cache is not None else False
         if use_cache and cache is None:
             cache = EncoderDecoderCache(DynamicCache(config=self.config), DynamicCache(config=self.config))
-        hidden = self.decoder(decoder_input_ids, encoder_outputs.last_hidden_state, cache=cache if use_cache else None)
+        hidden = self.decoder(decoder_input_ids, encoded, cache=cache if use_cache else None)
         return Seq2SeqModelOutput(
             last_hidden_state=hidden,
             cache=cache if use_cache else None,
-            encoder_last_hidden_state=encoder_outputs.last_hidden_state,
+            encoder_last_hidden_state=encoded,
         )
 
 
@@ -587,11 +473,9 @@ class BvUViMVTTForConditionalGeneration(BvUViMVTTPreTrainedModel, GenerationMixi
     Example:
         >>> import torch
         >>> from big_vision_hf import BvUViMVTTConfig, BvUViMVTTForConditionalGeneration
-        >>> config = BvUViMVTTConfig(
-        ...     vision_config={"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
-        ...                    "intermediate_size": 64, "patch_size": 8, "image_size": 32, "pool_type": "none"},
-        ...     vocab_size=17, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
-        ...     max_position_embeddings=4)
+        >>> from big_vision_hf.configuration.configuration_bv_uvim import bv_vtt_kwargs_to_config
+        >>> config = BvUViMVTTConfig(**bv_vtt_kwargs_to_config(dict(  # big_vision vtt.Model kwargs
+        ...     num_heads=2, num_layers=1, mlp_dim=64, emb_dim=32, vocab_size=17, seq_len=4, input_size=32, patches=8)))
         >>> model = BvUViMVTTForConditionalGeneration(config).eval()
         >>> image, codes = torch.zeros(2, 3, 32, 32), torch.randint(1, 17, (2, 4))
         >>> out = model(pixel_values=image, labels=codes)
@@ -615,18 +499,6 @@ class BvUViMVTTForConditionalGeneration(BvUViMVTTPreTrainedModel, GenerationMixi
         self.generation_config.max_new_tokens = config.max_position_embeddings
         self.generation_config.eos_token_id = None
 
-    def get_input_embeddings(self) -> nn.Module:
-        return self.model.decoder.embed_tokens
-
-    def set_input_embeddings(self, value: nn.Module) -> None:
-        self.model.decoder.embed_tokens = value
-
-    def get_output_embeddings(self) -> nn.Module:
-        return self.lm_head
-
-    def get_encoder(self, modality: str | None = None) -> BvViTModel:
-        return self.model.encoder
-
     @torch.no_grad()
     def generate(self, *args, **kwargs) -> torch.LongTensor:
         r"""transformers' ``generate`` with big_vision's sampling defaults: ``do_sample=True`` without ``top_k``
@@ -636,11 +508,10 @@ class BvUViMVTTForConditionalGeneration(BvUViMVTTPreTrainedModel, GenerationMixi
         Example:
             >>> import torch
             >>> from big_vision_hf import BvUViMVTTConfig, BvUViMVTTForConditionalGeneration
-            >>> config = BvUViMVTTConfig(
-            ...     vision_config={"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
-            ...                    "intermediate_size": 64, "patch_size": 8, "image_size": 32, "pool_type": "none"},
-            ...     vocab_size=17, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
-            ...     max_position_embeddings=4)
+            >>> from big_vision_hf.configuration.configuration_bv_uvim import bv_vtt_kwargs_to_config
+            >>> config = BvUViMVTTConfig(**bv_vtt_kwargs_to_config(dict(  # big_vision vtt.Model kwargs
+            ...     num_heads=2, num_layers=1, mlp_dim=64, emb_dim=32, vocab_size=17, seq_len=4, input_size=32,
+            ...     patches=8)))
             >>> model = BvUViMVTTForConditionalGeneration(config).eval()
             >>> image = torch.zeros(1, 3, 32, 32)
             >>> greedy = model.generate(pixel_values=image)  # big_vision temperature=1e-7

@@ -480,15 +480,16 @@ class BvViTAttention(nn.Module):
 class BvViTMLP(nn.Module):
     """big_vision ``vit.MlpBlock`` (also ``mlp_mixer.MlpBlock``): Dense -> GELU (tanh) -> Dropout -> Dense.
 
-    Widths are arguments because the MLP-Mixer applies the same block over tokens and over channels.
+    Widths are arguments because the MLP-Mixer applies the same block over tokens and over channels. ``bias=False``
+    drops both biases (CapPa's ``decoder_bias=False``).
     """
 
-    def __init__(self, width: int, mlp_dim: int, hidden_act: str, dropout: float = 0.0):
+    def __init__(self, width: int, mlp_dim: int, hidden_act: str, dropout: float = 0.0, bias: bool = True):
         super().__init__()
-        self.fc1 = nn.Linear(width, mlp_dim)
+        self.fc1 = nn.Linear(width, mlp_dim, bias=bias)
         self.activation_fn = ACT2FN[hidden_act]
         self.dropout = nn.Dropout(dropout)
-        self.fc2 = nn.Linear(mlp_dim, width)
+        self.fc2 = nn.Linear(mlp_dim, width, bias=bias)
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         return self.fc2(self.dropout(self.activation_fn(self.fc1(hidden_states))))
@@ -778,6 +779,22 @@ def init_flax_dense_(layer: nn.Module, zero_kernel: bool = False) -> None:
     init.zeros_(layer.bias)
 
 
+def init_vit_block_module_(module: nn.Module) -> None:
+    """big_vision ``vit.Encoder1DBlock``'s initialisers (also for models holding `BvViTEncoder` s plainly, not as a
+    `BvViTPreTrainedModel`): MHA xavier_uniform kernels and zero biases, ``MlpBlock`` xavier_uniform kernels and
+    normal(1e-6) biases (loaded tensors are left alone: the ``transformers.initialization`` functions are guarded)."""
+    if isinstance(module, BvViTAttention):
+        for proj in (module.q_proj, module.k_proj, module.v_proj, module.out_proj):
+            init.xavier_uniform_(proj.weight)
+            if proj.bias is not None:  # ViT-22B: no q/k/v biases
+                init.zeros_(proj.bias)
+    elif isinstance(module, BvViTMLP):
+        for fc in (module.fc1, module.fc2):
+            init.xavier_uniform_(fc.weight)
+            if fc.bias is not None:  # CapPa's decoder_bias=False
+                init.normal_(fc.bias, std=1e-6)
+
+
 class BvViTPreTrainedModel(BvStrictLoadingMixin, PreTrainedModel):
     config: BvViTConfig
     config_class = BvViTConfig
@@ -819,15 +836,8 @@ class BvViTPreTrainedModel(BvStrictLoadingMixin, PreTrainedModel):
                 init.copy_(module.position_embedding, posemb_sincos_2d(*module.grid_size, module.config.hidden_size))
             if module.cls_token is not None:
                 init.zeros_(module.cls_token)
-        elif isinstance(module, BvViTAttention):  # MHA kernel_init=xavier_uniform, zero biases
-            for proj in (module.q_proj, module.k_proj, module.v_proj, module.out_proj):
-                init.xavier_uniform_(proj.weight)
-                if proj.bias is not None:  # ViT-22B: no q/k/v biases
-                    init.zeros_(proj.bias)
-        elif isinstance(module, BvViTMLP):  # vit.MlpBlock: xavier_uniform kernels, normal(1e-6) biases
-            for fc in (module.fc1, module.fc2):
-                init.xavier_uniform_(fc.weight)
-                init.normal_(fc.bias, std=1e-6)
+        elif isinstance(module, (BvViTAttention, BvViTMLP)):
+            init_vit_block_module_(module)
         elif isinstance(module, BvMAPHead):  # MAPHead probe: xavier_uniform over (1, d)
             bound = float(np.sqrt(6.0 / (1 + module.probe.shape[-1])))
             init.uniform_(module.probe, -bound, bound)

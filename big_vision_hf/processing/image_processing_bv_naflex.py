@@ -173,6 +173,25 @@ class BvNaFlexImageProcessor(BvBaseImageProcessor):
         seq["shape"] = (int(seq["yidx"].max()) + 1, int(seq["xidx"].max()) + 1)
         return seq
 
+    def budget_for(self, image: np.ndarray, patch_size: int, max_num_patches: int, **kwargs) -> int:
+        """The patch budget of a ``(C, H, W)`` image: NaFlex resizes every image to fill ``max_num_patches``."""
+        return max_num_patches
+
+    def batch_sequences(self, sequences: list[dict[str, np.ndarray]], max_num_patches: int, **kwargs) -> dict:
+        """NaFlex's batch: each sequence padded to ``max_num_patches`` (``pad_to_shape``) and stacked, with the
+        patch grids as ``spatial_shapes``."""
+        pixel_values, masks, shapes = [], [], []
+        for seq in sequences:
+            shapes.append(seq.pop("shape"))
+            seq = pad_to_sequence(seq, max_num_patches)
+            pixel_values.append(seq["patches"])
+            masks.append(seq["type"])
+        return {
+            "pixel_values": np.stack(pixel_values),
+            "pixel_attention_mask": np.stack(masks),
+            "spatial_shapes": np.asarray(shapes, np.int64).reshape(-1, 2),
+        }
+
     def _preprocess(
         self,
         images: list[np.ndarray],
@@ -183,16 +202,11 @@ class BvNaFlexImageProcessor(BvBaseImageProcessor):
         return_tensors=None,
         **kwargs,
     ) -> BatchFeature:
-        pixel_values, masks, shapes = [], [], []
+        # kwargs carries the subclass's own options (NaViT's resolution, sequence_length) to its two hooks
+        sequences = []
         for image in images:
-            seq = self.image_sequence(image, max_num_patches, patch_size, value_range, do_resize)
-            shapes.append(seq.pop("shape"))
-            seq = pad_to_sequence(seq, max_num_patches)
-            pixel_values.append(seq["patches"].astype(np.float32))
-            masks.append(seq["type"])
-        data = {
-            "pixel_values": np.stack(pixel_values),
-            "pixel_attention_mask": np.stack(masks),
-            "spatial_shapes": np.asarray(shapes, np.int64).reshape(-1, 2),
-        }
-        return BatchFeature(data=data, tensor_type=return_tensors)
+            budget = self.budget_for(image, patch_size, max_num_patches, **kwargs)
+            seq = self.image_sequence(image, budget, patch_size, value_range, do_resize)
+            seq["patches"] = seq["patches"].astype(np.float32)
+            sequences.append(seq)
+        return BatchFeature(data=self.batch_sequences(sequences, max_num_patches, **kwargs), tensor_type=return_tensors)

@@ -16,10 +16,7 @@ variable-length attention packs them into one sequence with no padding.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import numpy as np
-from transformers.image_processing_base import BatchFeature
 
 from .image_processing_bv_naflex import BvNaFlexImageProcessor, BvNaFlexImageProcessorKwargs
 from .sequence_packing import native_patch_budget, next_fit, pack_sequences
@@ -64,7 +61,8 @@ class BvNaViTImageProcessor(BvNaFlexImageProcessor):
     resolution = "max"
     sequence_length = None
 
-    def budget_for(self, image: np.ndarray, resolution: str, patch_size: int, max_num_patches: int) -> int:
+    def budget_for(self, image: np.ndarray, patch_size: int, max_num_patches: int, resolution: str = "max",
+                   **kwargs) -> int:
         """The patch budget of a ``(C, H, W)`` image under ``resolution``."""
         if resolution not in RESOLUTIONS:
             raise ValueError(f"resolution={resolution!r}; expected one of {RESOLUTIONS}")
@@ -72,28 +70,13 @@ class BvNaViTImageProcessor(BvNaFlexImageProcessor):
             return max_num_patches
         return native_patch_budget(image.shape[1], image.shape[2], patch_size, max_num_patches)
 
-    def _preprocess(
-        self,
-        images: list[np.ndarray],
-        do_resize: bool,
-        patch_size: int,
-        max_num_patches: int,
-        value_range: Sequence[float],
-        resolution: str = "max",
-        sequence_length: int | None = None,
-        return_tensors=None,
-        **kwargs,
-    ) -> BatchFeature:
+    def batch_sequences(self, sequences: list[dict[str, np.ndarray]], max_num_patches: int,
+                        sequence_length: int | None = None, **kwargs) -> dict:
+        """NaViT's batch: the sequences packed, next fit in input order, into rows of ``sequence_length``."""
         length = sequence_length or max_num_patches
         if length < max_num_patches:
             raise ValueError(f"sequence_length={length} is shorter than max_num_patches={max_num_patches}")
-        sequences = []
-        for image in images:
-            budget = self.budget_for(image, resolution, patch_size, max_num_patches)
-            seq = self.image_sequence(image, budget, patch_size, value_range, do_resize)
-            seq["patches"] = seq["patches"].astype(np.float32)
-            sequences.append(seq)
         rows = next_fit([len(seq["patches"]) for seq in sequences], length)
         packed = pack_sequences(sequences, rows, length)
         packed.pop("image_order")  # next_fit keeps the input order
-        return BatchFeature(data=packed, tensor_type=return_tensors)
+        return packed

@@ -513,12 +513,13 @@ _reg("rsvqa_hr", "rsvqa_hr.py",
      dataset="rsvqa_hr/nonum train + val", notes="eval keeps `question_type`.")
 
 # ---- big_vision/configs/proj/paligemma/transfers/refcoco_seg.py ----
+REFCOCO_HPARAMS = {224: H(lr=3e-5, wd=0.0, total_epochs=100, batch_size=256, label_smoothing=0.3, llm_dropout=0.1),
+                   448: H(lr=1e-5, wd=0.0, total_epochs=100, batch_size=256, label_smoothing=0.3),
+                   896: H(lr=1e-5, wd=0.0, total_epochs=100, batch_size=64, label_smoothing=0.3)}
 _reg("refcoco_seg", "refcoco_seg.py",
      prefix="{sentence}", suffix=refcoco_suffix, fields=("sentence", "mask", "bbox"),
      text_len=48, metric="segmentation",
-     hparams={224: H(lr=3e-5, wd=0.0, total_epochs=100, batch_size=256, label_smoothing=0.3, llm_dropout=0.1),
-              448: H(lr=1e-5, wd=0.0, total_epochs=100, batch_size=256, label_smoothing=0.3),
-              896: H(lr=1e-5, wd=0.0, total_epochs=100, batch_size=64, label_smoothing=0.3)},
+     hparams=REFCOCO_HPARAMS,
      # get_config: res=448, total_epochs=5, batch_size=64; sweep_best sets no wd -> get_config's 0.0.
      dataset="ref_coco_bv/refcocox_combined:1.4.0 train",
      notes="prefix = the raw referring expression (refcoco_mask2str sets prefix=sentence; no 'segment'). "
@@ -528,9 +529,7 @@ _reg("refcoco_seg", "refcoco_seg.py",
 _reg("refcoco_det", "refcoco_seg.py",
      prefix="detect {sentence}", suffix=refcoco_det_suffix, fields=("sentence", "bbox"),
      text_len=48, metric="detection",
-     hparams={224: H(lr=3e-5, wd=0.0, total_epochs=100, batch_size=256, label_smoothing=0.3, llm_dropout=0.1),
-              448: H(lr=1e-5, wd=0.0, total_epochs=100, batch_size=256, label_smoothing=0.3),
-              896: H(lr=1e-5, wd=0.0, total_epochs=100, batch_size=64, label_smoothing=0.3)},
+     hparams=REFCOCO_HPARAMS,
      dataset="ref_coco_bv/refcocox_combined:1.4.0 train",
      notes="not in the config: big_vision has no detection transfer. Hyperparameters borrowed from refcoco_seg.py; "
            "prompt 'detect {sentence}' is the pretraining/mix detection prompt, not a transfer config.")
