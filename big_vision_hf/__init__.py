@@ -6,6 +6,7 @@ converted folders load with ``AutoModel*.from_pretrained(folder)``, and exports 
 """
 
 from .configuration.configuration_bv_vit import decode_variant  # noqa: F401 (exported: __all__ is built below)
+from .modeling import paligemma_attention  # noqa: F401 (registers attn_implementation="bv_flex_attention")
 from .registration import exported_classes, register_auto_classes
 
 register_auto_classes()

@@ -102,9 +102,14 @@ def _transfer(args: argparse.Namespace) -> int:
         eval_batch_size=args.eval_batch_size, eval_limit=args.eval_limit, eval_before=not args.no_eval_before,
         precision=args.precision, resume=args.resume, split=args.split, eval_split=args.eval_split,
         column_map=_column_map(args.column_map), skip_bad=args.skip_bad, vqvae=args.vqvae, seed=args.seed,
-        progress=not args.quiet, overwrite=args.overwrite, report_to=args.report_to,
+        progress=not args.quiet, overwrite=args.overwrite, report_to=args.report_to, fsdp=args.fsdp,
+        feature_cache=args.feature_cache, attention=args.attention,
     )
-    _push(args, args.output)
+    from .transfer.distributed import finish, is_main_process
+
+    finish()  # under a launcher: leave its process group before exiting
+    if is_main_process():  # the one that wrote the folder
+        _push(args, args.output)
     return 0
 
 
@@ -114,7 +119,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     run_evaluate(args.model, args.data, args.task, args.output, split=args.split,
                  column_map=_column_map(args.column_map), limit=args.limit, batch_size=args.batch_size,
                  decoding=args.decoding, num_beams=args.num_beams, skip_bad=args.skip_bad, vqvae=args.vqvae,
-                 progress=not args.quiet, overwrite=args.overwrite)
+                 progress=not args.quiet, overwrite=args.overwrite, attention=args.attention)
     return 0
 
 
@@ -155,6 +160,20 @@ def _list(args: argparse.Namespace) -> int:
         if args.filter and args.filter.lower() not in entry.name.lower():
             continue
         print(f"{entry.name:32s} {entry.model_name:16s} {entry.image_size:4d}px  {entry.url}")
+    return 0
+
+
+def _plan(args: argparse.Namespace) -> int:
+    from .transfer.planner import plan_report
+
+    if args.lora is not None and args.full:
+        raise ValueError("--lora and --full exclude each other")
+    print(plan_report(
+        args.model, gpus=args.gpus, memory=args.gpu_memory, task=args.task, batch=args.batch,
+        text_len=args.text_len, seq_len=args.seq_len, rows=args.supervised, headroom=args.headroom,
+        lora_rank=None if args.full else (args.lora or 8), dtype=args.dtype, attention=args.attention,
+        gradient_checkpointing=args.gradient_checkpointing, feature_cache=args.feature_cache,
+        **({"freeze_vit": True} if args.freeze_vit else {})))
     return 0
 
 
@@ -258,6 +277,7 @@ def build_parser() -> argparse.ArgumentParser:
             "  big-vision-hf transfer --data train.jsonl --eval-data val.jsonl   # {image, prefix, suffix} records\n"
             "  big-vision-hf transfer --task vqav2 --model pg-224/ --data vqa/ --lora --output out/vqav2\n"
             "  big-vision-hf transfer --task jsonl --model pg-224/ --data ds_folder/ --column-map image=img\n"
+            "  torchrun --nproc_per_node 8 -m big_vision_hf.cli transfer --model pg2/ --data d.jsonl --fsdp # sharded\n"
             "  big-vision-hf tasks                                      # the task table"
         ),
     )
@@ -286,6 +306,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-limit", type=_POSITIVE_INT, help="evaluate on at most this many examples")
     p.add_argument("--no-eval-before", action="store_true", help="skip evaluating the model before training")
     p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help="training precision (default fp32)")
+    _attention_argument(p)
+    p.add_argument("--feature-cache", choices=["auto", "off", "memory", "disk"], default="auto",
+                   help="compute the frozen image tower's projected tokens once per image and train on them: auto "
+                   "(default: when the tower and projector are frozen, e.g. --lora llm, and the images are not "
+                   "augmented; in memory, on disk under ~/.cache/big_vision_hf/features when large), off, memory, "
+                   "disk; the choice and its reason are printed at the start")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run (OUTPUT.partial) from its "
                    "newest complete checkpoint")
     p.add_argument("--overwrite", action="store_true", help="replace OUTPUT if it exists (and any interrupted run)")
@@ -300,6 +326,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--report-to", nargs="+", metavar="TOOL", help="log the training (loss, learning rate, "
                    "evaluation loss) to tensorboard, wandb and/or mlflow, as transformers' Trainer does (each must be "
                    "installed); default: none (the curves still go to training_curves.png)")
+    p.add_argument("--fsdp", action="store_true", help="shard parameters, gradients and optimizer state over the "
+                   "launcher's processes with FSDP2 (start with `torchrun --nproc_per_node N -m big_vision_hf.cli "
+                   "transfer ... --fsdp`, or `accelerate launch` with the shipped config instead: see `python -m "
+                   "big_vision_hf.transfer.distributed`); sharded checkpoints, --resume, the folder written whole")
     _hub_arguments(p)
     p.set_defaults(func=_transfer)
 
@@ -314,6 +344,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--column-map", nargs="+", metavar="FIELD=COLUMN", help="rename your columns to the task's fields")
     p.add_argument("--limit", type=_POSITIVE_INT, help="at most this many examples")
     p.add_argument("--batch-size", type=_POSITIVE_INT, default=16)
+    _attention_argument(p)
     p.add_argument("--decoding", choices=["greedy", "beam"], help="override the task's decoding")
     p.add_argument("--num-beams", type=_POSITIVE_INT, help="beams for --decoding beam")
     p.add_argument("--skip-bad", action="store_true", help="drop (and count) records that do not fit the task or "
@@ -326,6 +357,46 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("tasks", help="list the transfer tasks (big_vision's PaliGemma transfer configs)")
     p.set_defaults(func=_tasks)
+
+    p = sub.add_parser(
+        "plan", help="will it fit? per-GPU memory of a PaliGemma transfer step by part, and the largest batch",
+        description="Per-GPU memory of one training step of `transfer` (weights, gradients, optimizer state, "
+        "activations, eager attention scores, transient) at the task's recipe, on 1 GPU and with FSDP (full shard) "
+        "on --gpus, and the largest per-GPU batch that fits --gpu-memory. Counted from transformers' Gemma / "
+        "Gemma 2 / SigLIP code and checked against measured peaks on small models (benchmarks/bench_planner.py).",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="examples:\n"
+        "  big-vision-hf plan --model pg2-10b-448 --gpus 8 --gpu-memory 80GB --lora\n"
+        "  big-vision-hf plan --model pg2-28b-896 --gpus 8 --full --attention flex --gradient-checkpointing\n"
+        "  big-vision-hf plan --model out/pg-224 --gpu-memory 24GB --task vqav2 --batch 64\n"
+        "named models: pg1-3b, pg2-3b, pg2-10b, pg2-28b, each -224, -448 or -896")
+    p.add_argument("--model", required=True, help="a named model (pg2-10b-448, ...) or a converted PaliGemma folder")
+    p.add_argument("--gpus", type=_POSITIVE_INT, default=8, help="GPUs for the FSDP column (default 8)")
+    p.add_argument("--gpu-memory", default="80GB", help="memory of one GPU, e.g. 80GB, 24GiB (GB = GiB = 2^30 "
+                   "bytes, as cards are sold; default 80GB)")
+    p.add_argument("--lora", nargs="?", type=_POSITIVE_INT, const=8, metavar="RANK",
+                   help="LoRA on the llm preset with this rank (default when neither --lora nor --full: rank 8)")
+    p.add_argument("--full", action="store_true", help="full fine-tuning")
+    p.add_argument("--freeze-vit", action="store_true", help="with --full: the image tower frozen (default: the "
+                   "task's freeze_vit)")
+    p.add_argument("--dtype", choices=["amp", "bf16", "fp32"], default="amp", help="amp (default): float32 weights "
+                   "under bfloat16 autocast, what `transfer --precision bf16` runs; bf16: a model loaded in bfloat16; "
+                   "fp32: transfer's default precision")
+    p.add_argument("--attention", choices=["eager", "sdpa", "flex"],
+                   help="the language model's: eager keeps [B, heads, L, L] scores per layer, sdpa / flex do not "
+                   "(default: what transfer picks on a GPU, flex for PaliGemma 2, sdpa for PaliGemma 1)")
+    p.add_argument("--gradient-checkpointing", action="store_true", help="keep layer inputs only, recompute")
+    p.add_argument("--feature-cache", action="store_true", help="frozen tower's image tokens read from the cache "
+                   "(no SigLIP forward; needs LoRA or --freeze-vit)")
+    p.add_argument("--task", default="docvqa", help="the recipe (global batch, text_len, frames; default docvqa)")
+    p.add_argument("--batch", type=_POSITIVE_INT, help="global batch (default: the task's)")
+    p.add_argument("--text-len", type=_POSITIVE_INT, help="text tokens per example (default: the task's text_len)")
+    p.add_argument("--seq-len", type=_POSITIVE_INT, help="total tokens per example, image tokens included")
+    p.add_argument("--supervised", type=_POSITIVE_INT, help="supervised (suffix) tokens per example, whose logits "
+                   "are computed (default: all of text_len)")
+    p.add_argument("--headroom", type=_number(float, 0), default=0.1, help="fraction of the GPU kept free for the "
+                   "CUDA context and allocator (default 0.1)")
+    p.set_defaults(func=_plan)
 
     p = sub.add_parser("demo", help="build a tiny big_vision checkpoint, convert it, load it and classify an image")
     p.add_argument("--out-dir", default="outputs/demo", help="where the converted folder goes (default outputs/demo)")
@@ -342,6 +413,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--share", action="store_true", help="also make a public Gradio share link")
     p.set_defaults(func=_app)
     return parser
+
+
+def _attention_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--attention", choices=["auto", "eager", "flex_attention", "sdpa"], default="auto",
+                   help="the language model's attention with --model: auto (default: PaliGemma 2 on flex_attention "
+                   "where it compiles -- soft-cap as score_mod, one prefix-LM block mask, no [L, L] scores -- else "
+                   "eager, the reason printed; PaliGemma 1 on sdpa), eager, flex_attention, sdpa (PaliGemma 1 only)")
 
 
 def _hub_arguments(p: argparse.ArgumentParser) -> None:

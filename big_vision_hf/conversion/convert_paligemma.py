@@ -54,7 +54,8 @@ What the conversion has to get right (each checked against the golden outputs of
 - **Attention implementation.** The prefix-LM mask (``make_attn_mask``: image + prefix bidirectional, suffix
   causal) reaches the model only through ``token_type_ids`` (0 = prefix, 1 = suffix). Gemma 2 soft-caps
   attention logits, which ``sdpa`` cannot do: transformers falls back to ``eager`` when no implementation is
-  asked for, and refuses an explicit ``sdpa``; use ``eager`` (or ``flex_attention``). ``flash_attention_*``
+  asked for, and refuses an explicit ``sdpa``; use ``flex_attention`` (no ``[L, L]`` scores;
+  ``modeling.paligemma_attention`` chooses it where it runs) or ``eager``. ``flash_attention_*``
   keep only the padding mask, so the suffix would be attended bidirectionally. ``sdpa`` is exact for
   PaliGemma 1 when ``token_type_ids`` are given, and silently bidirectional without them on unpadded batches.
   A folder cannot pin the choice (transformers does not serialise ``attn_implementation``); the model card
@@ -583,8 +584,12 @@ print(processor.post_process_generation(out, inputs["input_ids"])[0])
 The processor always returns `token_type_ids` (0 = image + prompt, attended bidirectionally; 1 = answer, causal):
 without them transformers builds no prefix-LM mask."""
     attention_note = (
-        "Gemma 2 soft-caps attention logits: use `attn_implementation=\"eager\"` (or `\"flex_attention\"`); "
-        "transformers refuses `sdpa`, and `flash_attention_*` drop the prefix-LM mask." if gemma2 else
+        "Gemma 2 soft-caps attention logits: transformers refuses `sdpa`, and `flash_attention_*` drop the "
+        "prefix-LM mask. `attn_implementation=\"flex_attention\"` takes the soft-cap as a `score_mod` and the "
+        "prefix-LM + causal + padding mask as one block mask, without `eager`'s `[batch, heads, L, L]` scores "
+        "(same logits and gradients within 1e-5 in float32; compiled by `torch.compile`: triton on GPU, a C++ "
+        "compiler on CPU, where torch has no flex backward: `big_vision_hf` registers `\"bv_flex_attention\"` "
+        "with one, and `choose_attention` picks). `\"eager\"` runs everywhere." if gemma2 else
         "`sdpa` and `eager` both keep the prefix-LM mask when `token_type_ids` are given; `flash_attention_*` drop it."
     )
     parity = [

@@ -358,9 +358,12 @@ class BvPaliGemmaProcessor(ProcessorMixin):
           ``<loc>``/``<seg>`` id inside the model's vocabulary.
         - PaliGemma 2 (Gemma 2: attention-logit softcapping) with ``sdpa``: transformers 5.23 refuses it (Gemma 2
           has no sdpa path: an error at load, or "sdpa attention does not support softcap" at the first forward
-          when switched later); use ``attn_implementation="eager"`` or ``"flex_attention"``.
+          when switched later); use ``"flex_attention"`` (soft-cap as ``score_mod``, one prefix-LM block mask) or
+          ``"eager"``: ``modeling.paligemma_attention.choose_attention`` picks.
         - ``flash_attention_*`` in training: it keeps only the padding mask, so the suffix is attended
           bidirectionally (inference is unaffected: prompts are all prefix).
+        - ``flex_attention`` in training on CPU: torch has no flex backward there; ``"bv_flex_attention"``
+          (``paligemma_attention.CPU_FLEX``) is the same attention with one.
         - ``final_logit_softcapping`` set in training: big_vision transfers use ``final_logits_softcap=0.0``
           (``forkme.py``); set ``model.config.text_config.final_logit_softcapping = None`` for parity (warning).
         """
@@ -368,18 +371,9 @@ class BvPaliGemmaProcessor(ProcessorMixin):
         text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
         image_id = getattr(config, "image_token_id", getattr(config, "image_token_index", None))
         self.check_ids(image_id, getattr(text_config, "vocab_size", None))
-        impl = getattr(config, "_attn_implementation", None) or getattr(text_config, "_attn_implementation", None)
-        softcap = getattr(text_config, "attn_logit_softcapping", None)
-        if softcap is not None and impl == "sdpa":
-            raise ValueError(
-                "PaliGemma 2 (Gemma 2 softcaps attention logits) cannot run with attn_implementation='sdpa' in "
-                "transformers; load it with attn_implementation='eager' or 'flex_attention'"
-            )
-        if training and impl is not None and impl.startswith("flash_attention"):
-            raise ValueError(
-                f"attn_implementation={impl!r} ignores the prefix-LM mask (token_type_ids): training would attend "
-                "bidirectionally over the answer; use 'eager', 'sdpa' (PaliGemma 1) or 'flex_attention'"
-            )
+        from ..modeling.paligemma_attention import check_attention  # torch-heavy: not at the processor's import
+
+        check_attention(config, training, getattr(model, "device", None))  # the language model's implementation
         if training and getattr(text_config, "final_logit_softcapping", None) is not None:
             warnings.warn(
                 "text_config.final_logit_softcapping is set; big_vision's PaliGemma 2 transfers use "

@@ -49,6 +49,7 @@ import torch
 from PIL import Image
 
 from . import synthetic
+from .distributed import check_launcher, fsdp_training_args, gather_model, is_main_process, main_process_first
 from .recipe import Recipe
 from .reporting import check_report_to, eval_loss_rows, plot_curves
 from .tasks import get_task
@@ -73,11 +74,13 @@ class TransferOutcome:
 # ---------------------------------------------------------------------------------------------------------
 
 
-def load_model_and_processor(model_dir: str, *, dtype: torch.dtype = torch.float32):
+def load_model_and_processor(model_dir: str, *, dtype: torch.dtype = torch.float32, attention: str = "auto"):
     """A converted PaliGemma folder -> ``(PaliGemmaForConditionalGeneration, BvPaliGemmaProcessor)``.
 
-    Gemma 2 (PaliGemma 2) gets ``attn_implementation="eager"`` (it soft-caps attention logits, which ``sdpa``
-    cannot); PaliGemma 1 ``sdpa`` (exact with ``token_type_ids``, which the processor always returns)."""
+    ``attention`` (``--attention``): the language model's implementation, ``"auto"`` by
+    :func:`~big_vision_hf.modeling.paligemma_attention.choose_attention`: Gemma 2 (PaliGemma 2, soft-capped
+    attention logits, which ``sdpa`` cannot do) gets flex attention where it runs, else ``eager``; PaliGemma 1
+    ``sdpa`` (exact with ``token_type_ids``, which the processor always returns). The SigLIP tower keeps ``sdpa``."""
     from transformers import PaliGemmaConfig, PaliGemmaForConditionalGeneration
 
     from ..processing.processing_paligemma import BvPaliGemmaProcessor
@@ -94,16 +97,23 @@ def load_model_and_processor(model_dir: str, *, dtype: torch.dtype = torch.float
     if not os.path.exists(os.path.join(model_dir, "tokenizer.model")):
         raise FileNotFoundError(f"--model {model_dir}: no tokenizer.model; convert with `--tokenizer "
                                 "paligemma_tokenizer.model` (the checkpoint does not contain the tokenizer)")
-    gemma2 = config.text_config.model_type == "gemma2"
-    model = PaliGemmaForConditionalGeneration.from_pretrained(
-        model_dir, dtype=dtype, attn_implementation="eager" if gemma2 else "sdpa")
+    from ..modeling.paligemma_attention import load_kwargs
+
+    kwargs = load_kwargs(config, requested=attention)
+    print(f"language-model attention: {kwargs['attn_implementation']['text_config']}")
+    model = PaliGemmaForConditionalGeneration.from_pretrained(model_dir, dtype=dtype, **kwargs)
     processor = BvPaliGemmaProcessor.from_pretrained(model_dir)
     return model, processor
 
 
 def _tiny_model_and_processor(out_dir: str, texts: Sequence[str], seed: int):
+    from ..processing.tokenization_paligemma import BvPaliGemmaTokenizer
+
     os.makedirs(out_dir, exist_ok=True)
-    tokenizer = synthetic.make_tokenizer(os.path.join(out_dir, "tokenizer.model"), extra_texts=list(texts))
+    path = os.path.join(out_dir, "tokenizer.model")
+    with main_process_first():  # under a launcher the other processes load the main one's (the same vocabulary)
+        tokenizer = (synthetic.make_tokenizer(path, extra_texts=list(texts)) if is_main_process()
+                     else BvPaliGemmaTokenizer(path))
     return synthetic.make_model(tokenizer, seed=seed), synthetic.make_processor(tokenizer)
 
 
@@ -378,7 +388,8 @@ def _synthetic_setup(task: str | None, output_dir: str, overrides: dict, *, eval
     base_task = synthetic.SYNTHETIC_TASKS[task]
     if "segment" in base_task.kinds and vqvae is None:
         vqvae = synthetic.make_vqvae()  # trained on the synthetic masks in seconds (vae-oid's stand-in)
-        vqvae.save_pretrained(os.path.join(output_dir, "vqvae"))
+        if is_main_process():
+            vqvae.save_pretrained(os.path.join(output_dir, "vqvae"))
     train_rows = synthetic.make_dataset(base_task, "train", vqvae=vqvae)
     eval_rows = synthetic.make_dataset(base_task, "validation", vqvae=vqvae)
     if eval_limit:
@@ -400,15 +411,25 @@ def _user_data_setup(task: str, data, eval_data, output_dir: str, overrides: dic
 
 
 def _model_setup(task: str, model: str, data, eval_data, res: int | None, overrides: dict, load: dict,
-                 seed: int) -> _Setup:
+                 seed: int, attention: str = "auto") -> _Setup:
     """The user's data on a converted PaliGemma: the task's big_vision recipe at the model's resolution."""
-    net, processor = load_model_and_processor(model)
+    net, processor = load_model_and_processor(model, attention=attention)
     image_res = processor.image_processor.size["height"]
     res_task = get_task(task, res=res or _nearest(image_res, _resolutions(task)))
     train_rows, eval_rows = _user_data(data, eval_data, res_task, seed=seed, **load)
     recipe = res_task.recipe(**overrides)
     return _Setup(net, processor, train_rows, eval_rows, _fit_batch(recipe, len(train_rows)), os.path.abspath(model),
                   _describe(data), load["vqvae"])
+
+
+def _fresh_model(setup: _Setup, processor, seed: int, lora: str | None, lora_rank: int, attention: str = "auto"):
+    """A new model of ``setup``'s architecture (LoRA-wrapped as the run's), unsharded: a sharded run's result is
+    loaded into it (:func:`~big_vision_hf.transfer.distributed.gather_model`)."""
+    from .training import apply_lora
+
+    model = (load_model_and_processor(setup.base, attention=attention)[0] if os.path.isdir(setup.base)
+             else synthetic.make_model(processor.tokenizer, seed=seed))
+    return apply_lora(model, lora, r=lora_rank) if lora else model
 
 
 def _fit_batch(recipe: Recipe, num_examples: int) -> Recipe:
@@ -455,6 +476,7 @@ def run_transfer(
     eval_limit: int | None = None,
     eval_before: bool = True,
     precision: str = "fp32",
+    feature_cache: str = "auto",
     resume: bool = False,
     split: str | None = None,
     eval_split: str | None = None,
@@ -466,6 +488,8 @@ def run_transfer(
     training_args: dict | None = None,
     overwrite: bool = False,
     report_to: str | Sequence[str] | None = None,
+    fsdp: bool = False,
+    attention: str = "auto",
 ) -> TransferOutcome:
     """Runs one transfer (module docstring) and returns its metrics; everything lands in ``output_dir``.
 
@@ -479,32 +503,48 @@ def run_transfer(
         lora: ``None`` (full fine-tuning, big_vision) or a preset (``"llm"``, ``"llm+vision"``).
         adapter_only: with ``lora``, save the adapter instead of merged weights.
         res, lr, epochs, max_steps, batch_size: override the task's recipe.
-        precision: ``"fp32"`` or ``"bf16"``. resume: continue the interrupted run in ``OUT.partial`` from its
-            newest whole checkpoint. overwrite: replace an existing ``output_dir`` (and any interrupted run).
+        precision: ``"fp32"`` or ``"bf16"``. feature_cache: ``"auto"``, ``"off"``, ``"memory"``, ``"disk"``
+            (:mod:`~big_vision_hf.transfer.feature_cache`). resume: continue the interrupted run in
+            ``OUT.partial`` from its newest whole checkpoint. overwrite: replace an existing ``output_dir`` (and
+            any interrupted run).
         report_to: ``"tensorboard"``, ``"wandb"``, ``"mlflow"`` (or a list): log training and evaluation loss and
             the learning rate there (transformers' integrations; the package must be installed).
         vqvae: a converted ``vae-oid`` folder, for segmentation targets (``<seg>`` tokens).
+        fsdp: shard the training over the launcher's processes with FSDP2 (``--fsdp``; an ``accelerate launch``
+            FSDP or DeepSpeed config does it without): :mod:`~big_vision_hf.transfer.distributed`. Under a launcher
+            the main process evaluates and writes the folder; the others return empty metrics.
+        attention: the language model's attention with ``model`` (``--attention``): ``"auto"`` (flex attention
+            for PaliGemma 2 where it runs, else ``eager``; ``sdpa`` for PaliGemma 1), ``"eager"``, ``"sdpa"``,
+            ``"flex_attention"`` (:mod:`~big_vision_hf.modeling.paligemma_attention`).
 
     Example:
         >>> outcome = run_transfer(output_dir="out")   # the built-in default  # doctest: +SKIP
         >>> outcome.metrics_after["synthetic_count"]["accuracy"]  # doctest: +SKIP
     """
     training_args = {"report_to": check_report_to(report_to), **(training_args or {})}  # checked before any work
+    check_launcher(fsdp)
     final_dir = os.fspath(output_dir)
-    output_dir = _work_folder(final_dir, resume=resume, overwrite=overwrite)
+    with main_process_first():  # one process creates OUT.partial; the launcher's others write into it
+        output_dir = (_work_folder(final_dir, resume=resume, overwrite=overwrite) if is_main_process()
+                      else partial_folder(final_dir))
     try:
         outcome, num_samples = _run_transfer_in(
             task, model, data, eval_data, output_dir, lora=lora, lora_rank=lora_rank, adapter_only=adapter_only,
             res=res, lr=lr, epochs=epochs, max_steps=max_steps, batch_size=batch_size, eval_batch_size=eval_batch_size,
-            eval_limit=eval_limit, eval_before=eval_before, precision=precision, resume=resume, split=split,
+            eval_limit=eval_limit, eval_before=eval_before, precision=precision, feature_cache=feature_cache,
+            resume=resume, split=split,
             eval_split=eval_split, column_map=column_map, skip_bad=skip_bad, vqvae=vqvae, seed=seed,
-            progress=progress, training_args=training_args)
+            progress=progress, training_args=training_args, fsdp=fsdp, attention=attention)
     except BaseException:
+        if not is_main_process():
+            raise
         if not _has_checkpoint(output_dir):  # nothing to resume: leave nothing behind
             shutil.rmtree(output_dir, ignore_errors=True)
         else:
             print(f"the run stopped; {output_dir} keeps its checkpoints (--resume continues it)")
         raise
+    if not is_main_process():
+        return outcome
     from ..atomic import publish
 
     publish(output_dir, os.path.abspath(final_dir), overwrite)
@@ -514,9 +554,9 @@ def run_transfer(
 
 
 def _run_transfer_in(task, model, data, eval_data, output_dir: str, *, lora, lora_rank, adapter_only, res, lr, epochs,
-                     max_steps, batch_size, eval_batch_size, eval_limit, eval_before, precision, resume, split,
-                     eval_split, column_map, skip_bad, vqvae, seed, progress,
-                     training_args) -> tuple[TransferOutcome, int]:
+                     max_steps, batch_size, eval_batch_size, eval_limit, eval_before, precision, feature_cache, resume,
+                     split, eval_split, column_map, skip_bad, vqvae, seed, progress,
+                     training_args, fsdp=False, attention="auto") -> tuple[TransferOutcome, int]:
     """`run_transfer` inside its ``OUT.partial`` folder ``output_dir``: the outcome and the number of drawn
     samples."""
     from .training import train
@@ -533,10 +573,11 @@ def _run_transfer_in(task, model, data, eval_data, output_dir: str, *, lora, lor
         if model is None:
             setup = _user_data_setup(task or "jsonl", data, eval_data, output_dir, overrides, load, seed)
         else:
-            setup = _model_setup(task or "jsonl", model, data, eval_data, res, overrides, load, seed)
+            setup = _model_setup(task or "jsonl", model, data, eval_data, res, overrides, load, seed, attention)
     net, processor, train_rows, eval_rows = setup.model, setup.processor, setup.train_rows, setup.eval_rows
     recipe, vqvae_model = setup.recipe, setup.vqvae
     processor.text_len = recipe.text_len
+    training_args = {**fsdp_training_args(net, fsdp), **training_args}
 
     print(f"task {recipe.name}: {len(train_rows)} training / {len(eval_rows)} evaluation examples; "
           f"{'LoRA ' + lora if lora else 'full fine-tuning'}, lr {recipe.lr}, batch {recipe.batch_size}, "
@@ -545,7 +586,7 @@ def _run_transfer_in(task, model, data, eval_data, output_dir: str, *, lora, lor
         print(recipe.summary())
     before = {}
     before_file = os.path.join(output_dir, "eval_before", "metrics_before.json")
-    if eval_before and not resume:
+    if eval_before and not resume and is_main_process():  # under a launcher the others wait at training's start
         before = _evaluate_all(net, processor, eval_rows, recipe, os.path.join(output_dir, "eval_before"),
                                eval_batch_size, progress, vqvae_model)
         _print_metrics("before training", before)
@@ -554,10 +595,15 @@ def _run_transfer_in(task, model, data, eval_data, output_dir: str, *, lora, lor
             json.dump(before, f)
 
     result = train(net, processor, train_rows, os.path.join(output_dir, "checkpoints"), recipe, lora=lora,
-                   lora_rank=lora_rank, precision=precision, resume=resume, seed=seed, progress=progress,
+                   lora_rank=lora_rank, precision=precision, feature_cache=feature_cache, resume=resume, seed=seed,
+                   progress=progress,
                    logging_steps=max(1, min(10, recipe.num_steps(len(train_rows)) // 50)),
                    training_args=training_args, eval_dataset=eval_loss_rows(eval_rows) or None)
-    trained = result.model
+    trained = gather_model(result.trainer, functools.partial(_fresh_model, setup, processor, seed, lora, lora_rank,
+                                                              attention))
+    if trained is None:  # a launcher's other process: its part is done
+        return TransferOutcome(output_dir, {}, {}, _losses(result.log_history), result.trainable_parameters,
+                               result.total_parameters), 0
     after = _evaluate_all(trained, processor, eval_rows, recipe, os.path.join(output_dir, "eval_after"),
                           eval_batch_size, progress, vqvae_model)
     _print_metrics("after training", after)
@@ -587,7 +633,7 @@ def run_evaluate(model: str, data, task: str = "jsonl", output_dir: str | None =
                  column_map: Mapping[str, str] | None = None, limit: int | None = None, batch_size: int = 16,
                  decoding: str | None = None, num_beams: int | None = None, skip_bad: bool = False,
                  vqvae: str | None = None, progress: bool = True,
-                 overwrite: bool = False) -> dict[str, dict[str, float]]:
+                 overwrite: bool = False, attention: str = "auto") -> dict[str, dict[str, float]]:
     """Evaluates a PaliGemma folder (converted, or written by :func:`run_transfer`) on ``data`` with the task's
     decoding and metric; writes ``predictions.jsonl`` and ``metrics.json`` to ``output_dir`` (atomically: the
     folder appears complete; an existing one is replaced only with ``overwrite``)."""
@@ -596,7 +642,7 @@ def run_evaluate(model: str, data, task: str = "jsonl", output_dir: str | None =
 
     if output_dir is not None:
         check_output(output_dir, overwrite)
-    net, processor = load_model_and_processor(model)
+    net, processor = load_model_and_processor(model, attention=attention)
     t = get_task(task, res=_nearest(processor.image_processor.size["height"], _resolutions(task)))
     vqvae_model = _load_vqvae(vqvae)
     if t.num_frames > 1:  # video tasks: records with `video` (frames, a frame folder or a file; transfer/video.py)

@@ -46,6 +46,8 @@ import torch
 from torch import nn
 
 from .collator import PaliGemmaCollator
+from .distributed import sharded_training
+from .feature_cache import plan_feature_cache, use_feature_cache
 from .loss import paligemma_loss, reduce_token_logp, token_logp
 from .recipe import Recipe
 
@@ -246,7 +248,7 @@ def _decoder_layer_on_rows(layer, keep: torch.Tensor, hidden_states: torch.Tenso
     if cache is not None or not isinstance(attention_mask, torch.Tensor) or attention_mask.dim() != 4:
         full = type(layer).forward(layer, hidden_states, attention_mask=attention_mask,
                                    position_embeddings=position_embeddings, cache=cache, **kwargs)
-        return full[keep].unsqueeze(0)
+        return full[None, keep]  # a new tensor, not a view (FSDP2 warns about views returned by a layer)
     attn = layer.self_attn
     gemma = sys.modules[type(attn).__module__]  # modeling_gemma / modeling_gemma2: their rope and attention
     batch, length, _ = hidden_states.shape
@@ -278,7 +280,7 @@ def _decoder_layer_on_rows(layer, keep: torch.Tensor, hidden_states: torch.Tenso
     else:
         hidden = residual + out
         hidden = hidden + layer.mlp(layer.post_attention_layernorm(hidden))
-    return hidden[live].unsqueeze(0)
+    return hidden[None, live]
 
 
 @contextlib.contextmanager
@@ -288,7 +290,9 @@ def last_layer_on_rows(model, keep: torch.Tensor):
     Yields whether it is active: not for layer classes other than transformers' Gemma / Gemma 2."""
     layers = _decoder_layers(model)
     layer = layers[-1] if layers is not None else None
-    if layer is None or type(layer).__name__ not in _ROW_SUBSET_LAYERS or not keep.any():
+    # FSDP2's `fully_shard` swaps the layer's class for a subclass (FSDPGemmaDecoderLayer): look through the MRO
+    gemma = layer is not None and any(c.__name__ in _ROW_SUBSET_LAYERS for c in type(layer).__mro__)
+    if not gemma or not keep.any():
         yield False
         return
     layer.forward = functools.partial(_decoder_layer_on_rows, layer, keep)
@@ -454,6 +458,11 @@ def _checkpoint_problem(path: str) -> str | None:
             json.load(f)
     except (OSError, ValueError):
         return "no readable trainer_state.json (killed while being written?)"
+    if os.path.isdir(os.path.join(path, "pytorch_model_fsdp_0")):  # FSDP's sharded checkpoint (transfer/distributed.py)
+        for part in ("pytorch_model_fsdp_0", "optimizer_0"):  # torch.distributed.checkpoint writes .metadata last
+            if not os.path.isfile(os.path.join(path, part, ".metadata")):
+                return f"no {part}/.metadata (a sharded checkpoint killed while being written?)"
+        return None
     weights = [f for f in ("model.safetensors", "model.safetensors.index.json", "adapter_model.safetensors")
                if os.path.isfile(os.path.join(path, f))]
     if not weights:
@@ -537,6 +546,8 @@ def train(
     use_cpu: bool | None = None,
     training_args: dict | None = None,
     eval_dataset=None,
+    feature_cache: str = "auto",
+    feature_cache_dir: str | None = None,
 ) -> TrainResult:
     """Fine-tunes ``model`` on ``train_dataset`` (rows ``{image, prefix, suffix}``) with big_vision's recipe.
 
@@ -550,6 +561,9 @@ def train(
     optimizer, schedule, RNG and data order are restored, so the loss curve continues. Checkpoints every
     ``save_steps`` steps (default: about 10 per run), each written whole or not at all. ``eval_dataset`` (rows as
     ``train_dataset``): the evaluation loss about 8 times per run, into the log history (``eval_loss``).
+    ``feature_cache``: ``"auto"`` (default), ``"off"``, ``"memory"`` or ``"disk"`` (in ``feature_cache_dir``): the
+    frozen tower's projected image tokens computed once per image
+    (:mod:`~big_vision_hf.transfer.feature_cache`; the choice and its reason are printed).
     """
     from transformers import TrainingArguments
 
@@ -576,6 +590,14 @@ def train(
     add_residual_dropout(model, recipe.llm_dropout)
 
     total = max(1, recipe.num_steps(len(train_dataset)))  # POPE counts 0 steps (evaluation only; its lr is 0)
+    if sharded_training(training_args):  # the cache runs the frozen tower outside FSDP's forward (its resharding fails)
+        if feature_cache not in ("auto", "off"):
+            raise ValueError(f"--feature-cache {feature_cache}: not with sharded training (FSDP / DeepSpeed)")
+        feature_cache = "off"
+    cache_plan = plan_feature_cache(model, train_dataset, feature_cache, processor=processor, precision=precision,
+                                    passes=total * batch_size / max(1, len(train_dataset)), folder=feature_cache_dir,
+                                    extra_images=len(eval_dataset) if eval_dataset is not None else 0)
+    print(cache_plan.describe())
     args = dict(
         output_dir=str(output_dir),
         per_device_train_batch_size=per_device,
@@ -641,7 +663,8 @@ def train(
             trainer.state = TrainerState.load_from_json(os.path.join(resume, "trainer_state.json"))
             print(f"{os.path.basename(resume)} is the run's last step: nothing left to train")
         else:
-            trainer.train(resume_from_checkpoint=resume or None)
+            with use_feature_cache(model, cache_plan):
+                trainer.train(resume_from_checkpoint=resume or None)
     finally:
         if bars:
             hf_logging.enable_progress_bar()
