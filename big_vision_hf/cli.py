@@ -171,7 +171,8 @@ def _plan(args: argparse.Namespace) -> int:
     print(plan_report(
         args.model, gpus=args.gpus, memory=args.gpu_memory, task=args.task, batch=args.batch,
         text_len=args.text_len, seq_len=args.seq_len, rows=args.supervised, headroom=args.headroom,
-        lora_rank=None if args.full else (args.lora or 8), dtype=args.dtype, attention=args.attention,
+        lora_rank=None if args.full else (args.lora or 8), dtype=args.dtype,
+        attention="flex" if args.attention == "flex_attention" else args.attention,
         gradient_checkpointing=args.gradient_checkpointing, feature_cache=args.feature_cache,
         **({"freeze_vit": True} if args.freeze_vit else {})))
     return 0
@@ -382,8 +383,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", choices=["amp", "bf16", "fp32"], default="amp", help="amp (default): float32 weights "
                    "under bfloat16 autocast, what `transfer --precision bf16` runs; bf16: a model loaded in bfloat16; "
                    "fp32: transfer's default precision")
-    p.add_argument("--attention", choices=["eager", "sdpa", "flex"],
-                   help="the language model's: eager keeps [B, heads, L, L] scores per layer, sdpa / flex do not "
+    p.add_argument("--attention", choices=["eager", "sdpa", "flex", "flex_attention"],
+                   help="the language model's: eager keeps [B, heads, L, L] scores per layer, sdpa / flex "
+                   "(= transfer's flex_attention) do not "
                    "(default: what transfer picks on a GPU, flex for PaliGemma 2, sdpa for PaliGemma 1)")
     p.add_argument("--gradient-checkpointing", action="store_true", help="keep layer inputs only, recompute")
     p.add_argument("--feature-cache", action="store_true", help="frozen tower's image tokens read from the cache "

@@ -47,7 +47,7 @@ from torch import nn
 
 from .collator import PaliGemmaCollator
 from .distributed import sharded_training
-from .feature_cache import plan_feature_cache, use_feature_cache
+from .feature_cache import FeatureCachePlan, plan_feature_cache, use_feature_cache
 from .loss import paligemma_loss, reduce_token_logp, token_logp
 from .recipe import Recipe
 
@@ -593,10 +593,12 @@ def train(
     if sharded_training(training_args):  # the cache runs the frozen tower outside FSDP's forward (its resharding fails)
         if feature_cache not in ("auto", "off"):
             raise ValueError(f"--feature-cache {feature_cache}: not with sharded training (FSDP / DeepSpeed)")
-        feature_cache = "off"
-    cache_plan = plan_feature_cache(model, train_dataset, feature_cache, processor=processor, precision=precision,
-                                    passes=total * batch_size / max(1, len(train_dataset)), folder=feature_cache_dir,
-                                    extra_images=len(eval_dataset) if eval_dataset is not None else 0)
+        cache_plan = FeatureCachePlan("off", "sharded training (FSDP / DeepSpeed) runs the tower inside the shards")
+    else:
+        cache_plan = plan_feature_cache(model, train_dataset, feature_cache, processor=processor, precision=precision,
+                                        passes=total * batch_size / max(1, len(train_dataset)),
+                                        folder=feature_cache_dir,
+                                        extra_images=len(eval_dataset) if eval_dataset is not None else 0)
     print(cache_plan.describe())
     args = dict(
         output_dir=str(output_dir),
