@@ -1,6 +1,6 @@
 """`big-vision-hf transfer` sharded with FSDP2 over 2 CPU processes (gloo) against one process on the same global
 batch: the loss curve and the final weights (full fine-tuning, and LoRA merged into the weights), and a run stopped
-after a sharded checkpoint and resumed (`--resume`) against the uninterrupted one.
+after a sharded checkpoint -- or SIGKILLed mid-run -- and resumed (`--resume`) against the uninterrupted one.
 
 The 2-process runs go through both ways in of `big_vision_hf/transfer/distributed.py`: `torchrun ... --fsdp` (full
 fine-tuning, then the resumed run) and `accelerate launch` with the shipped `configs/fsdp2.yaml` (LoRA). All fp32, the
@@ -17,7 +17,9 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 
+import psutil
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -49,11 +51,23 @@ def _launch(launcher: list[str], args: list[str], cwd, timeout: float = 240.0) -
     try:
         out, _ = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
+        _kill_tree(proc)
         out, _ = proc.communicate()
         pytest.fail(f"{' '.join(cmd)} ran over {timeout:.0f} s:\n{out[-3000:]}")
     assert proc.returncode == 0, f"{' '.join(cmd)} exited {proc.returncode}:\n{out[-5000:]}"
     return out
+
+
+def _kill_tree(proc: subprocess.Popen) -> None:
+    """SIGKILL a launcher and every process under it (torchrun starts its workers in sessions of their own)."""
+    tree = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
+    for p in tree:
+        try:
+            p.send_signal(signal.SIGKILL)
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(tree, timeout=30)
+    proc.wait()
 
 
 def _torchrun(args: list[str], cwd) -> str:
@@ -118,6 +132,32 @@ def test_fsdp_resume_from_a_sharded_checkpoint(runs):
     assert f"resuming from checkpoint-{STEPS - 1} (step {STEPS - 1})" in log, log[-3000:]
     assert not work.exists() and (out / "model.safetensors").is_file()
     _compare(out, runs / "sharded", "FSDP2 resumed at step 3")
+
+
+def test_fsdp_killed_mid_run_resumes(runs):
+    """Both processes SIGKILLed once the step-1 sharded checkpoint is whole (steps 2-4, their checkpoints, the
+    gather and the folder still to come), then `--resume`: the newest whole checkpoint is taken and the result
+    equals the uninterrupted run's."""
+    out, work = runs / "killed", runs / "killed.partial"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "", "TOKENIZERS_PARALLELISM": "false"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+           "--master_port", str(_free_port()), "-m", "big_vision_hf.cli", *RUN, "--fsdp", "--output", str(out)]
+    proc = subprocess.Popen(cmd, cwd=runs, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    first = work / "checkpoints" / "checkpoint-1"
+    deadline = time.monotonic() + 240
+    try:
+        while not ((first / "trainer_state.json").is_file() and (first / "optimizer_0" / ".metadata").is_file()):
+            assert proc.poll() is None, f"the run ended (exit {proc.returncode}) before its step-1 checkpoint"
+            assert time.monotonic() < deadline, "no step-1 checkpoint within 240 s"
+            time.sleep(0.02)
+    finally:
+        _kill_tree(proc)
+    assert work.is_dir() and not out.exists(), "the run finished before it was killed"
+    log = _torchrun([*RUN, "--fsdp", "--resume", "--output", str(out)], runs)
+    assert "resuming from checkpoint-" in log, log[-3000:]
+    assert not work.exists() and (out / "model.safetensors").is_file()
+    _compare(out, runs / "sharded", "FSDP2 killed and resumed")
 
 
 def test_fsdp_lora_through_the_shipped_accelerate_config(tmp_path):
