@@ -280,7 +280,10 @@ def _flex_attention():
     if _COMPILED_FLEX is None:
         from torch.nn.attention.flex_attention import flex_attention
 
-        _COMPILED_FLEX = torch.compile(flex_attention)  # dynamic shapes after the first new length
+        # static shapes: one kernel per packed length (fixed in training). torch 2.13's CPU flex template emits
+        # C++ that does not compile for symbolic lengths (undeclared `cur_qSplitSize8`), which automatic dynamic
+        # shapes reach as soon as flex_attention has been compiled for another shape in the process.
+        _COMPILED_FLEX = torch.compile(flex_attention, dynamic=False)
     return _COMPILED_FLEX
 
 
