@@ -4,6 +4,7 @@ tiny PaliGemma that learns a synthetic table-structure task (TEDS goes up)."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import random
 
@@ -33,12 +34,17 @@ def test_cider_multilingual_is_per_language_then_averaged():
 
 
 def test_teds_hand_made():
-    # 4 nodes (table, tr, td, td); a 1-character change in a 4-character cell costs 1/4 -> 1 - 0.25 / 4
+    # PubTabNet divides by the elements under <table> (xpath ".//*": tr, td, td = 3, not the table itself);
+    # a 1-character change in a 4-character cell costs 1/4 -> 1 - 0.25 / 3
     assert P.teds_score(T, T) == 1.0
-    assert P.teds_score(T.replace("abcd", "abce"), T) == pytest.approx(1 - 0.25 / 4)
+    assert P.teds_score(T.replace("abcd", "abce"), T) == pytest.approx(1 - 0.25 / 3)
     assert P.teds_score(T.replace("abcd", "abce"), T, structure_only=True) == 1.0
-    assert P.teds_score("<table><tr><td>abcd</td></tr></table>", T) == pytest.approx(0.75)  # one node missing
-    assert P.teds_score(T.replace("<td>x", '<td colspan="2">x'), T) == pytest.approx(0.75)  # span differs
+    assert P.teds_score("<table><tr><td>abcd</td></tr></table>", T) == pytest.approx(2 / 3)  # one node missing
+    assert P.teds_score(T.replace("<td>x", '<td colspan="2">x'), T) == pytest.approx(2 / 3)  # span differs
+    # a cell's <b> counts as an element (4) but is part of the cell's content: tokens <b> a b c d </b> vs a b c d,
+    # 2 edits / 6 tokens
+    assert P.teds_score(T.replace("abcd", "<b>abcd</b>"), T) == pytest.approx(1 - (2 / 6) / 4)
+    assert P.teds_score(T.replace("abcd", "<b>abcd</b>"), T, structure_only=True) == 1.0
     assert P.teds_score("no table", T) == 0.0
     out = P.teds([T, "garbage"], [T, T])
     assert out["teds"] == pytest.approx(0.5) and out["teds_struct"] == pytest.approx(0.5)
@@ -103,6 +109,38 @@ def test_text_spotting_rotated_words_hand_made():
     out = P.text_spotting([f"{hit} ; {_loc(1, 2, 3, 4, 5, 6)} B"], [ref])
     assert out["precision"] == 0.5 and out["recall"] == 1.0
     assert P.words_to_text(ref) == hit  # the target text of ICDAR ground truth, don't-care left out
+    # evaluate() passes the targets as references, but the rows (examples) keep the words, don't-care included
+    out = P.text_spotting([f"{hit} ; {on_dont_care}"], [P.words_to_text(ref)], [{"words": ref}])
+    assert out["precision"] == 1.0 and out["recall"] == 1.0
+    assert P.text_spotting([f"{hit} ; {on_dont_care}"], [P.words_to_text(ref)])["precision"] == 0.5
+
+
+def test_text_spotting_follows_hiertext_matching():
+    """HierText's evaluator.py: pairs are mutually best IoU matches (the text is compared after pairing); a prediction
+    half covered by a don't-care word is dropped; no predictions / no words: precision / recall 1.0. <loc1023> = 1.0.
+    """
+    pred = _loc(0, 0, 1023, 1023) + " EXIT"  # the whole image
+    ref = [{"box": (0, 0, 1, 0.9), "text": "EXlT"}, {"box": (0, 0.3, 1, 1), "text": "EXIT"}]  # IoU 0.9 and 0.7
+    out = P.text_spotting([pred], [ref])  # paired with the 0.9 word (wrong text), not re-paired with the 0.7 one
+    assert (out["precision"], out["recall"], out["f1"]) == (0.0, 0.0, 0.0)
+    ref = [{"box": (0, 0, 0.5, 1), "text": "###"}, {"box": (0.6, 0, 1, 1), "text": "A"}]
+    inside = _loc(0, 0, 102, 102) + " x"  # IoU ~0.02 with the don't-care half, but covered by it: dropped
+    out = P.text_spotting([f"{inside} ; {_loc(614, 0, 1023, 1023)} A"], [ref])
+    assert out["precision"] == 1.0 and out["recall"] == 1.0
+    assert P.text_spotting([""], [[]]) == {"precision": 1.0, "recall": 1.0, "f1": 1.0, "num": 1.0}
+    out = P.text_spotting(["no words"], [ref])
+    assert (out["precision"], out["recall"], out["f1"]) == (1.0, 0.0, 0.0)
+
+
+def test_bad_pg2_records_are_one_line_errors():
+    with pytest.raises(ValueError, match="text-spotting word"):  # no text
+        P.text_spotting(["x"], [[{"polygon": [[0, 0], [1, 0], [1, 1], [0, 1]]}]])
+    with pytest.raises(ValueError, match="4 points or more"):  # 2 points would be written as a box
+        P.words_to_text([{"polygon": [[0, 0], [1, 0]], "text": "a"}])
+    with pytest.raises(ValueError, match="line 2"):
+        P.parse_icdar_gt("1,2,3,4,5,6,7,8,A\n1,2,x,4,5,6,7,8,B", 10, 10)
+    with pytest.raises(ValueError, match="PubTabNet"):
+        get_task("table_structure").build({"html": {"cells": []}})
 
 
 def test_radgraph_f1_needs_the_weights_and_wires_the_package(tmp_path, monkeypatch):
@@ -187,6 +225,8 @@ def test_task_builds_batches_and_evaluates(name, tok, processor):
         pytest.importorskip("rdkit")
     if name == "mimic_cxr":
         pytest.importorskip("pycocoevalcap")
+    if name == "table_structure":
+        pytest.importorskip("grits")  # grits-metric is installed best effort (it builds C++)
     task = get_task(name, 224)
     rng = random.Random(0)
     rows = []
@@ -233,6 +273,10 @@ def test_tiny_paligemma_learns_table_structure(tok, processor, tmp_path):
     model = _model(tok)
     recipe = task.recipe(224, hparams=synthetic.TINY_HPARAMS, lr=1e-2, epochs=None, steps=60, batch_size=16,
                          text_len=48)
+    try:
+        import grits  # noqa: F401
+    except ImportError:  # grits-metric is installed best effort (it builds C++): TEDS alone then
+        recipe = dataclasses.replace(recipe, metric="teds")
     before = evaluate(model, processor, eval_rows, recipe, batch_size=16, progress=False).metrics
     train(model, processor, train_rows, os.path.join(tmp_path, "run"), recipe, progress=False, logging_steps=20,
           use_cpu=True)

@@ -38,6 +38,7 @@ __all__ = ["BvMetric", "compute_metrics", "load", "metric_class", "preprocess_lo
 
 _NO_REFERENCES = ("segmentation", "detection")  # the targets are in the rows (bbox, mask)
 _CITATION = "big_vision (https://github.com/google-research/big_vision), evaluators/proj/paligemma/transfers/"
+_PG2_CITATION = "PaliGemma 2 (arXiv 2412.03555); the reference each big_vision_hf.transfer.metrics_pg2 function names"
 
 
 class BvMetric(evaluate.Metric):
@@ -55,10 +56,10 @@ class BvMetric(evaluate.Metric):
                         datasets.Features({**prediction, "references": datasets.Value("string")})]
         return evaluate.MetricInfo(
             description=(fn.__doc__ or self.metric_name).strip().split("\n\n")[0],
-            citation=_CITATION,
+            citation=_PG2_CITATION if self.metric_name in PG2_METRICS else _CITATION,
             inputs_description="predictions: generated strings; references: one string or a list of strings per "
                                "prediction; examples: the dataset rows (fields some metrics read); other keyword "
-                               f"arguments: the options of big_vision_hf.transfer.metrics.{fn.__name__}.",
+                               f"arguments: the options of {fn.__module__}.{fn.__name__}.",
             features=features,
             module_type="metric",
         )
@@ -93,7 +94,7 @@ def script_dir(name: str, root: str | None = None) -> str:
                                                                        "huggingface")), "big_vision_hf_metrics")
     folder = os.path.join(root, name)
     path = os.path.join(folder, f"{name}.py")
-    source = (f'"""big_vision\'s `{name}` metric (big_vision_hf.transfer.metrics.{METRICS[name].__name__})."""\n\n'
+    source = (f'"""The `{name}` transfer metric ({METRICS[name].__module__}.{METRICS[name].__name__})."""\n\n'
               f"from big_vision_hf.evaluate_metrics import {cls.__name__}  # noqa: F401\n")
     if not os.path.isfile(path) or open(path, encoding="utf-8").read() != source:
         os.makedirs(folder, exist_ok=True)

@@ -4,7 +4,8 @@ one exists. big_vision has no evaluator for these tasks; each function names the
 - :func:`teds`: Tree-Edit-Distance-based Similarity of PubTabNet (Zhong et al. 2020, ``ibm-aur-nlp/PubTabNet``
   ``src/metric.py``): the ``<table>`` trees compared with APTED (the ``apted`` package), renaming a cell costs
   the normalised Levenshtein distance of its content (``rapidfuzz``), other mismatches 1;
-  ``1 - TED / max(#nodes)``; ``teds_struct`` ignores the cell contents (TEDS-S).
+  ``1 - TED / max(#elements)``, counting the elements under ``<table>`` as the reference does (``.//*``: not the
+  ``<table>`` itself, but a cell's ``<b>`` too); ``teds_struct`` ignores the cell contents (TEDS-S).
 - :func:`grits`: GriTS-Top / GriTS-Con (Smock et al. 2022) with ``grits-metric`` (the GriTS authors' package),
   per table, then averaged over the tables (the TSR literature's "macro" aggregation the paper compares with).
   :func:`table_structure` = TEDS + GriTS, the paper's Table 3 metrics.
@@ -12,10 +13,11 @@ one exists. big_vision has no evaluator for these tasks; each function names the
 - :func:`music_error_rates`: optical music recognition (GrandStaff ``**kern``): symbol error rate (edit distance
   over whitespace-separated symbols / reference symbols) and line error rate (over lines), corpus-level as in
   the OMR literature (Rios-Vila et al.).
-- :func:`text_spotting`: text detection and recognition, word-level precision / recall / F1 as the HierText
-  protocol: a predicted word matches an unmatched ground-truth word with IoU >= 0.5 and the same text. Words are
-  axis-aligned boxes (4 ``<loc>``) or rotated quadrilaterals / polygons (2k ``<loc>``, ``(y, x)`` pairs; IoU with
-  ``shapely``); ground truth may also be ICDAR-style point lists (:func:`parse_icdar_gt`), ``###`` = don't care.
+- :func:`text_spotting`: text detection and recognition, word-level precision / recall / F1 as HierText's
+  evaluator: a prediction and a ground-truth word, each the other's best IoU match with IoU >= 0.5, with the same
+  text. Words are axis-aligned boxes (4 ``<loc>``) or rotated quadrilaterals / polygons (2k ``<loc>``, ``(y, x)``
+  pairs; IoU with ``shapely``); ground truth may also be ICDAR-style point lists (:func:`parse_icdar_gt`), ``###``
+  = don't care.
 - :func:`report_generation`: radiography reports (MIMIC-CXR): CIDEr (ours, PTB-tokenised), and BLEU-4 and ROUGE-L
   with pycocoevalcap's scorers (the optional ``pycocoevalcap`` package); RadGraph F1 (:func:`radgraph_f1`, the
   ``radgraph`` package) only when given a folder with the RadGraph weights (nothing is downloaded).
@@ -32,7 +34,7 @@ import re
 
 import numpy as np
 
-from .metrics import box_iou, cider
+from .metrics import METRICS, box_iou, cider
 from .ptb import ptb_tokenize_lines
 
 __all__ = ["PG2_METRICS", "grits", "grits_scores", "music_error_rates", "parse_icdar_gt", "radgraph_f1",
@@ -64,7 +66,8 @@ class _Node:
 
 class _TableParser(html.parser.HTMLParser):
     """HTML -> the element tree under the first ``<table>``; a ``<td>``'s content is its tokens as PubTabNet's
-    ``tokenize`` makes them: inner tags as ``<b>`` / ``</b>`` and the text character by character."""
+    ``tokenize`` makes them: inner tags as ``<b>`` / ``</b>`` and the text character by character (as there, only
+    ``<td>`` is a cell: a ``<th>`` is a plain node). ``n_elements`` counts the elements under the table."""
 
     _VOID = {"br", "img", "hr", "meta", "input"}
 
@@ -73,28 +76,34 @@ class _TableParser(html.parser.HTMLParser):
         self.root = None
         self.stack: list[_Node] = []
         self.cell = None
+        self.n_elements = 0
 
     def handle_starttag(self, tag, attrs):
-        if self.cell is not None and tag not in ("td", "th", "tr"):
+        if self.root is None:
+            if tag != "table":
+                return
+        elif not self.stack:
+            return  # after the first table
+        else:
+            self.n_elements += 1
+        if self.cell is not None and tag not in ("td", "tr"):
             self.cell.content.append(f"<{tag}>")
             if tag in self._VOID:
                 self.cell.content.append(f"</{tag}>")
             return
-        if self.root is None and tag != "table":
-            return
-        a = dict(attrs)
-        node = _Node(tag, int(a.get("colspan") or 1), int(a.get("rowspan") or 1))
+        a = dict(attrs)  # spans matter for cells only (the reference gives other nodes none)
+        node = _Node(tag, *((int(a.get("colspan") or 1), int(a.get("rowspan") or 1)) if tag == "td" else (None, None)))
         if self.root is None:
             self.root = node
-        elif self.stack:
+        else:
             self.stack[-1].children.append(node)
         if tag not in self._VOID:
             self.stack.append(node)
-        if tag in ("td", "th"):
+        if tag == "td":
             self.cell = node
 
     def handle_endtag(self, tag):
-        if self.cell is not None and tag not in ("td", "th", "tr"):
+        if self.cell is not None and tag not in ("td", "tr"):
             self.cell.content.append(f"</{tag}>")
             return
         while self.stack:
@@ -109,24 +118,21 @@ class _TableParser(html.parser.HTMLParser):
             self.cell.content.extend(data)
 
 
-def _parse_table(text: str, structure_only: bool) -> _Node | None:
+def _parse_table(text: str, structure_only: bool) -> tuple[_Node | None, int]:
+    """The table's tree (``None`` when there is none) and the number of elements under it."""
     parser = _TableParser()
     try:
         parser.feed(text)
         parser.close()
     except Exception:  # noqa: BLE001 - an unparsable prediction scores 0
-        return None
+        return None, 0
     if structure_only and parser.root is not None:
         stack = [parser.root]
         while stack:
             node = stack.pop()
             node.content = []
             stack.extend(node.children)
-    return parser.root
-
-
-def _count(node: _Node) -> int:
-    return 1 + sum(_count(c) for c in node.children)
+    return parser.root, parser.n_elements
 
 
 def teds_score(prediction: str, reference: str, structure_only: bool = False) -> float:
@@ -134,7 +140,7 @@ def teds_score(prediction: str, reference: str, structure_only: bool = False) ->
     from apted import APTED, Config
     from rapidfuzz.distance import Levenshtein
 
-    pred, true = _parse_table(prediction, structure_only), _parse_table(reference, structure_only)
+    (pred, n_pred), (true, n_true) = _parse_table(prediction, structure_only), _parse_table(reference, structure_only)
     if pred is None or true is None:
         return 0.0
 
@@ -142,7 +148,7 @@ def teds_score(prediction: str, reference: str, structure_only: bool = False) ->
         def rename(self, a, b):
             if a.tag != b.tag or a.colspan != b.colspan or a.rowspan != b.rowspan:
                 return 1.0
-            if a.tag in ("td", "th") and (a.content or b.content):
+            if a.tag == "td" and (a.content or b.content):
                 return Levenshtein.distance(a.content, b.content) / max(len(a.content), len(b.content))
             return 0.0
 
@@ -150,7 +156,7 @@ def teds_score(prediction: str, reference: str, structure_only: bool = False) ->
             return node.children
 
     distance = APTED(pred, true, _Cost()).compute_edit_distance()
-    return 1.0 - float(distance) / max(_count(pred), _count(true))
+    return 1.0 - float(distance) / max(n_pred, n_true, 1)  # two empty tables: 1.0 (the reference divides by 0)
 
 
 def teds(predictions, references, examples=None) -> dict[str, float]:
@@ -293,13 +299,26 @@ def _reference_words(reference) -> list[tuple[tuple[str, tuple] | None, str]]:
         return _parse_words(reference)
     if isinstance(reference, (list, tuple)) and len(reference) == 1 and isinstance(reference[0], str):
         return _parse_words(reference[0])
-    words = []
-    for w in reference:
-        if "box" in w:
-            words.append((("box", tuple(float(c) for c in w["box"])), str(w["text"])))
+    return [(word[:2], word[2]) for word in map(_word, reference)]
+
+
+def _word(w) -> tuple[str, tuple, str]:
+    """``{"box": (y1, x1, y2, x2) | "polygon": [[x, y] x k >= 4], "text"}`` -> ``(kind, coords, text)``; anything
+    else is a one-line ``ValueError``."""
+    try:
+        text = str(w["text"])
+        if w.get("box") is not None:  # a datasets column of mixed words has box=None on the polygons
+            coords = tuple(float(c) for c in w["box"])
+            if len(coords) == 4:
+                return "box", coords, text
         else:
-            words.append((("poly", tuple((float(x), float(y)) for x, y in w["polygon"])), str(w["text"])))
-    return words
+            coords = tuple((float(x), float(y)) for x, y in w["polygon"])
+            if len(coords) >= 4:  # fewer points would be read back as a box or a malformed word
+                return "poly", coords, text
+    except (KeyError, TypeError, ValueError):
+        pass
+    raise ValueError(f"a text-spotting word is {{'box': (y1, x1, y2, x2) | 'polygon': [[x, y], ...] (4 points or "
+                     f"more), 'text': ...}}, got {str(w)[:80]}")
 
 
 def parse_icdar_gt(text: str, width: float, height: float) -> list[dict]:
@@ -312,11 +331,15 @@ def parse_icdar_gt(text: str, width: float, height: float) -> list[dict]:
         [{'polygon': [[0.1, 0.1], [0.5, 0.1], [0.5, 0.3], [0.1, 0.3]], 'text': 'STOP'}]
     """
     words = []
-    for line in text.lstrip("\ufeff").splitlines():
+    for number, line in enumerate(text.lstrip("\ufeff").splitlines(), 1):
         parts = line.strip().split(",", 8)
         if len(parts) < 9:
             continue
-        xy = [float(c) for c in parts[:8]]
+        try:
+            xy = [float(c) for c in parts[:8]]
+        except ValueError:
+            raise ValueError(f"ICDAR ground truth line {number}: 8 numbers then the text expected, got "
+                             f"{line.strip()[:80]!r}") from None
         words.append({"polygon": [[xy[i] / width, xy[i + 1] / height] for i in range(0, 8, 2)], "text": parts[8]})
     return words
 
@@ -333,11 +356,11 @@ def words_to_text(words) -> str:
         return f"<loc{int(round(min(max(v, 0.0), 1.0) * LOC_BINS)):04d}>"
 
     parts = []
-    for w in words:
-        if w["text"] == DONT_CARE:
+    for kind, coords, text in map(_word, words):
+        if text == DONT_CARE:
             continue
-        coords = w["box"] if "box" in w else [c for x, y in w["polygon"] for c in (y, x)]
-        parts.append("".join(loc(c) for c in coords) + " " + w["text"])
+        values = coords if kind == "box" else [c for x, y in coords for c in (y, x)]
+        parts.append("".join(loc(c) for c in values) + " " + text)
     return " ; ".join(parts)
 
 
@@ -355,52 +378,66 @@ def _polygon(shape):
     return poly if poly.is_valid else make_valid(poly)  # a self-crossing quadrilateral: its valid pieces
 
 
+def _overlap(a, b) -> tuple[float, float, float]:
+    """Intersection area of two word shapes and their areas (boxes exactly, polygons with shapely)."""
+    if a[0] == b[0] == "box":
+        (ay1, ax1, ay2, ax2), (by1, bx1, by2, bx2) = a[1], b[1]
+        inter = max(0.0, min(ay2, by2) - max(ay1, by1)) * max(0.0, min(ax2, bx2) - max(ax1, bx1))
+        return inter, max(0.0, ay2 - ay1) * max(0.0, ax2 - ax1), max(0.0, by2 - by1) * max(0.0, bx2 - bx1)
+    pa, pb = _polygon(a), _polygon(b)
+    return float(pa.intersection(pb).area), float(pa.area), float(pb.area)
+
+
 def shape_iou(a, b) -> float:
     """IoU of two word shapes (``_shape`` tuples): :func:`box_iou` for two boxes, else polygon areas (shapely)."""
     if a[0] == b[0] == "box":
         return box_iou(a[1], b[1])
-    pa, pb = _polygon(a), _polygon(b)
-    inter = pa.intersection(pb).area
-    union = pa.area + pb.area - inter
+    inter, area_a, area_b = _overlap(a, b)
+    union = area_a + area_b - inter
     return float(inter / union) if union > 0 else 0.0
 
 
 def text_spotting(predictions, references, examples=None, *, iou: float = 0.5,
                   case_sensitive: bool = True) -> dict[str, float]:
-    """Word-level ``precision`` / ``recall`` / ``f1`` (corpus level), HierText protocol: a predicted word is a true
-    positive when an unmatched reference word has IoU >= ``iou`` and the same transcription (greedy, in order of
-    IoU; no case, punctuation or length normalisation unless ``case_sensitive=False``).
+    """Word-level ``precision`` / ``recall`` / ``f1`` (corpus level) as HierText's evaluator
+    (``google-research-datasets/hiertext`` ``evaluator.py``, end-to-end): per image, predictions covered by a
+    don't-care word (``###``) for at least half of their area are dropped; a reference word and a prediction are
+    a pair when each is the other's highest-IoU match and IoU >= ``iou``; a pair is a true positive when the
+    transcriptions are equal (exactly; ``case_sensitive=False`` compares lower case). No predictions (no reference
+    words): precision (recall) 1.0, as there.
 
     Words are ``<loc>x4 word`` (axis-aligned box ``y1 x1 y2 x2``) or ``<loc>x2k word`` (k >= 4 points ``(y, x)``:
     a rotated quadrilateral or polygon); references may also be lists of ``{"polygon" | "box", "text"}``
-    (:func:`parse_icdar_gt`). Reference words ``###`` are don't care: not counted in recall, and a prediction that
-    matches no word but overlaps one with IoU >= ``iou`` is not counted either. A malformed predicted word (a
-    ``<loc>`` count that is no shape) counts as a false positive.
+    (:func:`parse_icdar_gt`). A malformed predicted word (a ``<loc>`` count that is no shape) counts as a false
+    positive. ``examples`` with a ``words`` field (the task's rows) give the references: the target text
+    (:func:`words_to_text`, the rows' ``suffix``) leaves the don't-care words out.
+
+    Example::
+
+        >>> text_spotting(["<loc0000><loc0000><loc0512><loc0512> STOP"], ["<loc0000><loc0000><loc0512><loc0512> STOP"])
+        {'precision': 1.0, 'recall': 1.0, 'f1': 1.0, 'num': 1.0}
     """
+    if examples is not None and len(examples) and all(isinstance(e, dict) and "words" in e for e in examples):
+        references = [e["words"] for e in examples]
     _check(predictions, references)
     tp = n_pred = n_true = 0
     for pred, ref in zip(predictions, references):
         pw, tw = _parse_words(pred), _reference_words(ref)
-        care = [j for j, (_, t) in enumerate(tw) if t != DONT_CARE]
-        pairs = sorted(((shape_iou(ps, tw[j][0]), i, j) for i, (ps, _) in enumerate(pw) if ps is not None
-                        for j in care), reverse=True)
-        used_p, used_t = set(), set()
-        for v, i, j in pairs:
-            if v < iou:
-                break
-            if i in used_p or j in used_t:
-                continue
-            a, b = pw[i][1], tw[j][1]
-            if (a == b) if case_sensitive else (a.lower() == b.lower()):
-                used_p.add(i)
-                used_t.add(j)
-        ignored = {i for i, (ps, _) in enumerate(pw) if i not in used_p and ps is not None and any(
-            shape_iou(ps, s) >= iou for s, t in tw if t == DONT_CARE)}
-        tp += len(used_p)
-        n_pred += len(pw) - len(ignored)
-        n_true += len(care)
-    precision = tp / n_pred if n_pred else 0.0
-    recall = tp / n_true if n_true else 0.0
+        dont_care = [s for s, t in tw if t == DONT_CARE]
+        true = [(s, t) for s, t in tw if t != DONT_CARE]
+        pw = [(s, t) for s, t in pw if s is None or not any(  # HierText's filter_invalid_thr = 0.5
+            area > 0 and inter >= 0.5 * area for inter, area, _ in (_overlap(s, d) for d in dont_care))]
+        n_pred, n_true = n_pred + len(pw), n_true + len(true)
+        if not pw or not true:
+            continue
+        ious = np.array([[shape_iou(s, ps) if ps is not None else 0.0 for ps, _ in pw] for s, _ in true])
+        best_pred, best_true = ious.argmax(axis=1), ious.argmax(axis=0)  # first of equal IoUs, as np.argmax there
+        for i, j in enumerate(best_pred):
+            if ious[i, j] >= iou and best_true[j] == i:
+                a, b = pw[j][1], true[i][1]
+                tp += (a == b) if case_sensitive else (a.lower() == b.lower())
+    precision = tp / n_pred if n_pred else 1.0
+    recall = tp / n_true if n_true else 1.0
     f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
     return {"precision": precision, "recall": recall, "f1": f1, "num": float(len(predictions))}
 
@@ -489,3 +526,6 @@ PG2_METRICS = {
     "text_spotting": text_spotting,
     "report_generation": report_generation,
 }
+# The one metric table (recipes and evaluate() read it): metrics.py cannot import this module, which imports it, so
+# the PaliGemma 2 metrics join it here; recipe.py imports this module, so no caller has to.
+METRICS.update(PG2_METRICS)

@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from . import metrics_pg2  # noqa: F401 - puts the PaliGemma 2 metrics in METRICS
 from .metrics import METRICS
 
 __all__ = ["DECODINGS", "NUM_BEAMS", "Hparams", "Recipe", "resolve_num_beams"]

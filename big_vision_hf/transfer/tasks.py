@@ -44,7 +44,7 @@ from typing import Any
 
 from .masks import load_mask
 from .metrics import METRICS
-from .metrics_pg2 import PG2_METRICS
+from .metrics_pg2 import words_to_text
 from .recipe import Hparams, Recipe, resolve_num_beams
 
 __all__ = [
@@ -60,9 +60,8 @@ __all__ = [
 
 BV_CONFIG_DIR = "big_vision/configs/proj/paligemma/transfers"
 RESOLUTIONS = (224, 448, 896)
-# The PaliGemma 2 tasks' metrics (transfer/metrics_pg2.py, which imports metrics.py) join the metric table here.
-METRICS.update(PG2_METRICS)
-# big_vision_hf.transfer.metrics.METRICS keys (what transfer.evaluation.evaluate() accepts).
+# big_vision_hf.transfer.metrics.METRICS keys (what transfer.evaluation.evaluate() accepts; the PaliGemma 2 ones
+# included: importing metrics_pg2 above puts them there).
 KNOWN_METRICS = tuple(METRICS)
 
 
@@ -698,9 +697,13 @@ def pubtabnet_html(record: Mapping, ctx: BuildContext | None = None) -> str:
     value = record["html"]
     if isinstance(value, str):
         return value
-    tokens = list(value["structure"]["tokens"])
+    try:
+        tokens, cells = list(value["structure"]["tokens"]), list(value["cells"])
+    except (KeyError, TypeError):
+        raise ValueError("`html` is the table's HTML or PubTabNet's {'structure': {'tokens': [...]}, 'cells': "
+                         f"[{{'tokens': [...]}}, ...]}}, got {str(value)[:80]}") from None
     slots = [i for i, t in enumerate(tokens) if t in ("<td>", ">")]
-    for i, cell in zip(slots[::-1], list(value["cells"])[::-1]):
+    for i, cell in zip(slots[::-1], cells[::-1]):
         if cell.get("tokens"):
             tokens.insert(i + 1, "".join(html_lib.escape(t) if len(t) == 1 else t for t in cell["tokens"]))
     return "<table>" + "".join(tokens) + "</table>"
@@ -717,8 +720,6 @@ def mimic_cxr_prefix(record: Mapping) -> str:
 def text_spotting_target(record: Mapping, ctx: BuildContext | None = None) -> str:
     """The ``words`` of a record: a ``<loc>`` string as is, or ``[{"polygon" | "box", "text"}]`` (normalised, e.g.
     ``metrics_pg2.parse_icdar_gt`` of an ICDAR ``gt_img_*.txt``) as ``<loc>x8 word ; ...`` (don't-care dropped)."""
-    from .metrics_pg2 import words_to_text
-
     return words_to_text(record["words"])
 
 
