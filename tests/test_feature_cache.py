@@ -131,6 +131,24 @@ def test_changed_tower_weight_recomputes(tiny):
     assert not torch.allclose(first, changed)
 
 
+def test_changed_tower_config_recomputes_and_a_training_tower_bypasses(tiny):
+    """Same weights, another tower config (the norm's epsilon): new keys. A tower that trains again (a parameter
+    with ``requires_grad``): the tower runs, nothing read from or written to the store."""
+    tok, processor, rows = tiny
+    model = _lora_model(tok).eval()
+    batch = PaliGemmaCollator(processor)(rows[:2])
+    inner = model.get_base_model().model
+    store = FeatureStore()
+    with attach_feature_cache(model, store) as hook, torch.no_grad():
+        model(**batch)
+        inner.vision_tower.config.layer_norm_eps *= 10
+        model(**batch)
+        assert (hook.computed, hook.reused) == (4, 0)
+        inner.vision_tower.encoder.layers[0].mlp.fc1.weight.requires_grad_(True)
+        model(**batch)
+        assert (hook.computed, hook.reused, hook.bypassed, len(store)) == (4, 0, 2, 4)
+
+
 def test_changed_preprocessing_recomputes(tiny):
     """The key is the preprocessed pixels: another value range (same images, same weights) is recomputed; the same
     preprocessing again is read back."""
@@ -205,9 +223,16 @@ def test_plan_conditions(tiny):
         plan_feature_cache(lora, rows, "sometimes")
 
 
-def test_cli_flag():
-    from big_vision_hf.cli import build_parser
+def test_cli_flag(tmp_path, monkeypatch, capsys):
+    from big_vision_hf.cli import build_parser, main
 
     args = build_parser().parse_args(["transfer", "--feature-cache", "off"])
     assert args.feature_cache == "off"
     assert build_parser().parse_args(["transfer"]).feature_cache == "auto"
+    # an explicit cache under sharding: one line before any work (no model loaded, no OUTPUT.partial)
+    monkeypatch.setenv("WORLD_SIZE", "2")  # as under a launcher
+    out = tmp_path / "out"
+    assert main(["transfer", "--feature-cache", "disk", "--fsdp", "--output", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "--feature-cache disk: not with sharded training" in err and "Traceback" not in err
+    assert not os.path.exists(f"{out}.partial")

@@ -124,6 +124,15 @@ def test_rows_path_matches_eager_with_gradients(monkeypatch):
     flex_grads = torch.autograd.grad(out, (q, k, v), grad)
     ref_grads = torch.autograd.grad(ref, (q, k, v), grad)
     assert max((a - b).abs().max().item() for a, b in zip(flex_grads, ref_grads)) <= TOL
+    # and against the attention written out independently: k / v repeated per query head (transformers'
+    # repeat_kv), soft-cap after scaling, masked softmax, a row without keys set to 0
+    k_rep, v_rep = (t.repeat_interleave(heads // kv_heads, dim=1) for t in (k, v))
+    scores = softcap * torch.tanh(q @ k_rep.transpose(-1, -2) * 0.3 / softcap)
+    probs = torch.softmax(scores.masked_fill(~dense, torch.finfo(scores.dtype).min), -1)
+    written = (torch.where(dense.any(-1, keepdim=True), probs, 0) @ v_rep).transpose(1, 2)
+    assert (out - written).abs().max().item() <= TOL
+    written_grads = torch.autograd.grad(written, (q, k, v), grad)
+    assert max((a - b).abs().max().item() for a, b in zip(flex_grads, written_grads)) <= TOL
 
 
 def test_auto_choice_and_fallback(monkeypatch, capsys):
@@ -153,8 +162,9 @@ def test_auto_choice_and_fallback(monkeypatch, capsys):
     assert pa.load_kwargs(pg2, "mps") == {"attn_implementation": {"text_config": "eager", "vision_config": "sdpa"}}
 
 
-def test_trap_checks():
+def test_trap_checks(monkeypatch):
     pg2 = PaliGemmaConfig(text_config={"model_type": "gemma2"})
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # a CPU-only machine, whatever runs the test
 
     def with_impl(impl, config=pg2):
         config.text_config._attn_implementation = impl
@@ -165,6 +175,10 @@ def test_trap_checks():
     with pytest.raises(ValueError, match="cannot train on CPU"):
         pa.check_attention(with_impl(pa.FLEX), training=True, device="cpu")
     pa.check_attention(with_impl(pa.FLEX), training=False, device="cpu")  # inference: torch's CPU flex forward
+    # a GPU machine: the model is loaded on the CPU and the Trainer moves it to the GPU, where flex has a backward
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    pa.check_attention(with_impl(pa.FLEX), training=True, device="cpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     pa.check_attention(with_impl(pa.CPU_FLEX), training=True, device="cpu")
     pa.check_attention(with_impl("eager"), training=True, device="cpu")
     with pytest.raises(ValueError, match="bidirectionally"):

@@ -2,7 +2,7 @@
 batch: the loss curve and the final weights (full fine-tuning, and LoRA merged into the weights), and a run stopped
 after a sharded checkpoint -- or SIGKILLed mid-run -- and resumed (`--resume`) against the uninterrupted one.
 
-The 2-process runs go through both ways in of `big_vision_hf/transfer/distributed.py`: `torchrun ... --fsdp` (full
+The 2-process runs go through both ways into `big_vision_hf/transfer/distributed.py`: `torchrun ... --fsdp` (full
 fine-tuning, then the resumed run) and `accelerate launch` with the shipped `configs/fsdp2.yaml` (LoRA). All fp32, the
 tiny synthetic PaliGemma (`synthetic.make_model`), global batch 4 (2 per process), 4 steps at lr 1e-3 (Adam): the
 per-step losses agree within 1e-5 and every final weight within 5e-5 (= 0.05 x lr; measured: about 5e-7 and 3e-6).

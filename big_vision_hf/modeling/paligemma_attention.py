@@ -177,6 +177,8 @@ def check_attention(config, training: bool = True, device=None) -> None:
     - ``sdpa`` on a soft-capped model (PaliGemma 2): transformers refuses it (no soft-cap in sdpa);
     - ``flash_attention_*`` in training: only the padding mask is kept, the suffix would be attended both ways;
     - ``flex_attention`` in training on CPU: torch has no flex backward there (:data:`CPU_FLEX` has one).
+      ``device`` is where the model is now; a model loaded on the CPU of a machine with CUDA is moved there by the
+      ``Trainer`` (that is where :func:`choose_attention` put :data:`FLEX`), so only a CUDA-less machine is refused.
 
     Example:
         >>> from transformers import PaliGemmaConfig
@@ -196,7 +198,8 @@ def check_attention(config, training: bool = True, device=None) -> None:
             f"attn_implementation={impl!r} ignores the prefix-LM mask (token_type_ids): training would attend "
             f"bidirectionally over the answer; use 'eager', 'sdpa' (PaliGemma 1) or {FLEX!r}"
         )
-    if training and impl == FLEX and device is not None and torch.device(device).type == "cpu":
+    on_cpu = device is not None and torch.device(device).type == "cpu" and not torch.cuda.is_available()
+    if training and impl == FLEX and on_cpu:
         raise ValueError(f"attn_implementation={FLEX!r} cannot train on CPU (torch has no flex-attention backward "
                          f"there); use {CPU_FLEX!r}, the same attention with a CPU backward (choose_attention)")
 

@@ -43,7 +43,7 @@ bfloat16 copy of every projection's input and weight for the backward).
 
 Checked (``tests/test_planner.py``, ``benchmarks/bench_planner.py``) against the peak of a real step measured by
 :class:`~big_vision_hf.transfer.memtrack.PeakMemoryTracker` on small PaliGemma / PaliGemma 2 models on CPU:
-LoRA and full, eager and sdpa, float32, bfloat16 and amp, with and without gradient checkpointing: within 8% of
+LoRA and full, eager and sdpa, float32, bfloat16 and amp, with and without gradient checkpointing: within 9% of
 the measured peak. Not checked (no GPU, one process): flex attention (counted as sdpa's memory-efficient kernel
 is), the FSDP terms, the CUDA allocator. Not counted: the CUDA context and the caching allocator's rounding and
 fragmentation (``headroom``, 10% by default, is set aside for them), activation offloading, QLoRA (4-bit

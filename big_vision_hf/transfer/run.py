@@ -49,7 +49,15 @@ import torch
 from PIL import Image
 
 from . import synthetic
-from .distributed import check_launcher, fsdp_training_args, gather_model, is_main_process, main_process_first
+from .distributed import (
+    check_launcher,
+    fsdp_training_args,
+    gather_model,
+    is_main_process,
+    main_process_first,
+    sharded_training,
+)
+from .feature_cache import check_feature_cache
 from .recipe import Recipe
 from .reporting import check_report_to, eval_loss_rows, plot_curves
 from .tasks import get_task
@@ -80,7 +88,10 @@ def load_model_and_processor(model_dir: str, *, dtype: torch.dtype = torch.float
     ``attention`` (``--attention``): the language model's implementation, ``"auto"`` by
     :func:`~big_vision_hf.modeling.paligemma_attention.choose_attention`: Gemma 2 (PaliGemma 2, soft-capped
     attention logits, which ``sdpa`` cannot do) gets flex attention where it runs, else ``eager``; PaliGemma 1
-    ``sdpa`` (exact with ``token_type_ids``, which the processor always returns). The SigLIP tower keeps ``sdpa``."""
+    ``sdpa`` (exact with ``token_type_ids``, which the processor always returns). The SigLIP tower keeps ``sdpa``.
+    The choice is made for the CPU, where the model is loaded and evaluated before training, also on a machine with
+    a GPU: ``bv_flex_attention``, which is transformers' ``flex_attention`` once the model is on the GPU (torch's own
+    CPU flex kernel fails to compile the decoding steps of ``generate``)."""
     from transformers import PaliGemmaConfig, PaliGemmaForConditionalGeneration
 
     from ..processing.processing_paligemma import BvPaliGemmaProcessor
@@ -99,7 +110,7 @@ def load_model_and_processor(model_dir: str, *, dtype: torch.dtype = torch.float
                                 "paligemma_tokenizer.model` (the checkpoint does not contain the tokenizer)")
     from ..modeling.paligemma_attention import load_kwargs
 
-    kwargs = load_kwargs(config, requested=attention)
+    kwargs = load_kwargs(config, "cpu", requested=attention)
     print(f"language-model attention: {kwargs['attn_implementation']['text_config']}")
     model = PaliGemmaForConditionalGeneration.from_pretrained(model_dir, dtype=dtype, **kwargs)
     processor = BvPaliGemmaProcessor.from_pretrained(model_dir)
@@ -523,6 +534,7 @@ def run_transfer(
     """
     training_args = {"report_to": check_report_to(report_to), **(training_args or {})}  # checked before any work
     check_launcher(fsdp)
+    check_feature_cache(feature_cache, sharded_training({"fsdp": fsdp, **training_args}))
     final_dir = os.fspath(output_dir)
     with main_process_first():  # one process creates OUT.partial; the launcher's others write into it
         output_dir = (_work_folder(final_dir, resume=resume, overwrite=overwrite) if is_main_process()

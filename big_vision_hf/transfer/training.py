@@ -47,7 +47,7 @@ from torch import nn
 
 from .collator import PaliGemmaCollator
 from .distributed import sharded_training
-from .feature_cache import FeatureCachePlan, plan_feature_cache, use_feature_cache
+from .feature_cache import FeatureCachePlan, check_feature_cache, plan_feature_cache, use_feature_cache
 from .loss import paligemma_loss, reduce_token_logp, token_logp
 from .recipe import Recipe
 
@@ -591,8 +591,7 @@ def train(
 
     total = max(1, recipe.num_steps(len(train_dataset)))  # POPE counts 0 steps (evaluation only; its lr is 0)
     if sharded_training(training_args):  # the cache runs the frozen tower outside FSDP's forward (its resharding fails)
-        if feature_cache not in ("auto", "off"):
-            raise ValueError(f"--feature-cache {feature_cache}: not with sharded training (FSDP / DeepSpeed)")
+        check_feature_cache(feature_cache, sharded=True)
         cache_plan = FeatureCachePlan("off", "sharded training (FSDP / DeepSpeed) runs the tower inside the shards")
     else:
         cache_plan = plan_feature_cache(model, train_dataset, feature_cache, processor=processor, precision=precision,
