@@ -139,6 +139,7 @@ def test_bad_image_is_a_one_line_error_or_skipped(tmp_path, capsys):
     (["--task", "vqav2"], "without --data only the synthetic tasks"),
     (["--task", "nope", "--data", "x.jsonl"], "unknown task"),
     (["--column-map", "image"], "expected FIELD=COLUMN"),
+    (["--attention", "eager"], "applies to a converted PaliGemma (--model)"),
 ])
 def test_bad_arguments_are_one_line_errors(tmp_path, capsys, argv, message):
     assert _cli(*argv, "--output", str(tmp_path / "o"), *FAST) == 2

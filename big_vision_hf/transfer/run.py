@@ -535,6 +535,9 @@ def run_transfer(
     training_args = {"report_to": check_report_to(report_to), **(training_args or {})}  # checked before any work
     check_launcher(fsdp)
     check_feature_cache(feature_cache, sharded_training({"fsdp": fsdp, **training_args}))
+    if model is None and attention != "auto":  # the built-in tiny model is created, not loaded: nothing to choose
+        raise ValueError(f"--attention {attention} applies to a converted PaliGemma (--model); the built-in tiny "
+                         "model runs on its default")
     final_dir = os.fspath(output_dir)
     with main_process_first():  # one process creates OUT.partial; the launcher's others write into it
         output_dir = (_work_folder(final_dir, resume=resume, overwrite=overwrite) if is_main_process()
