@@ -104,6 +104,18 @@ def rewrite_npz(src: str, dst: str, fn) -> str:
     return dst
 
 
+def params_prefixed(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """A `rewrite_npz` layout: every name under ``params/`` (how big_vision's trainers save a checkpoint)."""
+    return {f"params/{k}": v for k, v in arrays.items()}
+
+
+def bfloat16_void(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """A `rewrite_npz` layout: bfloat16 stored as numpy void ``V2`` (how big_vision writes bf16 ``.npz`` files),
+    rounded to nearest even (as jax's ``astype(bfloat16)``, which made the fixtures' bf16 references)."""
+    return {k: torch.from_numpy(np.asarray(v, np.float32)).to(torch.bfloat16).view(torch.int16).numpy().view("V2")
+            for k, v in arrays.items()}
+
+
 _CHILD_PRELUDE = """
 import json, sys
 sys.modules["big_vision_hf"] = None  # any import of our package now fails

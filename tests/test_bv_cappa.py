@@ -33,21 +33,20 @@ from big_vision_hf.processing.processing_bv_cappa import (
     cappa_tokenizer,
     text_to_boxes,
 )
-from conftest import Golden, assert_max_abs_errors, convert_cli, max_abs_err, rewrite_npz, run_without_package
+from conftest import (
+    Golden,
+    assert_max_abs_errors,
+    bfloat16_void,
+    convert_cli,
+    max_abs_err,
+    params_prefixed,
+    rewrite_npz,
+    run_without_package,
+)
 
 TOL = 1e-4
 FAMILY = "proj.cappa.cappa"
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread (conftest)
-
-
-def _params_prefix(arrays):
-    return {f"params/{k}": v for k, v in arrays.items()}
-
-
-def _bf16(arrays):
-    """bfloat16 stored as numpy void ``V2`` (how big_vision writes bf16 .npz files), rounded to nearest even."""
-    return {k: torch.from_numpy(np.asarray(v, np.float32)).to(torch.bfloat16).view(torch.int16).numpy().view("V2")
-            for k, v in arrays.items()}
 
 
 def _convert(tmp_path, g: Golden, params: str | None = None, *extra: str):
@@ -81,7 +80,7 @@ def model(folder):
 
 @pytest.mark.parametrize("name, layout", [
     ("cappa", None), ("cappa_scan", None), ("cappa_variant", None),
-    ("cappa", _params_prefix), ("cappa_scan", _params_prefix),
+    ("cappa", params_prefixed), ("cappa_scan", params_prefixed),
 ])
 def test_cappa_parity_cli_folder_from_pretrained(tmp_path, name, layout):
     g = Golden(name)
@@ -108,7 +107,7 @@ def test_cappa_parity_cli_folder_from_pretrained(tmp_path, name, layout):
 def test_cappa_parity_bfloat16_checkpoint(tmp_path, name, fixture):
     """A bf16 checkpoint (``params/`` prefix too) against big_vision run with the bf16-rounded parameters."""
     g, ref = Golden(name), Golden(fixture)
-    params = rewrite_npz(g.params, str(tmp_path / "bf16.npz"), lambda a: _params_prefix(_bf16(a)))
+    params = rewrite_npz(g.params, str(tmp_path / "bf16.npz"), lambda a: params_prefixed(bfloat16_void(a)))
     model = AutoModelForImageTextToText.from_pretrained(str(_convert(tmp_path, g, params))).eval()
     assert model.dtype == torch.float32
     image, text = _inputs(g)
@@ -132,10 +131,12 @@ def test_cappa_image_encoder_alone_into_vit(tmp_path):
     assert_max_abs_errors("cappa:encoder -> vit", report, TOL)
 
 
-def test_cappa_every_parameter_matters():
-    """Each tensor of the converted model, perturbed, changes the logits (the goldens are random everywhere). The
-    encoder's key biases are exempt: they add the same ``q . b`` to every score of a query, which softmax ignores."""
-    g = Golden("cappa")
+@pytest.mark.parametrize("fixture", ["cappa", "cappa_variant"])
+def test_cappa_every_parameter_matters(fixture):
+    """Each tensor of the converted model, perturbed, changes the logits (the goldens are random everywhere;
+    ``cappa_variant`` adds the decoder biases). The key biases are exempt: they add the same ``q . b`` to every score
+    of a query, which softmax ignores."""
+    g = Golden(fixture)
     model = convert_checkpoint(g.params, FAMILY, g.model_kwargs).eval()
     original = {k: v.clone() for k, v in model.state_dict().items()}
     image, text = _inputs(g)
@@ -152,7 +153,7 @@ def test_cappa_every_parameter_matters():
                 p += noise
             changed = (model(pixel_values=image, labels=text).logits - ref).abs().max().item()
             p.copy_(original[name])
-            assert changed > 1e-4, name
+            assert changed > 1e-4, f"{fixture}: {name}"
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -41,12 +41,22 @@ from big_vision_hf.modeling.modeling_bv_givt import (
     unbin_depth,
 )
 from big_vision_hf.modeling.modeling_bv_givt_vae import BvGivtCNNVAEModel, BvGivtViTVAEModel
-from conftest import FIXTURES, Golden, assert_max_abs_errors, convert_cli, max_abs_err, rewrite_npz, run_without_package
+from conftest import (
+    FIXTURES,
+    Golden,
+    assert_max_abs_errors,
+    convert_cli,
+    max_abs_err,
+    params_prefixed,
+    rewrite_npz,
+    run_without_package,
+)
 
 TOL = 1e-4
 GIVTS = ("givt_ar", "givt_masked", "givt_encdec", "givt_adaptor")
 VIT_VAES = ("givt_vae_vit", "givt_vae_vit_rgb")
 LAYOUTS = ("fp32", "params/", "bf16")
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread (conftest)
 
 
 def _nchw(a: np.ndarray) -> torch.Tensor:
@@ -64,8 +74,7 @@ def _layout(g: Golden, layout: str, tmp_path) -> tuple[str, dict]:
     if layout == "fp32":
         return g.params, g.outputs
     if layout == "params/":
-        prefix = lambda arrays: {f"params/{k}": v for k, v in arrays.items()}  # noqa: E731
-        return rewrite_npz(g.params, str(tmp_path / "prefixed.npz"), prefix), g.outputs
+        return rewrite_npz(g.params, str(tmp_path / "prefixed.npz"), params_prefixed), g.outputs
     return os.path.join(g.dir, "params_bf16.npz"), dict(np.load(os.path.join(g.dir, "outputs_bf16.npz")))
 
 
@@ -225,6 +234,45 @@ def test_cnn_vae_conv_downsample_parity(layout, tmp_path):
     shuffled = convert_checkpoint(params, "proj.givt.cnn", {**g.model_kwargs, "pixel_shuffle_patch_size": [1, 2]})
     errors.update(_vae_errors(shuffled, x, g.inputs["latents_ps12"], g.outputs, "ps12/"))
     assert_max_abs_errors(f"givt_vae_cnn_convdown {layout}", errors, TOL)
+
+
+def _all_outputs(model, g: Golden) -> torch.Tensor:
+    """Every output the parity tests compare, flattened: GIVT's logits, nll (through the adaptor) and image encoding,
+    or a VAE's posterior and the decode of the fixture's latents."""
+    with torch.no_grad():
+        if isinstance(model, BvGivtModel):
+            inputs = _givt_inputs(g)
+            out = model(**inputs)
+            parts = [out.logits, out.nll]
+            if "pixel_values" in inputs:
+                parts.append(model.encode_image(inputs["pixel_values"]))
+        else:
+            x = _nchw(g.inputs["x"] if "x" in g.inputs else g.inputs["image"])
+            mean, logvar = model.encode(x)
+            decoded = model.decode(torch.from_numpy(g.inputs["latents"]))
+            parts = [mean, logvar, *(decoded.values() if isinstance(decoded, dict) else [decoded])]
+    return torch.cat([p.flatten().float() for p in parts])
+
+
+@pytest.mark.parametrize("name", [*GIVTS, *VIT_VAES, "givt_vae_cnn_convdown"])
+def test_every_parameter_matters(name):
+    """Each tensor of the converted model, perturbed, changes an output, so none is ignored and, the fixtures being
+    random everywhere, none escapes the parity tests. Exempt: attention key biases (softmax ignores a per-query
+    constant) and, in the CNN VAE, the down/upsampling convolutions' biases: the fixture has 32 filters and GroupNorm
+    32 groups, so the next GroupNorm removes a per-channel constant (in big_vision too); the fixture cannot see them."""
+    g = Golden(name)
+    family = {"givt_vae_cnn_convdown": "proj.givt.cnn", **dict.fromkeys(VIT_VAES, "proj.givt.vit")}
+    model = convert_checkpoint(g.params, family.get(name, "proj.givt.givt"), _givt_kwargs(g)).eval()
+    base, state = _all_outputs(model, g), {k: v.clone() for k, v in model.state_dict().items()}
+    generator = torch.Generator().manual_seed(0)
+    for key, tensor in state.items():
+        if key.endswith(("k_proj.bias", "sample.0.bias")) or not tensor.is_floating_point():
+            continue
+        noise = torch.randn(tensor.shape, generator=generator) * (0.5 * tensor.abs().mean() + 0.1)
+        model.state_dict()[key].add_(noise)
+        changed = (_all_outputs(model, g) - base).abs().max().item()
+        model.state_dict()[key].copy_(tensor)
+        assert changed > 1e-5, f"{name}: perturbing {key} does not change any output"
 
 
 def test_vae_reparametrize_and_roundtrip():

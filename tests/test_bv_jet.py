@@ -22,7 +22,15 @@ from big_vision_hf.conversion import CheckpointError, convert_checkpoint
 from big_vision_hf.conversion.api import detect_family
 from big_vision_hf.conversion.checkpoint import read_checkpoint
 from big_vision_hf.modeling.modeling_bv_jet import spatial_coupling_masks
-from conftest import Golden, assert_max_abs_errors, convert_cli, max_abs_err, rewrite_npz, run_without_package
+from conftest import (
+    Golden,
+    assert_max_abs_errors,
+    convert_cli,
+    max_abs_err,
+    params_prefixed,
+    rewrite_npz,
+    run_without_package,
+)
 
 TOL = 1e-4
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread is faster on a loaded machine
@@ -75,7 +83,7 @@ def test_jet_detected_from_its_arrays(g):
 
 
 def test_jet_params_prefixed_layout(g, tmp_path):
-    params = rewrite_npz(g.params, str(tmp_path / "prefixed.npz"), lambda a: {f"params/{k}": v for k, v in a.items()})
+    params = rewrite_npz(g.params, str(tmp_path / "prefixed.npz"), params_prefixed)
     assert_max_abs_errors("jet params/", _errors(_convert_and_load(g, params, tmp_path / "out"), g), TOL)
 
 

@@ -31,7 +31,17 @@ from big_vision_hf.conversion import CheckpointError, convert_checkpoint
 from big_vision_hf.conversion.api import detect_family
 from big_vision_hf.conversion.checkpoint import read_checkpoint
 from big_vision_hf.modeling.modeling_bv_givt import BvCFGDensity, BvGaussianMixture
-from conftest import FIXTURES, Golden, assert_max_abs_errors, convert_cli, max_abs_err, rewrite_npz, run_without_package
+from conftest import (
+    FIXTURES,
+    Golden,
+    assert_max_abs_errors,
+    bfloat16_void,
+    convert_cli,
+    max_abs_err,
+    params_prefixed,
+    rewrite_npz,
+    run_without_package,
+)
 
 TOL = 1e-4
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread is faster on a loaded machine
@@ -147,20 +157,11 @@ def _unscanned(arrays: dict) -> dict:
     return out
 
 
-def _bf16_void(arrays: dict) -> dict:
-    """bfloat16 stored as numpy void V2, as big_vision writes it (round to nearest even)."""
-    out = {}
-    for k, v in arrays.items():
-        u = v.astype(np.float32).view(np.uint32)
-        out[k] = ((u + 0x7FFF + ((u >> 16) & 1)) >> 16).astype(np.uint16).view(np.dtype("V2"))
-    return out
-
-
 @pytest.mark.parametrize("case,layout", [("imagenet", "params/"), ("image_text", "params/"),
                                          ("image_text", "scan=False"), ("pca_multivariate", "params/")])
 def test_jetformer_other_layouts(case, layout, tmp_path):
     g = _golden(case)
-    fn = (lambda a: {f"params/{k}": v for k, v in a.items()}) if layout == "params/" else _unscanned
+    fn = params_prefixed if layout == "params/" else _unscanned
     params = rewrite_npz(g.params, str(tmp_path / "rewritten.npz"), fn)
     assert_max_abs_errors(f"jetformer/{case} {layout}", _errors(_convert(g, params, tmp_path / "out"), g), TOL)
 
@@ -169,7 +170,7 @@ def test_jetformer_other_layouts(case, layout, tmp_path):
 def test_jetformer_bfloat16_checkpoint(case, tmp_path):
     """The parameters stored as bfloat16 (big_vision's V2 layout) against big_vision's outputs for those values."""
     g = _golden(case)
-    params = rewrite_npz(g.params, str(tmp_path / "bf16.npz"), _bf16_void)
+    params = rewrite_npz(g.params, str(tmp_path / "bf16.npz"), bfloat16_void)
     model = _convert(g, params, tmp_path / "out")
     ref = torch.from_numpy(np.load(g.params)["EmbedImage/kernel"].T.copy())
     assert torch.equal(model.embed_image.weight, ref.bfloat16().float()) and not torch.equal(model.embed_image.weight,

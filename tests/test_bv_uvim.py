@@ -39,25 +39,25 @@ from big_vision_hf.modeling.modeling_bv_uvim import (
 )
 from big_vision_hf.modeling.modeling_bv_vit import BvViTModel
 from big_vision_hf.processing import uvim_metrics, uvim_tasks
-from conftest import Golden, assert_max_abs_errors, convert_cli, max_abs_err, rewrite_npz, run_without_package
+from conftest import (
+    Golden,
+    assert_max_abs_errors,
+    bfloat16_void,
+    convert_cli,
+    max_abs_err,
+    params_prefixed,
+    rewrite_npz,
+    run_without_package,
+)
 
 TOL = 1e-4
 STAGE_I, STAGE_II = "proj.uvim.vit", "proj.uvim.vtt"
-
-
-def _bf16(arrays):
-    """bfloat16 stored as numpy void ``V2`` (how big_vision writes bf16 .npz files), rounded to nearest even."""
-    return {k: torch.from_numpy(np.asarray(v, np.float32)).to(torch.bfloat16).view(torch.int16).numpy().view("V2")
-            for k, v in arrays.items()}
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread (conftest)
 
 
 def _unprefixed(arrays):
     """``params/x`` -> ``x`` (the tree at the top level), ``state/`` kept."""
     return {k[len("params/"):] if k.startswith("params/") else k: v for k, v in arrays.items()}
-
-
-def _prefixed(arrays):
-    return {f"params/{k}": v for k, v in arrays.items()}
 
 
 def _convert(tmp_path, params: str, g: Golden, auto=AutoModel, name: str = "converted"):
@@ -101,7 +101,7 @@ def test_vqvae_parity_through_cli(tmp_path, layout):
     """Golden ``uvim_vqvae`` (``params/`` + ``state/``, as big_vision saves it), the tree without the prefix, and a
     bf16 file (against big_vision run with the bf16-rounded parameters and codebook)."""
     g = Golden("uvim_vqvae")
-    params = {"params+state": lambda a: a, "unprefixed": _unprefixed, "bf16": _bf16}[layout]
+    params = {"params+state": lambda a: a, "unprefixed": _unprefixed, "bf16": bfloat16_void}[layout]
     model, folder = _convert(tmp_path, rewrite_npz(g.params, str(tmp_path / "p.npz"), params), g)
     assert isinstance(model, BvUViMVQVAEModel) and model.dtype == torch.float32
     config = json.loads((folder / "config.json").read_text())
@@ -162,7 +162,7 @@ def test_vqvae_every_parameter_matters():
     """Each tensor of the converted VQ-VAE, perturbed, changes its outputs (the fixtures are random everywhere).
     Exempt: attention key biases (softmax ignores a per-query constant) and ``counts``, which only scale whole
     codewords before big_vision's L2 normalisation (only their sign could matter)."""
-    for name in ("uvim_vqvae",):
+    for name in ("uvim_vqvae", "uvim_variants/vqvae_depth", "uvim_variants/vqvae_learned"):
         g = Golden(name)
         model = convert_checkpoint(g.params, STAGE_I, g.model_kwargs).eval()
         x, ctx = _vqvae_inputs(g)
@@ -191,7 +191,8 @@ def test_vqvae_every_parameter_matters():
 def test_vtt_parity_through_cli(tmp_path, layout):
     """Golden ``uvim_vtt``: teacher-forced logits (``labels`` shifted right with 0) and the image tokens."""
     g = Golden("uvim_vtt")
-    params = {"as_saved": lambda a: a, "params-prefix": _prefixed, "bf16": lambda a: _prefixed(_bf16(a))}[layout]
+    params = {"as_saved": lambda a: a, "params-prefix": params_prefixed,
+              "bf16": lambda a: params_prefixed(bfloat16_void(a))}[layout]
     model, folder = _convert(tmp_path, rewrite_npz(g.params, str(tmp_path / "p.npz"), params), g,
                              AutoModelForImageTextToText)
     assert isinstance(model, BvUViMVTTForConditionalGeneration)

@@ -65,15 +65,7 @@ import navit_finetune  # noqa: E402
 EXACT = 1e-5
 # 10 grids of different aspect ratios and sizes (<= 15 per side: the fixture's posemb canvas is 16)
 GRIDS = [(3, 5), (4, 2), (1, 7), (6, 6), (2, 2), (5, 1), (3, 3), (7, 2), (2, 9), (1, 1)]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models gain nothing from a second thread, and lose much on a shared machine; restored afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread (conftest)
 
 
 def _convert(tmp_path_factory, fixture: str, model_name: str) -> str:
