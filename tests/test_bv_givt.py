@@ -2,8 +2,9 @@
 big_vision code through the user path, the samplers, the pipeline, and the flax msgpack reader.
 
 Fixtures (all from the ORIGINAL code on random parameters): the goldens ``givt_ar`` / ``givt_masked``
-(``../shared/golden``), and ``givt_encdec``, ``givt_adaptor``, ``givt_vae_cnn`` (a flax msgpack file in the layout
-of the public ImageNet VAEs), ``givt_vae_cnn_convdown``, ``givt_vae_vit``, ``givt_vae_vit_rgb``, ``givt_gmm``,
+(``../shared/golden``; ``givt_masked`` has ``mask_style="concat"``), and ``givt_encdec``, ``givt_adaptor``,
+``givt_masked_replace`` (big_vision's default ``mask_style="replace"``), ``givt_vae_cnn`` (a flax msgpack file in the
+layout of the public ImageNet VAEs), ``givt_vae_cnn_convdown``, ``givt_vae_vit``, ``givt_vae_vit_rgb``, ``givt_gmm``,
 ``givt_sampling``, ``givt_msgpack``, ``givt_postprocess`` written by ``fixtures/make_givt_fixtures.py``; the
 ``params_bf16.npz`` / ``outputs_bf16.npz`` of each are big_vision's outputs from the bfloat16 file.
 
@@ -53,7 +54,7 @@ from conftest import (
 )
 
 TOL = 1e-4
-GIVTS = ("givt_ar", "givt_masked", "givt_encdec", "givt_adaptor")
+GIVTS = ("givt_ar", "givt_masked", "givt_masked_replace", "givt_encdec", "givt_adaptor")
 VIT_VAES = ("givt_vae_vit", "givt_vae_vit_rgb")
 LAYOUTS = ("fp32", "params/", "bf16")
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread (conftest)

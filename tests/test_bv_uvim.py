@@ -3,9 +3,10 @@ through the user path, generation, the task helpers and metrics, the folders, ba
 
 Fixtures made by the ORIGINAL code: the refharness goldens ``uvim_vqvae`` (``params/`` + ``state/`` layout) and
 ``uvim_vtt``; ``uvim_variants/`` (``make_uvim_variants.py``): two more VQ-VAE configs (resize vs learned bottleneck,
-sincos vs learned posembs, encoder/decoder context, a depth and a colour target, ``decode`` from codes), a sincos
-VTT, big_vision's cached greedy decode (``uvim/decode.py`` as ``train.py`` calls it), the two-stage panoptic
-``predict_fn``, the goldens with bf16-rounded parameters, and the pp / evaluator ops.
+sincos vs learned posembs, encoder/decoder context, a depth and a colour target, ``decode`` from codes), one run
+with ``quantize=False`` and with ``zero_decoder_seq=True``, a sincos VTT, a ``zero_decoder_seq`` VTT, big_vision's
+cached greedy decode (``uvim/decode.py`` as ``train.py`` calls it), the two-stage panoptic ``predict_fn``, the goldens
+with bf16-rounded parameters, and the pp / evaluator ops.
 
 Path: npz -> ``big-vision-hf convert`` (in-process CLI) -> folder -> ``AutoModel*.from_pretrained`` -> forward.
 """
@@ -133,6 +134,24 @@ def test_vqvae_variants_parity(tmp_path, name):
     assert_max_abs_errors(name, errors, TOL)
 
 
+@pytest.mark.parametrize("variant", ["noquant", "zero_seq"])
+def test_vqvae_flags_parity(tmp_path, variant):
+    """big_vision's stage I flags on one random VQ-VAE (colour target, encoder and decoder context):
+    ``quantize=False`` (the decoder gets the unquantised bottleneck; codes still computed) and
+    ``zero_decoder_seq=True`` (the decoder sees zeros: only its stem bias, posembs and the context), through the CLI,
+    and ``decode`` from given codes (incl. -1)."""
+    g = Golden("uvim_variants/vqvae_flags")
+    g.config["model_kwargs"] = {**g.model_kwargs, **g.config["variants"][variant]}
+    model, folder = _convert(tmp_path, g.params, g)
+    for key, value in g.config["variants"][variant].items():
+        assert json.loads((folder / "config.json").read_text())[key] == value
+    errors = _vqvae_errors(model, g, f"{variant}/")
+    with torch.no_grad():
+        decoded = model.decode(torch.from_numpy(g.inputs["codes"]), pixel_values=g.image_nchw("ctx"))
+    errors.update({f"decoded/{k}": max_abs_err(v, g.outputs[f"{variant}/decoded/{k}"]) for k, v in decoded.items()})
+    assert_max_abs_errors(f"vqvae_flags {variant}", errors, TOL)
+
+
 def test_vqvae_old_module_names(tmp_path):
     """``uvim/vit.py load``: pre-Linen names and the old ``Encoder``/``Decoder`` modules give the same model."""
     g = Golden("uvim_vqvae")
@@ -218,14 +237,15 @@ def test_vtt_parity_through_cli(tmp_path, layout):
     torch.testing.assert_close(model.lm_head(hidden), out.logits)
 
 
-def test_vtt_sincos_parity(tmp_path):
-    g = Golden("uvim_variants/vtt_sincos")
+@pytest.mark.parametrize("name", ["vtt_sincos", "vtt_zero_seq"])
+def test_vtt_variants_parity(tmp_path, name):
+    """sincos2d posembs; ``zero_decoder_seq=True`` (the decoder's token embeddings zeroed)."""
+    g = Golden(f"uvim_variants/{name}")
     model, _ = _convert(tmp_path, g.params, g, AutoModelForImageTextToText)
     with torch.no_grad():
         out = model(pixel_values=g.image_nchw(), labels=torch.from_numpy(g.inputs["text"]).long())
-    assert_max_abs_errors("vtt_sincos", {"logits": max_abs_err(out.logits, g.outputs["logits"]),
-                                         "encoded": max_abs_err(out.encoder_last_hidden_state, g.outputs["encoded"])},
-                          TOL)
+    assert_max_abs_errors(name, {"logits": max_abs_err(out.logits, g.outputs["logits"]),
+                                 "encoded": max_abs_err(out.encoder_last_hidden_state, g.outputs["encoded"])}, TOL)
 
 
 def _uncached_greedy(model, image, length):
@@ -239,7 +259,8 @@ def _uncached_greedy(model, image, length):
     return tokens
 
 
-@pytest.mark.parametrize("name, params", [("vtt_greedy", "uvim_vtt"), ("vtt_sincos", "uvim_variants/vtt_sincos")])
+@pytest.mark.parametrize("name, params", [("vtt_greedy", "uvim_vtt"), ("vtt_sincos", "uvim_variants/vtt_sincos"),
+                                          ("vtt_zero_seq", "uvim_variants/vtt_zero_seq")])
 def test_vtt_greedy_generate(name, params):
     """``generate()`` (KV cache) = big_vision's cached greedy decode (``temperature_sampling(temperature=1e-7,
     eos_token=-1)``) = a step-by-step uncached argmax decode; the cached step logits = the teacher-forced ones."""
